@@ -1,0 +1,1 @@
+"""Private implementation of varprop. Import from :mod:`varprop` instead."""
