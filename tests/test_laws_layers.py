@@ -1,0 +1,171 @@
+"""Layer laws, depth helpers, the derivation and `varprop derive`."""
+
+import subprocess
+import sys
+
+import pytest
+import sympy as sp
+
+from varprop import initializers as I
+from varprop import laws
+from varprop._src.cli import main
+from varprop.laws import symbols as S
+
+
+def test_forward_law_general_and_zero_mean():
+    eq = laws.forward_law()
+    assert (
+        sp.simplify(
+            eq.rhs - (S.fan_in * S.weight_variance * S.input_second_moment + S.bias_variance)
+        )
+        == 0
+    )
+    he = laws.forward_law(I.he_normal().scheme)
+    assert sp.simplify(he.rhs - (2 * S.input_second_moment + S.bias_variance)) == 0
+    zm = laws.forward_law(I.lecun_normal().scheme, zero_mean=True)
+    assert zm.rhs == sp.Symbol("Var(x)", positive=True)
+
+
+def test_he_relu_factor_is_exactly_one():
+    f = laws.layer_factors(I.he_normal().scheme, "relu")
+    assert f.forward == 1
+    assert f.forward_square == 1 and f.backward_square == 1
+    assert sp.simplify(f.backward - S.fan_out / S.fan_in) == 0
+    # fan_out mode preserves the backward pass for any widths.
+    g = laws.layer_factors(I.he_normal(mode="fan_out").scheme, "relu")
+    assert g.backward == 1
+    assert sp.simplify(g.forward - S.fan_in / S.fan_out) == 0
+
+
+def test_xavier_relu_halves_and_glorot_tanh():
+    f = laws.layer_factors(I.xavier_fan_in_normal().scheme, "relu")
+    assert f.forward == sp.Rational(1, 2) and f.backward_square == sp.Rational(1, 2)
+    g = laws.layer_factors(I.glorot_normal().scheme, "linear")
+    assert g.forward_square == 1 and g.backward_square == 1
+    assert sp.simplify(g.forward - 2 * S.fan_in / (S.fan_in + S.fan_out)) == 0
+
+
+def test_backward_law_substitutes_closed_form_derivative_moment():
+    eq = laws.backward_law(I.he_normal().scheme, "relu")
+    # E[relu'(z)^2] = 1/2 (half the mass of a symmetric z is positive).
+    assert (
+        sp.simplify(eq.rhs - S.fan_out * (2 / S.fan_in) * sp.Rational(1, 2) * S.grad_second_moment)
+        == 0
+    )
+
+
+def test_float32_limit_layer_by_hand():
+    # factor 512 per layer (standard normal, width 512, linear): sqrt(512^L) > 3.4e38
+    # first when L * ln(512) > 2 ln(3.4028e38), i.e. L > 28.4.
+    assert laws.float32_limit_layer(512.0) == ("overflow", 29)
+    # factor 512 * 1e-4 = 0.0512 (small random): 0.0512^L < 1.1755e-38^2 when L > 58.8.
+    assert laws.float32_limit_layer(0.0512) == ("underflow", 59)
+    assert laws.float32_limit_layer(1.0) == ("none", None)
+    with pytest.raises(ValueError, match="factor must be finite and > 0"):
+        laws.float32_limit_layer(0.0)
+
+
+def test_classify():
+    assert laws.classify_factor(1.0) == "preserved"
+    assert laws.classify_factor(0.5) == "vanishing"
+    assert laws.classify_factor(2.0) == "exploding"
+
+
+def test_mean_field_fixed_point_tanh():
+    # tanh with sigma_w^2 = 2 has a non-zero fixed point q* solving q = 2 E[tanh(sqrt(q) z)^2].
+    fp = laws.mean_field_fixed_point("tanh", 2.0)
+    assert fp.q_star > 0.1
+    m2 = laws.activation_moments("tanh", fp.q_star).second_moment
+    assert 2.0 * m2 == pytest.approx(fp.q_star, rel=1e-9)
+    # Below sigma_w^2 = 1 the only fixed point is 0.
+    assert laws.mean_field_fixed_point("tanh", 0.5).q_star < 1e-100
+
+
+def test_degenerate_scheme_refused_by_iid_law():
+    with pytest.raises(ValueError, match="degenerate"):
+        laws.forward_law(I.zeros.scheme)
+
+
+def test_derive_he_relu_steps():
+    d = laws.derive(I.he_normal().scheme, "relu")
+    assert d.forward_health == "preserved" and d.backward_health == "preserved"
+    titles = [s.title for s in d.steps]
+    assert titles[:5] == [
+        "Weight variance",
+        "Activation moments",
+        "Forward pass",
+        "Backward pass",
+        "Gain",
+    ]
+    text = d.render("text")
+    assert "2/n_in" in text and "preserved" in text
+    md = d.render("markdown")
+    assert "$$" in md and r"\frac{2}{n_{in}}" in md
+    tex = d.render("latex")
+    assert r"\begin{align*}" in tex
+    with pytest.raises(ValueError, match="unknown format 'html'"):
+        d.render("html")
+
+
+def test_derive_xavier_relu_vanishes_with_widths():
+    d = laws.derive(I.glorot_normal().scheme, "relu", fan_in=512, fan_out=512)
+    assert d.forward_factor == pytest.approx(0.5)
+    assert d.forward_health == "vanishing"
+    assert "underflow" in d.render()
+
+
+def test_cli_derive_runs(capsys):
+    assert main(["derive", "--init", "he_normal", "--act", "relu"]) == 0
+    out = capsys.readouterr().out
+    assert "Derivation: he_normal with relu" in out
+
+
+def test_cli_derive_latex_nonhomogeneous(capsys):
+    assert (
+        main(
+            [
+                "derive",
+                "--init",
+                "glorot_normal",
+                "--act",
+                "tanh",
+                "--fan-in",
+                "256",
+                "--format",
+                "latex",
+            ]
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert r"\section*" in out and "not homogeneous" in out
+
+
+@pytest.mark.parametrize(
+    ("argv", "match"),
+    [
+        (
+            ["derive", "--init", "he_nromal"],
+            r"unknown initializer 'he_nromal'; valid names: .*he_normal",
+        ),
+        (["derive", "--act", "relux"], r"relux.*relu"),
+        (["derive", "--init", "he_normal:mode=fan_avg"], "fan_in' or 'fan_out"),
+        (["derive", "--fan-out", "3"], "needs --fan-in"),
+    ],
+)
+def test_cli_derive_usage_errors(argv, match, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("varprop derive: error:")
+    assert pytest.importorskip("re").search(match, err)
+    assert "Traceback" not in err
+
+
+def test_console_script_exit_code_unknown_name():
+    r = subprocess.run(
+        [sys.executable, "-m", "varprop", "derive", "--init", "nope"],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 2
+    assert "valid names" in r.stderr and "Traceback" not in r.stderr

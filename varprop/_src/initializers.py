@@ -1,0 +1,351 @@
+"""JAX initializers whose variance law is data.
+
+Every initializer is an :class:`Initializer`: a callable with the ``jax.nn.initializers``
+signature ``init(key, shape, dtype=jnp.float32) -> Array`` that carries the
+:class:`~varprop.laws.Scheme` it samples from. The sampler reads the variance from
+``scheme.variance(shape)`` -- a SymPy expression lambdified when the scheme was built and
+evaluated here on the static shape's Python ints -- so no SymPy runs at call time and the
+law and the sampler share one expression.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from varprop._src.laws import catalog
+from varprop._src.laws.catalog import GainSpec
+from varprop._src.laws.schemes import AxisSpec, Scheme, check_shape, truncated_normal_std
+
+Array = jax.Array
+
+
+def _check_key(key: Any) -> None:
+    if isinstance(key, (jax.Array, np.ndarray)):
+        dt = key.dtype
+        if jax.dtypes.issubdtype(dt, jax.dtypes.prng_key):
+            if key.shape != ():
+                raise ValueError(
+                    f"expected a single PRNG key, got a key array of shape {key.shape}"
+                )
+            return
+        if dt == np.uint32 and key.ndim == 1 and key.shape[0] in (2, 4):
+            return
+        raise TypeError(
+            f"key must be a PRNG key from jax.random.key(...) or jax.random.PRNGKey(...); "
+            f"got an array of dtype {dt} and shape {key.shape}"
+        )
+    raise TypeError(
+        "key must be a PRNG key from jax.random.key(...) or jax.random.PRNGKey(...); "
+        f"got {type(key).__name__} {key!r}"
+    )
+
+
+def _check_dtype(dtype: Any) -> np.dtype:
+    try:
+        dt = jnp.dtype(dtype)
+    except TypeError:
+        raise TypeError(f"dtype must be a floating-point dtype, got {dtype!r}") from None
+    if not jnp.issubdtype(dt, jnp.floating):
+        raise TypeError(
+            f"dtype must be a floating-point dtype (float16, bfloat16, float32, float64), got {dt}"
+        )
+    return dt
+
+
+def _orthogonal_matrix(key: Array, rows: int, cols: int, dtype: np.dtype) -> Array:
+    """A ``rows x cols`` matrix with orthonormal columns (rows >= cols) or rows (rows < cols).
+
+    QR of a Gaussian matrix, with the signs of R's diagonal moved into Q so that the result
+    is Haar-distributed (Mezzadri 2007). Computed in float32 or wider, then cast.
+    """
+    big, small = max(rows, cols), min(rows, cols)
+    work = jnp.promote_types(dtype, jnp.float32)
+    a = jax.random.normal(key, (big, small), work)
+    q, r = jnp.linalg.qr(a)
+    d = jnp.diagonal(r)
+    q = q * jnp.where(d < 0, -1.0, 1.0).astype(work)[None, :]
+    if rows < cols:
+        q = q.T
+    return q
+
+
+@dataclass(frozen=True, eq=False)
+class Initializer:
+    """An initializer ``init(key, shape, dtype=jnp.float32) -> Array`` with its law attached.
+
+    Use it wherever JAX, Flax NNX or Linen take an initializer
+    (``flax.nnx.Linear(..., kernel_init=varprop.initializers.he_normal())``). The law is
+    ``init.scheme`` (also :func:`varprop.scheme_of`).
+
+    Raises (when called):
+        TypeError: the key is not a PRNG key, or the dtype is not floating point.
+        ValueError: the shape does not fit the scheme (fewer than 2 dims for a fan-based
+            scheme, zero-size, axes out of range).
+    """
+
+    scheme: Scheme
+
+    def __call__(
+        self,
+        key: Array,
+        shape: Sequence[int],
+        dtype: Any = jnp.float32,
+        out_sharding: Any = None,
+    ) -> Array:
+        _check_key(key)
+        dt = _check_dtype(dtype)
+        shape = check_shape(shape)
+        s = self.scheme
+        d = s.distribution
+        if d == "constant":
+            return jnp.full(shape, s.mean(shape), dt)
+        if d == "orthogonal":
+            rows, cols = s.shape_values(shape)[2:]
+            gain = math.sqrt(s.variance(shape) * rows * cols / min(rows, cols))
+            q = _orthogonal_matrix(key, rows, cols, dt)
+            col = s.column_axis % len(shape)
+            moved = (*shape[:col], *shape[col + 1 :], shape[col])
+            return jnp.moveaxis((gain * q).reshape(moved), -1, col).astype(dt)
+        if d == "delta_orthogonal":
+            rows, cols = s.shape_values(shape)[2:]
+            fan_in = s.shape_values(shape)[0]
+            gain = math.sqrt(s.variance(shape) * cols * fan_in / rows)
+            q = (gain * _orthogonal_matrix(key, rows, cols, dt)).astype(dt)
+            centre = tuple((k - 1) // 2 for k in shape[:-2])
+            return jnp.zeros(shape, dt).at[centre].set(q)
+        std = s.std(shape)
+        if d == "normal":
+            return (std * jax.random.normal(key, shape, dt)).astype(dt)
+        if d == "uniform":
+            bound = math.sqrt(3.0) * std
+            return jax.random.uniform(key, shape, dt, -bound, bound)
+        if d == "truncated_normal":
+            lo, hi = s.truncation
+            scale = std / truncated_normal_std(lo, hi)
+            # `scale` is the std before truncation: the law's Var(w) divided by Var(z).
+            return (scale * jax.random.truncated_normal(key, lo, hi, shape, dt)).astype(dt)
+        raise AssertionError(f"unhandled distribution {d!r}")
+
+    @property
+    def law(self):
+        """The SymPy ``Var(w)`` of the scheme (shortcut for ``init.scheme.law``)."""
+        return self.scheme.law
+
+    def __repr__(self) -> str:
+        opts = ", ".join(f"{k}={v!r}" for k, v in self.scheme.options.items())
+        return f"{self.scheme.name}({opts})"
+
+
+def scheme_of(init: Any) -> Scheme:
+    """The :class:`~varprop.laws.Scheme` (variance law) behind a varprop initializer.
+
+    Example:
+        >>> import varprop
+        >>> varprop.scheme_of(varprop.initializers.he_normal()).law
+        2/n_in
+
+    Raises:
+        TypeError: ``init`` is not a varprop initializer (a bare ``jax.nn.initializers``
+            closure carries no law).
+    """
+    if isinstance(init, Initializer):
+        return init.scheme
+    raise TypeError(
+        f"{init!r} is not a varprop initializer, so it carries no variance law; build one with "
+        "varprop.initializers (e.g. variance_scaling(scale, mode, distribution))"
+    )
+
+
+def from_spec(spec: str) -> Initializer:
+    """An initializer from a ``NAME[:key=value,...]`` string, e.g. ``"he_normal:mode=fan_out"``."""
+    return Initializer(catalog.scheme_from_spec(spec))
+
+
+# -- the public builders -----------------------------------------------------------------
+# One line each: the law lives in varprop._src.laws.catalog.
+
+#: All weights 0 (an initializer itself, as ``jax.nn.initializers.zeros``).
+zeros = Initializer(catalog.zeros())
+#: All weights 1 (an initializer itself, as ``jax.nn.initializers.ones``).
+ones = Initializer(catalog.ones())
+
+
+def constant(value: float) -> Initializer:
+    """All weights equal to ``value``: Var(w) = 0, E[w] = value (units stay identical)."""
+    return Initializer(catalog.constant(value))
+
+
+def normal(stddev: float = 1e-2) -> Initializer:
+    r"""w ~ N(0, stddev^2), whatever the layer's width.
+
+    .. math:: \mathrm{Var}(w) = \sigma^2
+
+    ``normal(0.01)`` is the "small random" init of the seed notes (the signal shrinks by
+    :math:`n\sigma^2` per layer); ``normal(1.0)`` the "standard normal" one (it grows by
+    :math:`n` per layer and overflows float32 after a few dozen layers of width 512).
+
+    Example:
+        >>> import jax, varprop
+        >>> w = varprop.initializers.normal(1.0)(jax.random.key(0), (512, 512))
+    """
+    return Initializer(catalog.normal(stddev))
+
+
+def uniform(scale: float = 1e-2) -> Initializer:
+    r"""w ~ U[-scale, scale): zero mean, Var(w) = scale^2 / 3.
+
+    Unlike ``jax.nn.initializers.uniform(scale)``, which draws from U[0, scale) (mean
+    scale/2, Var scale^2/12), this one is symmetric about zero, as the variance laws assume.
+    """
+    return Initializer(catalog.uniform(scale))
+
+
+def truncated_normal(stddev: float = 1e-2, lower: float = -2.0, upper: float = 2.0) -> Initializer:
+    r"""``stddev * z`` with z ~ N(0, 1) truncated to ``[lower, upper]``, as JAX does it.
+
+    ``stddev`` is the std *before* truncation, so Var(w) = stddev^2 Var(z); for +-2 that is
+    0.7737 stddev^2 (the factor is derived by SymPy, see ``scheme.law``). For a truncated
+    draw with an exact target variance use ``variance_scaling(..., "truncated_normal")``.
+    """
+    return Initializer(catalog.truncated_normal(stddev, lower, upper))
+
+
+def variance_scaling(
+    scale: float,
+    mode: str,
+    distribution: str,
+    in_axis: AxisSpec = -2,
+    out_axis: AxisSpec = -1,
+    batch_axis: AxisSpec = (),
+) -> Initializer:
+    r"""The general builder: Var(w) = scale / n.
+
+    .. math:: n = n_{in},\ n_{out},\ \tfrac{n_{in}+n_{out}}{2}\ \text{or}\
+              \sqrt{n_{in} n_{out}}\quad(\text{mode} = \text{fan\_in, fan\_out, fan\_avg,
+              fan\_geo\_avg})
+
+    ``distribution`` is ``normal`` (untruncated), ``truncated_normal`` (cut at +-2 std and
+    rescaled so that the variance is exactly scale/n; the rescaling constant is derived by
+    SymPy) or ``uniform`` (on ``[-sqrt(3 scale/n), sqrt(3 scale/n))``). Fans are read in
+    Flax layout ``(..., in, out)``; other axes are a conv's receptive field.
+
+    Example:
+        >>> import jax, varprop
+        >>> init = varprop.initializers.variance_scaling(2.0, "fan_in", "uniform")
+        >>> w = init(jax.random.key(0), (256, 128))
+        >>> init.scheme.law
+        2/n_in
+    """
+    return Initializer(
+        catalog.variance_scaling(scale, mode, distribution, in_axis, out_axis, batch_axis)
+    )
+
+
+def glorot_normal(gain: GainSpec = 1.0, in_axis=-2, out_axis=-1, batch_axis=()) -> Initializer:
+    r"""Xavier/Glorot normal: w ~ N(0, 2 g^2 / (n_in + n_out)). Glorot & Bengio, AISTATS 2010."""
+    return Initializer(catalog.glorot("normal", gain, in_axis, out_axis, batch_axis))
+
+
+def glorot_uniform(gain: GainSpec = 1.0, in_axis=-2, out_axis=-1, batch_axis=()) -> Initializer:
+    r"""Xavier/Glorot uniform: w ~ U[-a, a), a = g sqrt(6 / (n_in + n_out)). Glorot, Bengio 2010."""
+    return Initializer(catalog.glorot("uniform", gain, in_axis, out_axis, batch_axis))
+
+
+def xavier_fan_in_normal(
+    gain: GainSpec = 1.0, in_axis=-2, out_axis=-1, batch_axis=()
+) -> Initializer:
+    r"""The ``1/fan_in`` variant the seed notes and Caffe call Xavier: w ~ N(0, g^2 / n_in).
+
+    It keeps the forward pass only (its law is LeCun's); Glorot's own scheme averages the fans.
+    """
+    return Initializer(catalog.xavier_fan_in("normal", gain, in_axis, out_axis, batch_axis))
+
+
+def xavier_fan_in_uniform(
+    gain: GainSpec = 1.0, in_axis=-2, out_axis=-1, batch_axis=()
+) -> Initializer:
+    r"""The ``1/fan_in`` Xavier variant, uniform: w ~ U[-a, a), a = g sqrt(3 / n_in)."""
+    return Initializer(catalog.xavier_fan_in("uniform", gain, in_axis, out_axis, batch_axis))
+
+
+def lecun_normal(in_axis=-2, out_axis=-1, batch_axis=()) -> Initializer:
+    r"""LeCun normal: w ~ N(0, 1 / n_in) (untruncated; JAX's ``lecun_normal`` truncates)."""
+    return Initializer(catalog.lecun("normal", in_axis, out_axis, batch_axis))
+
+
+def lecun_uniform(in_axis=-2, out_axis=-1, batch_axis=()) -> Initializer:
+    r"""LeCun uniform: w ~ U[-a, a), a = sqrt(3 / n_in)."""
+    return Initializer(catalog.lecun("uniform", in_axis, out_axis, batch_axis))
+
+
+def he_normal(
+    mode: str = "fan_in", gain: GainSpec = "relu", in_axis=-2, out_axis=-1, batch_axis=()
+) -> Initializer:
+    r"""He/Kaiming normal: w ~ N(0, g^2 / n), n the fan of ``mode``.
+
+    .. math:: \mathrm{Var}(w) = \frac{g^2}{n_{in}}, \qquad g = \frac{1}{\sqrt{E[\phi(z)^2]}},
+              \ z \sim N(0, 1)
+
+    ``gain`` is a number or a registered activation's name, whose gain is derived from its
+    moments (``relu`` gives exactly sqrt(2)). ``mode="fan_in"`` preserves E[z^2] forward,
+    ``mode="fan_out"`` preserves the gradient's second moment backward. The normal is
+    untruncated, as in the paper and torch (JAX's ``he_normal`` truncates; same variance).
+
+    Reference: He et al., "Delving Deep into Rectifiers", ICCV 2015.
+
+    Example:
+        >>> import jax, varprop
+        >>> init = varprop.initializers.he_normal()
+        >>> init.scheme.law
+        2/n_in
+        >>> w = init(jax.random.key(0), (784, 256))
+    """
+    return Initializer(catalog.he("normal", mode, gain, in_axis, out_axis, batch_axis))
+
+
+def he_uniform(
+    mode: str = "fan_in", gain: GainSpec = "relu", in_axis=-2, out_axis=-1, batch_axis=()
+) -> Initializer:
+    r"""He/Kaiming uniform: w ~ U[-a, a), a = g sqrt(3 / n). See :func:`he_normal`."""
+    return Initializer(catalog.he("uniform", mode, gain, in_axis, out_axis, batch_axis))
+
+
+def orthogonal(gain: float = 1.0, column_axis: int = -1) -> Initializer:
+    r"""g times a Haar-random matrix with orthonormal rows or columns.
+
+    The shape is flattened to ``(prod(other axes), shape[column_axis])``;
+    ``||W||_F^2 = g^2 min(rows, cols)`` exactly. Saxe et al., ICLR 2014.
+    """
+    return Initializer(catalog.orthogonal(gain, column_axis))
+
+
+def delta_orthogonal(gain: float = 1.0) -> Initializer:
+    r"""Conv kernel: zero except the centre tap ``(k-1)//2``, an orthogonal ``in x out`` matrix.
+
+    Needs a 3-D to 5-D kernel with out channels >= in channels. Xiao et al., ICML 2018.
+    """
+    return Initializer(catalog.delta_orthogonal(gain))
+
+
+def fixup(depth: int, layers_per_branch: int = 2, gain: GainSpec = "relu") -> Initializer:
+    r"""Fixup for the first m-1 layers of each of L residual branches.
+
+    .. math:: \mathrm{Var}(w) = \frac{g^2 L^{-1/(m-1)}}{n_{in}}
+
+    i.e. He init with its std scaled by :math:`L^{-1/(2m-2)}`. Initialize each branch's last
+    layer (and the classifier) with :data:`zeros`. Zhang, Dauphin & Ma, ICLR 2019.
+    """
+    return Initializer(catalog.fixup(depth, layers_per_branch, gain))
+
+
+xavier_normal = glorot_normal
+xavier_uniform = glorot_uniform
+kaiming_normal = he_normal
+kaiming_uniform = he_uniform

@@ -1,0 +1,323 @@
+"""Step-by-step derivations of a scheme's layer law, rendered as text, Markdown or LaTeX.
+
+:func:`derive` collects the steps as data (:class:`Derivation`); :meth:`Derivation.render`
+formats them. Everything shown is computed by SymPy from the scheme and the activation.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import sympy as sp
+
+from varprop._src.laws import activations as A
+from varprop._src.laws import layers as Ly
+from varprop._src.laws import symbols as S
+from varprop._src.laws.schemes import Scheme
+
+FORMATS = ("text", "markdown", "latex")
+
+
+@dataclass(frozen=True)
+class Step:
+    """One step: a title, a sentence, and equations as (lhs, rhs) SymPy pairs."""
+
+    title: str
+    text: str
+    equations: tuple[tuple[sp.Expr | str, sp.Expr], ...] = ()
+
+
+@dataclass
+class Derivation:
+    """The derivation of one scheme + activation, and its conclusions as numbers."""
+
+    scheme: Scheme
+    activation: A.Activation
+    fan_in: int | None
+    fan_out: int | None
+    steps: list[Step] = field(default_factory=list)
+    forward_factor: float = math.nan
+    backward_factor: float = math.nan
+    forward_health: str = ""
+    backward_health: str = ""
+
+    def render(self, fmt: str = "text") -> str:
+        if fmt not in FORMATS:
+            raise ValueError(f"unknown format {fmt!r}; allowed: {', '.join(FORMATS)}")
+        return {"text": _render_text, "markdown": _render_markdown, "latex": _render_latex}[fmt](
+            self
+        )
+
+
+def _num(x: float) -> str:
+    return f"{x:.6g}"
+
+
+def _widths(d: Derivation) -> dict:
+    sub = {}
+    if d.fan_in is not None:
+        sub[S.fan_in] = d.fan_in
+    if d.fan_out is not None:
+        sub[S.fan_out] = d.fan_out
+    elif d.fan_in is not None:
+        sub[S.fan_out] = d.fan_in
+    return sub
+
+
+def derive(
+    scheme: Scheme,
+    activation: str | A.Activation = "relu",
+    fan_in: int | None = None,
+    fan_out: int | None = None,
+) -> Derivation:
+    """Derive, step by step, what ``scheme`` followed by ``activation`` does to a signal.
+
+    Steps: Var(w) of the scheme; the activation's moments for z ~ N(0, q); the forward and
+    backward laws and their per-layer factors (for the given widths, or symbolically and for
+    a constant-width stack); the derived gain next to the conventional one; and what the
+    factors mean over depth (preserved, vanishing, exploding, and where float32 gives out).
+
+    Example:
+        >>> from varprop import laws, initializers
+        >>> d = laws.derive(initializers.he_normal().scheme, "relu")
+        >>> d.forward_health, d.backward_health
+        ('preserved', 'preserved')
+    """
+    act = A.get_activation(activation) if isinstance(activation, str) else activation
+    for nm, v in (("fan_in", fan_in), ("fan_out", fan_out)):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+            raise ValueError(f"{nm} must be an int >= 1, got {v!r}")
+    d = Derivation(scheme, act, fan_in, fan_out)
+    sub = _widths(d)
+
+    # 1. The scheme.
+    vw = sp.Symbol("Var(w)", positive=True)
+    eqs: list[tuple[sp.Expr | str, sp.Expr]] = [(vw, scheme.variance_expr)]
+    if scheme.parameters:
+        eqs.append((vw, scheme.law))
+    if sub and scheme.uses_fans and scheme.distribution not in ("orthogonal", "delta_orthogonal"):
+        eqs.append((vw, sp.nsimplify(scheme.law.subs(sub))))
+    params = ", ".join(f"{k} = {v}" for k, v in scheme.parameters.items())
+    d.steps.append(
+        Step(
+            "Weight variance",
+            f"{scheme.name} draws from a {scheme.distribution} distribution"
+            + (f" with {params}" if params else "")
+            + f". {scheme.description}",
+            tuple(eqs),
+        )
+    )
+
+    if scheme.distribution == "constant":
+        d.steps.append(
+            Step(
+                "Degenerate scheme",
+                "Constant weights are not i.i.d. with zero mean, so the variance law does not "
+                "apply. Every unit of a layer computes the same pre-activation and receives the "
+                "same gradient; with c = 0 the gradient reaching hidden weights is exactly 0.",
+            )
+        )
+        d.forward_health = d.backward_health = "degenerate"
+        return d
+
+    # 2. Activation moments.
+    if act.closed_form:
+        mean_e, m2_e, g2_e = A.moment_expressions(act)
+        text = f"For z ~ N(0, q), the moments of {act.name} are derived in closed form by SymPy."
+    else:
+        mom = A.activation_moments(act, 1.0)
+        mean_e, m2_e, g2_e = (
+            sp.Float(v, 10) for v in (mom.mean, mom.second_moment, mom.grad_second_moment)
+        )
+        text = (
+            f"{act.name} has no closed form here: the moments are computed by quadrature, "
+            "shown at q = 1."
+        )
+    phi = sp.Function(act.name)
+    z = sp.Symbol("z")
+    d.steps.append(
+        Step(
+            "Activation moments",
+            text,
+            (
+                (sp.Symbol(f"E[{act.name}(z)]"), mean_e),
+                (sp.Symbol(f"E[{act.name}(z)^2]"), m2_e),
+                (sp.Symbol(f"E[{act.name}'(z)^2]"), g2_e),
+            ),
+        )
+    )
+    del phi, z
+
+    # 3. Forward law and factor.
+    f = Ly.layer_factors(scheme, act, 1.0)
+    fwd_eq = Ly.forward_law(scheme)
+    chi_f = sp.Symbol("chi_forward", positive=True)
+    chi_b = sp.Symbol("chi_backward", positive=True)
+    f_eqs: list[tuple[sp.Expr | str, sp.Expr]] = [
+        (fwd_eq.lhs, fwd_eq.rhs),
+        (chi_f, f.forward),
+    ]
+    if sub:
+        f_eqs.append((chi_f, sp.nsimplify(f.forward.subs(sub))))
+    elif f.forward != f.forward_square:
+        f_eqs.append((sp.Symbol("chi_forward (n_out = n_in)"), f.forward_square))
+    q_note = "" if f.q is None else " (evaluated at q = 1: the map is not homogeneous)"
+    d.steps.append(
+        Step(
+            "Forward pass",
+            "The pre-activation of the next layer has E[z^2] = n_in Var(w) E[phi(z)^2] "
+            "(+ Var(b)); with bias 0 and E[x] = 0 this is Var(y) = n Var(w) Var(x). The "
+            f"per-layer factor is chi_forward = n_in Var(w) E[phi(z)^2] / q{q_note}.",
+            tuple(f_eqs),
+        )
+    )
+
+    # 4. Backward law and factor.
+    bwd_eq = Ly.backward_law(scheme, act)
+    b_eqs: list[tuple[sp.Expr | str, sp.Expr]] = [(bwd_eq.lhs, bwd_eq.rhs), (chi_b, f.backward)]
+    if sub:
+        b_eqs.append((chi_b, sp.nsimplify(f.backward.subs(sub))))
+    else:
+        b_eqs.append((sp.Symbol("chi_backward (n_out = n_in)"), f.backward_square))
+    d.steps.append(
+        Step(
+            "Backward pass",
+            "The gradient reaching a layer's input has E[(dL/dx)^2] = n_out Var(w) "
+            "E[phi'(z)^2] E[(dL/dh)^2] (gradient independence assumed): the per-layer factor is "
+            "chi_backward = n_out Var(w) E[phi'(z)^2].",
+            tuple(b_eqs),
+        )
+    )
+
+    # 5. Gain.
+    g_der = A.gain(act)
+    g_exact = A.gain_expr(act)
+    g_conv = A.conventional_gain(act)
+    g_eqs: list[tuple[sp.Expr | str, sp.Expr]] = [
+        (sp.Symbol("g_derived"), g_exact if g_exact is not None else sp.Float(g_der, 10))
+    ]
+    if g_conv is not None:
+        g_eqs.append((sp.Symbol("g_conventional"), sp.Float(g_conv, 10)))
+    d.steps.append(Step("Gain", A.gain_comparison(act), tuple(g_eqs)))
+
+    # 6. Depth.
+    ff = float(f.forward.subs(sub or {S.fan_out: S.fan_in}).subs(S.fan_in, fan_in or 1))
+    fb = float(f.backward.subs(sub or {S.fan_out: S.fan_in}).subs(S.fan_in, fan_in or 1))
+    d.forward_factor, d.backward_factor = ff, fb
+    d.forward_health = Ly.classify_factor(ff, 1e-12)
+    d.backward_health = Ly.classify_factor(fb, 1e-12)
+    lines = [
+        _depth_sentence("Forward", ff, d.forward_health),
+        _depth_sentence("Backward", fb, d.backward_health),
+    ]
+    if not act.homogeneous:
+        n_vw = float(
+            (S.fan_in * Ly._weight_variance(scheme))
+            .subs(sub or {S.fan_out: S.fan_in})
+            .subs(S.fan_in, fan_in or 1)
+        )
+        fp = Ly.mean_field_fixed_point(act, n_vw)
+        lines.append(
+            f"{act.name} is not homogeneous, so the factor depends on q: iterating "
+            f"q -> {_num(n_vw)} E[{act.name}(sqrt(q) z)^2] from q = 1 reaches q = {_num(fp.q_star)} "
+            f"after {fp.iterations} layers, where chi_1 = {_num(fp.chi)}."
+        )
+    widths = f"n_in = {fan_in}, n_out = {fan_out or fan_in}" if fan_in else "n_out = n_in"
+    d.steps.append(Step(f"Over depth ({widths})", " ".join(lines)))
+    return d
+
+
+def _depth_sentence(direction: str, factor: float, health: str) -> str:
+    if health == "preserved":
+        return f"{direction}: factor 1, the second moment is preserved at any depth."
+    kind, layer = Ly.float32_limit_layer(factor)
+    return (
+        f"{direction}: factor {_num(factor)} per layer, {health} "
+        f"(x{_num(factor)}^L after L layers; from E = 1, float32 {kind}s at layer {layer})."
+    )
+
+
+# -- rendering -----------------------------------------------------------------------------
+
+
+def _lhs(x) -> str:
+    return str(x)
+
+
+def _render_text(d: Derivation) -> str:
+    out = [f"Derivation: {d.scheme.name} with {d.activation.name}", ""]
+    for i, st in enumerate(d.steps, 1):
+        out.append(f"{i}. {st.title}")
+        out.append(f"   {st.text}")
+        for lhs, rhs in st.equations:
+            out.append(f"     {_lhs(lhs)} = {sp.sstr(rhs)}")
+        out.append("")
+    out.append(
+        f"Verdict: forward {d.forward_health}"
+        + (
+            f" (x{_num(d.forward_factor)})"
+            if d.forward_health not in ("preserved", "degenerate")
+            else ""
+        )
+        + f", backward {d.backward_health}"
+        + (
+            f" (x{_num(d.backward_factor)})"
+            if d.backward_health not in ("preserved", "degenerate")
+            else ""
+        )
+        + "."
+    )
+    return "\n".join(out)
+
+
+def _tex_lhs(x) -> str:
+    if isinstance(x, sp.Symbol):
+        name = x.name
+        table = {
+            "Var(w)": r"\mathrm{Var}(w)",
+            "E[z^2]": r"\mathbb{E}[z^2]",
+            "E[(dL/dx)^2]": r"\mathbb{E}[(\partial L/\partial x)^2]",
+            "chi_forward": r"\chi_{\mathrm{fwd}}",
+            "chi_backward": r"\chi_{\mathrm{bwd}}",
+            "chi_forward (n_out = n_in)": r"\chi_{\mathrm{fwd}}\big|_{n_{out}=n_{in}}",
+            "chi_backward (n_out = n_in)": r"\chi_{\mathrm{bwd}}\big|_{n_{out}=n_{in}}",
+            "g_derived": r"g_{\mathrm{derived}}",
+            "g_conventional": r"g_{\mathrm{conventional}}",
+        }
+        if name in table:
+            return table[name]
+        return r"\mathrm{" + name.replace("_", r"\_").replace("^", r"\^{}") + "}"
+    return sp.latex(x)
+
+
+def _render_markdown(d: Derivation) -> str:
+    out = [f"# Derivation: `{d.scheme.name}` with `{d.activation.name}`", ""]
+    for i, st in enumerate(d.steps, 1):
+        out.append(f"## {i}. {st.title}")
+        out.append("")
+        out.append(st.text)
+        out.append("")
+        for lhs, rhs in st.equations:
+            out.append(f"$$ {_tex_lhs(lhs)} = {sp.latex(rhs)} $$")
+        out.append("")
+    out.append(f"**Forward:** {d.forward_health}. **Backward:** {d.backward_health}.")
+    return "\n".join(out)
+
+
+def _render_latex(d: Derivation) -> str:
+    def esc(s: str) -> str:
+        return s.replace("_", r"\_").replace("^", r"\^{}").replace("&", r"\&").replace("#", r"\#")
+
+    out = [rf"\section*{{Derivation: {esc(d.scheme.name)} with {esc(d.activation.name)}}}"]
+    for i, st in enumerate(d.steps, 1):
+        out.append(rf"\subsection*{{{i}. {esc(st.title)}}}")
+        out.append(esc(st.text))
+        if st.equations:
+            out.append(r"\begin{align*}")
+            out.append(
+                " \\\\\n".join(f"{_tex_lhs(lhs)} &= {sp.latex(rhs)}" for lhs, rhs in st.equations)
+            )
+            out.append(r"\end{align*}")
+    out.append(rf"\paragraph{{Verdict}} forward {d.forward_health}, backward {d.backward_health}.")
+    return "\n".join(out)

@@ -1,0 +1,373 @@
+"""Initialization schemes as data: the variance law of every initializer.
+
+A :class:`Scheme` holds the SymPy expression of ``Var(w)`` (in the fans, the gain and, for
+Fixup, the depth), the values of its parameters, and the distribution the weights are
+drawn from. The JAX sampler in :mod:`varprop.initializers` reads the variance it uses from
+:meth:`Scheme.variance`, which evaluates that same expression (lambdified once, when the
+scheme is built) on the Python ints of a static shape. So the sampler and the law cannot
+drift apart, and a sampling test checks them against each other.
+
+Nothing here imports JAX.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import sympy as sp
+
+from varprop._src.laws import symbols as S
+
+MODES = ("fan_in", "fan_out", "fan_avg", "fan_geo_avg")
+DISTRIBUTIONS = ("normal", "truncated_normal", "uniform")
+#: Every distribution a scheme may declare (the last three are not i.i.d. draws).
+ALL_DISTRIBUTIONS = (*DISTRIBUTIONS, "orthogonal", "delta_orthogonal", "constant")
+
+AxisSpec = int | Sequence[int]
+
+
+# --------------------------------------------------------------------------------------
+# Distribution constants, derived symbolically.
+# --------------------------------------------------------------------------------------
+
+
+@functools.cache
+def truncated_normal_moments(lower: float = -2.0, upper: float = 2.0) -> dict[str, sp.Expr]:
+    """Mean, variance and kurtosis of a standard normal truncated to ``[lower, upper]``.
+
+    Derived by integrating the standard normal density with SymPy; nothing is typed in.
+    For ``[-2, 2]`` the standard deviation is the constant 0.87962566103423978 that JAX and
+    Keras divide by (``truncated_normal_std()``).
+
+    Returns:
+        A dict with SymPy expressions ``mean``, ``variance``, ``kurtosis`` (E[(z-mu)^4]/Var^2)
+        and ``mass`` (the probability of the interval under N(0, 1)).
+    """
+    t = sp.Symbol("t", real=True)
+    a, b = sp.nsimplify(lower), sp.nsimplify(upper)
+    pdf = sp.exp(-(t**2) / 2) / sp.sqrt(2 * sp.pi)
+    mass = sp.simplify(sp.integrate(pdf, (t, a, b)))
+    raw = [sp.simplify(sp.integrate(t**k * pdf, (t, a, b)) / mass) for k in range(5)]
+    mean = raw[1]
+    var = sp.simplify(raw[2] - mean**2)
+    m4 = raw[4] - 4 * mean * raw[3] + 6 * mean**2 * raw[2] - 3 * mean**4
+    kurt = sp.simplify(m4 / var**2)
+    return {"mean": mean, "variance": var, "kurtosis": kurt, "mass": mass}
+
+
+@functools.cache
+def truncated_normal_std(lower: float = -2.0, upper: float = 2.0) -> float:
+    """Standard deviation of N(0, 1) truncated to ``[lower, upper]`` (0.8796... for +-2)."""
+    return float(sp.sqrt(truncated_normal_moments(lower, upper)["variance"]).evalf(30))
+
+
+def distribution_kurtosis(distribution: str) -> sp.Expr:
+    """Kurtosis E[w^4]/E[w^2]^2 of a zero-mean scheme's distribution (3 for normal, 9/5 uniform)."""
+    if distribution == "normal":
+        return sp.Integer(3)
+    if distribution == "uniform":
+        u = sp.Symbol("u", real=True)
+        m2 = sp.integrate(u**2, (u, -1, 1)) / 2
+        m4 = sp.integrate(u**4, (u, -1, 1)) / 2
+        return sp.nsimplify(m4 / m2**2)
+    if distribution == "truncated_normal":
+        return truncated_normal_moments()["kurtosis"]
+    raise ValueError(f"kurtosis is defined for distributions {DISTRIBUTIONS}, got {distribution!r}")
+
+
+# --------------------------------------------------------------------------------------
+# Fans.
+# --------------------------------------------------------------------------------------
+
+
+def _axes(axis: AxisSpec, ndim: int, what: str, shape: tuple[int, ...]) -> tuple[int, ...]:
+    items = (axis,) if isinstance(axis, int) else tuple(axis)
+    out = []
+    for a in items:
+        if not isinstance(a, int) or isinstance(a, bool):
+            raise TypeError(f"{what} must be an int or a sequence of ints, got {axis!r}")
+        if not -ndim <= a < ndim:
+            raise ValueError(
+                f"{what}={a} is out of range for shape {shape} (ndim {ndim}); "
+                f"allowed: {-ndim}..{ndim - 1}"
+            )
+        out.append(a % ndim)
+    return tuple(out)
+
+
+def check_shape(shape: Sequence[int]) -> tuple[int, ...]:
+    """Return ``shape`` as a tuple of non-negative Python ints, or raise naming the bad entry."""
+    if isinstance(shape, int):
+        shape = (shape,)
+    try:
+        out = tuple(shape)
+    except TypeError:
+        raise TypeError(f"shape must be a sequence of ints, got {shape!r}") from None
+    for d in out:
+        if not isinstance(d, int) or isinstance(d, bool):
+            try:
+                d = int(d.__index__())  # numpy ints
+            except (AttributeError, TypeError):
+                raise TypeError(f"shape entries must be ints, got {d!r} in {shape!r}") from None
+        if d < 0:
+            raise ValueError(f"shape entries must be >= 0, got {d} in {shape!r}")
+    return tuple(int(d) for d in out)
+
+
+def compute_fans(
+    shape: Sequence[int],
+    in_axis: AxisSpec = -2,
+    out_axis: AxisSpec = -1,
+    batch_axis: AxisSpec = (),
+) -> tuple[int, int]:
+    """Fan-in and fan-out of a weight of ``shape`` in Flax layout ``(..., in, out)``.
+
+    Every axis that is neither ``in``, ``out`` nor ``batch`` is a receptive-field axis
+    (a conv kernel's spatial dims) and multiplies both fans:
+
+    .. math:: n_{in} = |in| \\cdot rf, \\quad n_{out} = |out| \\cdot rf,
+              \\quad rf = \\prod_{a \\notin in \\cup out \\cup batch} shape_a
+
+    Unlike JAX, the receptive field is a product of the remaining axes (an int), so an
+    axis named twice raises instead of giving a fractional fan.
+
+    Raises:
+        ValueError: for shapes with fewer than 2 dims when the axes need them, axes out of
+            range or overlapping, or a zero-size shape (a zero fan has no variance law).
+
+    Example:
+        >>> compute_fans((3, 3, 16, 32))
+        (144, 288)
+    """
+    shape = check_shape(shape)
+    ndim = len(shape)
+    if ndim < 2 and (in_axis, out_axis) == (-2, -1):
+        raise ValueError(
+            f"fan-based initializers need a shape with at least 2 dims (..., in, out); "
+            f"got shape {shape}. For a bias or a 1-D parameter use zeros, constant or normal, "
+            "or pass in_axis/out_axis explicitly."
+        )
+    if ndim == 0:
+        raise ValueError(f"fan-based initializers need at least 1 dim, got shape {shape}")
+    ins = _axes(in_axis, ndim, "in_axis", shape)
+    outs = _axes(out_axis, ndim, "out_axis", shape)
+    batch = _axes(batch_axis, ndim, "batch_axis", shape)
+    named = [*ins, *outs, *batch]
+    if len(set(named)) != len(named) and not (ndim == 1 and set(ins) == set(outs)):
+        raise ValueError(
+            f"in_axis={in_axis}, out_axis={out_axis}, batch_axis={batch_axis} overlap for "
+            f"shape {shape}; each axis may be named once"
+        )
+    if math.prod(shape) == 0:
+        raise ValueError(
+            f"zero-size shape {shape}: a fan of 0 has no variance law; allowed: all dims >= 1"
+        )
+    rf = math.prod(shape[a] for a in range(ndim) if a not in set(named))
+    fan_in = math.prod(shape[a] for a in ins) * rf
+    fan_out = math.prod(shape[a] for a in outs) * rf
+    return fan_in, fan_out
+
+
+# --------------------------------------------------------------------------------------
+# Schemes.
+# --------------------------------------------------------------------------------------
+
+_SHAPE_SYMBOLS = (S.fan_in, S.fan_out, S.n_rows, S.n_cols)
+
+
+@dataclass(frozen=True, eq=False)
+class Scheme:
+    """The variance law of an initializer, as data.
+
+    Attributes:
+        name: the builder's name, e.g. ``"he_normal"``.
+        variance_expr: SymPy ``Var(w)`` in the shape symbols (``n_in``, ``n_out`` or
+            ``n_rows``, ``n_cols``) and the parameter symbols (``g``, ``L``, ``m``, ``sigma``).
+        parameters: values of the parameter symbols, e.g. ``{g: sqrt(2)}``.
+        distribution: one of ``normal``, ``truncated_normal``, ``uniform`` (i.i.d. draws),
+            ``orthogonal``, ``delta_orthogonal`` or ``constant``.
+        mean_expr: ``E[w]`` (non-zero only for ``constant``).
+        uses_fans: whether the law depends on the shape through the fans.
+        in_axis, out_axis, batch_axis: the layout the fans are read with.
+        column_axis: for orthogonal schemes, the axis whose entries are the columns.
+        truncation: for ``truncated_normal``, the bounds in units of the pre-truncation std.
+        description: one paragraph, with the paper the scheme comes from.
+        options: the builder's keyword arguments, for ``repr`` and reports.
+    """
+
+    name: str
+    variance_expr: sp.Expr
+    parameters: Mapping[sp.Symbol, sp.Expr]
+    distribution: str
+    description: str
+    mean_expr: sp.Expr = sp.S.Zero
+    uses_fans: bool = True
+    in_axis: AxisSpec = -2
+    out_axis: AxisSpec = -1
+    batch_axis: AxisSpec = ()
+    column_axis: int = -1
+    truncation: tuple[float, float] = (-2.0, 2.0)
+    options: Mapping[str, object] = field(default_factory=dict)
+    _variance_fn: Callable[..., float] = field(init=False, repr=False)
+    _mean_fn: Callable[..., float] = field(init=False, repr=False)
+
+    def __post_init__(self):
+        if self.distribution not in ALL_DISTRIBUTIONS:
+            raise ValueError(
+                f"unknown distribution {self.distribution!r}; allowed: {ALL_DISTRIBUTIONS}"
+            )
+        free = (self.law.free_symbols | self.mean_law.free_symbols) - set(_SHAPE_SYMBOLS)
+        if free:
+            raise ValueError(
+                f"scheme {self.name!r} leaves parameters unset: {sorted(map(str, free))}"
+            )
+        # Lambdified once, here; the sampler calls these on Python ints at trace time.
+        object.__setattr__(
+            self, "_variance_fn", sp.lambdify(_SHAPE_SYMBOLS, self.law, modules="math")
+        )
+        object.__setattr__(
+            self, "_mean_fn", sp.lambdify(_SHAPE_SYMBOLS, self.mean_law, modules="math")
+        )
+
+    # -- symbolic ---------------------------------------------------------------------
+    @property
+    def law(self) -> sp.Expr:
+        """``Var(w)`` with the parameters substituted, e.g. ``2/n_in`` for He."""
+        return sp.simplify(self.variance_expr.subs(dict(self.parameters)))
+
+    @property
+    def mean_law(self) -> sp.Expr:
+        """``E[w]`` with the parameters substituted."""
+        return sp.simplify(sp.sympify(self.mean_expr).subs(dict(self.parameters)))
+
+    @property
+    def second_moment_law(self) -> sp.Expr:
+        """``E[w^2] = Var(w) + E[w]^2``: what the layer law multiplies by the fan."""
+        return sp.simplify(self.law + self.mean_law**2)
+
+    @property
+    def kurtosis(self) -> sp.Expr | None:
+        """Kurtosis of the entries' distribution, for sampling-test tolerances.
+
+        ``None`` for ``constant`` (no spread) and for the orthogonal schemes, whose sum of
+        squares is exact rather than random.
+        """
+        if self.distribution in DISTRIBUTIONS:
+            if self.distribution == "truncated_normal" and self.truncation != (-2.0, 2.0):
+                return truncated_normal_moments(*self.truncation)["kurtosis"]
+            return distribution_kurtosis(self.distribution)
+        return None
+
+    # -- numeric, for a shape ---------------------------------------------------------
+    def fans(self, shape: Sequence[int]) -> tuple[int, int]:
+        """``(fan_in, fan_out)`` of ``shape`` in this scheme's layout."""
+        return compute_fans(shape, self.in_axis, self.out_axis, self.batch_axis)
+
+    def shape_values(self, shape: Sequence[int]) -> tuple[int, int, int, int]:
+        """Values of ``(n_in, n_out, n_rows, n_cols)`` for ``shape`` (1 where unused)."""
+        shape = check_shape(shape)
+        fan_in = fan_out = rows = cols = 1
+        if self.distribution in ("orthogonal", "delta_orthogonal"):
+            rows, cols = orthogonal_matrix_shape(shape, self.column_axis, self.distribution)
+            if self.distribution == "delta_orthogonal":
+                fan_in, fan_out = compute_fans(shape)
+        elif self.uses_fans:
+            fan_in, fan_out = self.fans(shape)
+        return fan_in, fan_out, rows, cols
+
+    def variance(self, shape: Sequence[int]) -> float:
+        """Numeric ``Var(w)`` for ``shape`` (the value the sampler draws with)."""
+        v = float(self._variance_fn(*self.shape_values(shape)))
+        if not math.isfinite(v) or v < 0:
+            raise ValueError(f"scheme {self.name!r} gives variance {v} for shape {tuple(shape)}")
+        return v
+
+    def std(self, shape: Sequence[int]) -> float:
+        return math.sqrt(self.variance(shape))
+
+    def mean(self, shape: Sequence[int] = ()) -> float:
+        return float(self._mean_fn(*self.shape_values(shape) if shape else (1, 1, 1, 1)))
+
+    def bound(self, shape: Sequence[int]) -> float | None:
+        """Largest possible ``|w|`` for ``shape``, or ``None`` for an unbounded distribution.
+
+        Uniform: ``sqrt(3 Var)``. Truncated normal: the truncation point times the
+        pre-truncation std ``sqrt(Var)/c``. Orthogonal: the gain. Constant: ``|c|``.
+        """
+        d = self.distribution
+        if d == "uniform":
+            return math.sqrt(3.0 * self.variance(shape))
+        if d == "truncated_normal":
+            lo, hi = self.truncation
+            return max(abs(lo), abs(hi)) * self.std(shape) / truncated_normal_std(lo, hi)
+        if d in ("orthogonal", "delta_orthogonal"):
+            return float(self.parameters.get(S.gain, 1))
+        if d == "constant":
+            return abs(self.mean(shape))
+        return None
+
+    def __repr__(self) -> str:
+        opts = ", ".join(f"{k}={v!r}" for k, v in self.options.items())
+        return f"Scheme({self.name}({opts}): Var(w) = {self.law}, {self.distribution})"
+
+    def summary(self) -> str:
+        """A short text: the law, the distribution and the description."""
+        return f"{self.name}: Var(w) = {self.law} ({self.distribution}). {self.description}"
+
+
+def orthogonal_matrix_shape(
+    shape: Sequence[int], column_axis: int = -1, distribution: str = "orthogonal"
+) -> tuple[int, int]:
+    """Rows and columns of the matrix an orthogonal scheme draws for ``shape``."""
+    shape = check_shape(shape)
+    if distribution == "delta_orthogonal":
+        if len(shape) not in (3, 4, 5):
+            raise ValueError(
+                f"delta_orthogonal needs a 3-D, 4-D or 5-D conv kernel (..., in, out); got {shape}"
+            )
+        if shape[-1] < shape[-2]:
+            raise ValueError(
+                f"delta_orthogonal needs out channels >= in channels; got shape {shape}"
+            )
+        if math.prod(shape) == 0:
+            raise ValueError(f"zero-size shape {shape}: allowed: all dims >= 1")
+        return shape[-2], shape[-1]
+    if len(shape) < 2:
+        raise ValueError(f"orthogonal needs a shape with at least 2 dims; got {shape}")
+    if math.prod(shape) == 0:
+        raise ValueError(f"zero-size shape {shape}: allowed: all dims >= 1")
+    col = _axes(column_axis, len(shape), "column_axis", shape)[0]
+    cols = shape[col]
+    return math.prod(shape) // cols, cols
+
+
+def fan_denominator(mode: str) -> sp.Expr:
+    """The ``n`` of ``Var(w) = scale / n`` for each mode."""
+    if mode == "fan_in":
+        return S.fan_in
+    if mode == "fan_out":
+        return S.fan_out
+    if mode == "fan_avg":
+        return (S.fan_in + S.fan_out) / 2
+    if mode == "fan_geo_avg":
+        return sp.sqrt(S.fan_in * S.fan_out)
+    raise ValueError(f"unknown mode {mode!r}; allowed: {MODES}")
+
+
+def check_distribution(distribution: str) -> str:
+    if distribution not in DISTRIBUTIONS:
+        raise ValueError(f"unknown distribution {distribution!r}; allowed: {DISTRIBUTIONS}")
+    return distribution
+
+
+def check_positive(name: str, v: object) -> sp.Expr:
+    """A positive finite number (int, float or SymPy), returned as an exact SymPy number."""
+    if isinstance(v, bool) or not isinstance(v, (int, float, sp.Expr)):
+        raise TypeError(f"{name} must be a positive number, got {v!r}")
+    e = sp.sympify(v)
+    if not e.is_number or not e.is_real or not math.isfinite(float(e)) or float(e) <= 0:
+        raise ValueError(f"{name} must be a finite number > 0, got {v!r}")
+    return sp.nsimplify(e, rational=False) if isinstance(v, float) else e

@@ -1,0 +1,380 @@
+"""The probe: one jitted call that runs an MLP forward and backward and returns per-layer
+statistics, for S independent seeds at once.
+
+Layer l (1-based) maps its input x (width n_{l-1}) to z = x W + b (width n_l) and, except for
+the output layer, to h = phi(z). The backward pass uses the loss ``sum(y * v)`` with a fixed
+Gaussian ``v``, so dL/dy has unit second moment.
+
+Gradients of intermediates come from *taps*: an identity function with a custom VJP whose
+backward rule returns the statistics of the cotangent as the cotangent of a small zero
+"carrier" vector. The gradient with respect to the carriers is then the per-layer gradient
+statistics, computed inside the same XLA program, without storing dL/dz anywhere.
+
+Every second moment is returned as a natural log and computed as
+``2 log max|v| + log mean((v / max|v|)^2)``: it stays finite as long as the values do, even
+where ``mean(v^2)`` would overflow float32 (about half-way to the layer where v does).
+Nothing prints or raises inside jit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from varprop._src.initializers import Initializer
+from varprop._src.laws import activations as A
+from varprop._src.nn.activations import jax_activation
+
+Array = jax.Array
+
+#: Statistics a tap returns for a (batch, units) array: see :func:`_summary`.
+_N_SUMMARY = 4
+
+
+def _summary(v: Array) -> Array:
+    """``[log m2, rel_unit_var, all_finite, mean]`` of a ``(batch, units)`` array.
+
+    - ``log m2``: log of the mean of v^2 (``-inf`` when v is all zero).
+    - ``rel_unit_var``: variance across units of the per-unit second moments, divided by
+      their mean squared; the squared relative standard error of ``m2`` is this over units.
+    - ``all_finite``: 1.0 if every entry is finite.
+    - ``mean``: mean of v.
+    """
+    v = v.astype(jnp.float32)
+    finite = jnp.all(jnp.isfinite(v))
+    big = jnp.max(jnp.where(jnp.isfinite(v), jnp.abs(v), 0.0))
+    # Scale by a power of two, in two halves: 1/big itself can be subnormal (big > 2^126),
+    # and CPUs flush subnormals to zero.
+    e = jnp.frexp(big)[1]
+    e1 = e // 2
+    u = v * jnp.exp2(-e1.astype(jnp.float32)) * jnp.exp2(-(e - e1).astype(jnp.float32))
+    per_unit = jnp.mean(u * u, axis=0)
+    m = jnp.mean(per_unit)
+    lm2 = jnp.log(m) + 2.0 * jnp.log(2.0) * e.astype(jnp.float32)
+    rv = jnp.where(m > 0, jnp.var(per_unit) / jnp.where(m > 0, m * m, 1.0), 0.0)
+    mean = jnp.mean(u) * jnp.exp2(e1.astype(jnp.float32)) * jnp.exp2((e - e1).astype(jnp.float32))
+    return jnp.stack([lm2, rv, finite.astype(jnp.float32), mean])
+
+
+@jax.custom_vjp
+def _tap(v: Array, carrier: Array) -> Array:
+    del carrier
+    return v
+
+
+def _tap_fwd(v, carrier):
+    del carrier
+    return v, None
+
+
+def _tap_bwd(_, ct):
+    return ct, _summary(ct)
+
+
+_tap.defvjp(_tap_fwd, _tap_bwd)
+
+
+@dataclass(frozen=True, eq=False)
+class Network:
+    """An MLP as the probe sees it: widths, one activation, an initializer per layer.
+
+    Attributes:
+        widths: ``(n_0, n_1, ..., n_L)``: input width, hidden widths, output width.
+        activation: a registered activation (name or spec string).
+        kernel_inits: one initializer per dense layer (L of them).
+        bias_inits: one per layer, or ``None`` for no bias.
+    """
+
+    widths: tuple[int, ...]
+    activation: str
+    kernel_inits: tuple[Initializer, ...]
+    bias_inits: tuple[Initializer | None, ...]
+
+    @property
+    def depth(self) -> int:
+        return len(self.widths) - 1
+
+    def segments(self) -> list[tuple[int, int]]:
+        """Runs ``(start, stop)`` of consecutive layers with the same shape, init and role.
+
+        A run of two or more layers is computed with ``lax.scan`` so that compile time does
+        not grow with depth.
+        """
+        keys = [
+            (
+                self.widths[i],
+                self.widths[i + 1],
+                i == self.depth - 1,
+                id(self.kernel_inits[i]),
+                id(self.bias_inits[i]),
+            )
+            for i in range(self.depth)
+        ]
+        runs, start = [], 0
+        for i in range(1, self.depth + 1):
+            if i == self.depth or keys[i] != keys[start]:
+                runs.append((start, i))
+                start = i
+        return runs
+
+
+def make_network(
+    widths: Sequence[int],
+    activation: str,
+    kernel_init: Initializer | Sequence[Initializer],
+    bias_init: Initializer | Sequence[Initializer | None] | None = None,
+) -> Network:
+    """Validate and build a :class:`Network`.
+
+    Raises:
+        ValueError: fewer than two widths, a width < 1, a list of initializers of the wrong
+            length, or an unknown activation.
+    """
+    widths = tuple(widths)
+    if len(widths) < 2:
+        raise ValueError(f"widths needs at least an input and an output width, got {widths}")
+    for w in widths:
+        if isinstance(w, bool) or not isinstance(w, int) or w < 1:
+            raise ValueError(f"every width must be an int >= 1, got {w!r} in {widths}")
+    depth = len(widths) - 1
+    A.get_activation(activation)
+
+    def per_layer(x, what):
+        if isinstance(x, Initializer) or x is None:
+            return (x,) * depth
+        xs = tuple(x)
+        if len(xs) != depth:
+            raise ValueError(
+                f"{what}: expected {depth} initializers (one per layer), got {len(xs)}"
+            )
+        return xs
+
+    kinits = per_layer(kernel_init, "kernel_init")
+    if any(k is None for k in kinits):
+        raise ValueError("kernel_init may not be None")
+    return Network(widths, activation, kinits, per_layer(bias_init, "bias_init"))  # type: ignore[arg-type]
+
+
+def init_segment(net: Network, seg: int, key: Array, dtype: Any = jnp.float32) -> dict[str, Array]:
+    """Weights of one segment: ``{"W": (k, n_in, n_out), "b": (k, n_out)}``."""
+    a, b = net.segments()[seg]
+    k = b - a
+    n_in, n_out = net.widths[a], net.widths[a + 1]
+    wkeys = jax.random.split(jax.random.fold_in(key, 0), k)
+    bkeys = jax.random.split(jax.random.fold_in(key, 1), k)
+    kinit, binit = net.kernel_inits[a], net.bias_inits[a]
+    W = jax.vmap(lambda kw: kinit(kw, (n_in, n_out), dtype))(wkeys)
+    if binit is None:
+        bias = jnp.zeros((k, n_out), dtype)
+    else:
+        bias = jax.vmap(lambda kb: binit(kb, (n_out,), dtype))(bkeys)
+    return {"W": W, "b": bias}
+
+
+def init_params(net: Network, key: Array, dtype: Any = jnp.float32) -> list[dict[str, Array]]:
+    """Weights for each segment (see :func:`init_segment`)."""
+    return [
+        init_segment(net, i, jax.random.fold_in(key, i), dtype) for i in range(len(net.segments()))
+    ]
+
+
+def forward(net: Network, params, x: Array) -> Array:
+    """The plain forward pass: ``lax.scan`` over each segment's stacked layers."""
+    act = jax_activation(net.activation)
+    h = x
+    for (_a, b), p in zip(net.segments(), params, strict=True):
+        last = b == net.depth
+
+        def body(hh, wb, last=last):
+            z = hh @ wb[0].astype(hh.dtype) + wb[1].astype(hh.dtype)[None, :]
+            return (z if last else act(z)), None
+
+        h, _ = jax.lax.scan(body, h, (p["W"], p["b"]))
+    return h
+
+
+class ForwardStats(NamedTuple):
+    """Per-layer forward statistics (each field has shape ``(L,)`` per seed)."""
+
+    x_lm2: Array  # log E[x^2] of the layer's input
+    x_rv: Array
+    z_lm2: Array  # log E[z^2] of the pre-activation
+    z_rv: Array  # relative variance across units of per-unit E[z^2]
+    z_finite: Array
+    z_mean: Array
+    h_lm2: Array  # log E[h^2] after the activation (= z for the output layer)
+    h_mean: Array
+    dphi2: Array  # mean phi'(z)^2 (1 for the output layer)
+    b_m2: Array  # mean b^2
+
+
+class BackwardStats(NamedTuple):
+    """Per-layer backward statistics (each field ``(L,)`` per seed)."""
+
+    gz_lm2: Array  # log E[(dL/dz)^2]
+    gz_rv: Array
+    gz_finite: Array
+    gx_lm2: Array  # log E[(dL/dx)^2] of the layer's input
+    gx_rv: Array
+    gx_finite: Array
+
+
+class ProbeStats(NamedTuple):
+    forward: ForwardStats
+    backward: BackwardStats
+    loss: Array
+    #: Summary of the output layer's z pooled with ``redraws`` extra draws of its kernel on
+    #: the same input (``None`` when no redraws): more units for a narrow output layer.
+    output_redraw: Array | None = None
+
+
+def _layer(h, W, b, cz, cx, act, last):
+    x = _tap(h, cx)
+    z = x @ W.astype(x.dtype) + b.astype(x.dtype)[None, :]
+    z = _tap(z, cz)
+    if last:
+        out, dphi2 = z, jnp.float32(1.0)
+    else:
+        out, dphi = jax.jvp(act, (z,), (jnp.ones_like(z),))
+        dphi2 = jnp.mean(jnp.square(dphi.astype(jnp.float32)))
+    sx, sz, sh = _summary(x), _summary(z), _summary(out)
+    fstats = (sx[0], sx[1], sz[0], sz[1], sz[2], sz[3], sh[0], sh[3], dphi2, jnp.mean(b * b))
+    return out, fstats
+
+
+def network_loss(net: Network, params, x: Array, v: Array, carriers):
+    """``sum(y * v)`` and the forward statistics; gradients w.r.t. ``carriers`` give the
+    backward statistics. ``carriers`` is a list (per segment) of ``(k, 2, 4)`` zeros."""
+    act = jax_activation(net.activation)
+    h = x
+    fs = []
+    x_last = None
+    for (a, b), p, c in zip(net.segments(), params, carriers, strict=True):
+        last = b == net.depth
+        if last:
+            x_last = h if b - a == 1 else None
+        if b - a == 1:
+            h, st = _layer(h, p["W"][0], p["b"][0], c[0, 0], c[0, 1], act, last)
+            fs.append(tuple(jnp.reshape(s, (1,)) for s in st))
+        else:
+
+            def body(hh, xs, last=last):
+                W, bb, cc = xs
+                return _layer(hh, W, bb, cc[0], cc[1], act, last)
+
+            h, st = jax.lax.scan(body, h, (p["W"], p["b"], c))
+            fs.append(st)
+    fwd = ForwardStats(*(jnp.concatenate(parts) for parts in zip(*fs, strict=True)))
+    loss = jnp.sum(h.astype(jnp.float32) * v)
+    return loss, (fwd, x_last)
+
+
+def _zero_carriers(net: Network):
+    return [jnp.zeros((b - a, 2, _N_SUMMARY), jnp.float32) for a, b in net.segments()]
+
+
+def probe_params(net: Network, params, x: Array, v: Array) -> ProbeStats:
+    """Statistics of one forward+backward pass with the given weights (not jitted here)."""
+    carriers = _zero_carriers(net)
+    (loss, fwd), g = jax.value_and_grad(lambda c: network_loss(net, params, x, v, c), has_aux=True)(
+        carriers
+    )
+    return _stats(fwd, g, loss)
+
+
+def _stats(fwd: ForwardStats, g, loss) -> ProbeStats:
+    g = jnp.concatenate(g)  # (L, 2, 4): [:, 0] is dL/dz, [:, 1] is dL/dx
+    bwd = BackwardStats(
+        gz_lm2=g[:, 0, 0],
+        gz_rv=g[:, 0, 1],
+        gz_finite=g[:, 0, 2],
+        gx_lm2=g[:, 1, 0],
+        gx_rv=g[:, 1, 1],
+        gx_finite=g[:, 1, 2],
+    )
+    return ProbeStats(fwd, bwd, loss)
+
+
+def _draw_inputs(key: Array, batch: int, width: int, spec_mean, spec_std, data):
+    if data is None:
+        return spec_mean + spec_std * jax.random.normal(key, (batch, width), jnp.float32)
+    idx = jax.random.randint(key, (batch,), 0, data.shape[0])
+    return jnp.take(data, idx, axis=0).astype(jnp.float32)
+
+
+def output_redraws(net: Network, target_units: int = 256) -> int:
+    """Extra kernel draws for the output layer so that about ``target_units`` units carry
+    its forward test (0 when the layer is already that wide or the input is the data)."""
+    if net.depth < 2:
+        return 0
+    n_out = net.widths[-1]
+    return max(0, -(-target_units // n_out) - 1)
+
+
+def make_probe(
+    net: Network,
+    batch: int,
+    input_mean: float = 0.0,
+    input_std: float = 1.0,
+    redraws: int | None = None,
+):
+    """A jitted ``probe(keys, data) -> ProbeStats`` with a leading seed axis.
+
+    Each seed key draws the weights, the input batch and ``v`` afresh. Inputs are
+    ``N(input_mean, input_std^2)``, or rows drawn from ``data`` (an ``(N, n_0)`` array) when
+    it is not ``None``; pass it as an argument so that it is not baked into the program.
+
+    A narrow output layer has few units, so its forward test is weak, and in deep nets more
+    seeds help little (the rows of its input become correlated). ``redraws`` extra kernels
+    are drawn from the same initializer and applied to the layer's saved input, which costs
+    one small matmul each (DESIGN §3); default :func:`output_redraws`.
+    """
+    n0, nl = net.widths[0], net.widths[-1]
+    k_extra = output_redraws(net) if redraws is None else redraws
+    last_init = net.kernel_inits[-1]
+
+    def one(key, data):
+        kw, kx, kv, kr = jax.random.split(key, 4)
+        params = init_params(net, kw)
+        x = _draw_inputs(kx, batch, n0, input_mean, input_std, data)
+        v = jax.random.normal(kv, (batch, nl), jnp.float32)
+        carriers = _zero_carriers(net)
+        (loss, (fwd, x_last)), g = jax.value_and_grad(
+            lambda c: network_loss(net, params, x, v, c), has_aux=True
+        )(carriers)
+        stats = _stats(fwd, g, loss)
+        if k_extra == 0 or x_last is None:
+            return stats
+        n_in = net.widths[-2]
+        ws = jax.vmap(lambda k: last_init(k, (n_in, nl)))(jax.random.split(kr, k_extra))
+        b_last = params[-1]["b"][0]
+        zs = jnp.einsum("bi,kio->bko", x_last, ws).reshape(batch, k_extra * nl)
+        zs = zs + jnp.tile(b_last, k_extra)[None, :]
+        z_real = x_last @ params[-1]["W"][0] + b_last[None, :]
+        pooled = _summary(jnp.concatenate([z_real, zs], axis=1))
+        return stats._replace(output_redraw=pooled)
+
+    @jax.jit
+    def probe(keys, data):
+        return jax.vmap(one, in_axes=(0, None))(keys, data)
+
+    return probe
+
+
+def make_plain_step(net: Network, batch: int):
+    """The baseline the probe is benchmarked against: the same weights and inputs, a plain
+    jitted forward + backward (gradient w.r.t. the input), no statistics."""
+    n0, nl = net.widths[0], net.widths[-1]
+
+    def one(key):
+        kw, kx, kv = jax.random.split(key, 3)
+        params = init_params(net, kw)
+        x = jax.random.normal(kx, (batch, n0), jnp.float32)
+        v = jax.random.normal(kv, (batch, nl), jnp.float32)
+        return jax.value_and_grad(lambda xx: jnp.sum(forward(net, params, xx) * v))(x)
+
+    return jax.jit(jax.vmap(one))
