@@ -5,7 +5,7 @@ derives what each layer's forward and backward variance must be (:mod:`varprop.l
 and the checker measures a real network against it.
 """
 
-from varprop import initializers, laws
+from varprop import initializers, laws, nn
 from varprop._src.check import CheckResult, LayerRow, assert_agrees, check
 from varprop._src.initializers import Initializer, scheme_of
 from varprop._src.laws.schemes import Scheme
@@ -21,5 +21,6 @@ __all__ = [
     "check",
     "initializers",
     "laws",
+    "nn",
     "scheme_of",
 ]

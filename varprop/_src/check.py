@@ -419,8 +419,9 @@ def _health(rows, pred, L) -> dict[str, Any]:
 def _diagnose(rows, net, expected, first_nf, pred_nf, st, tol) -> list[str]:
     out = []
     fwd = [r for r in rows if r.direction == "forward"]
+    swapped: set[int] = set()
     for r in rows:
-        if r.verdict != "disagrees" or r.ratio is None or r.n_in == r.n_out:
+        if r.verdict != "disagrees" or r.ratio is None or r.n_in == r.n_out or r.layer in swapped:
             continue
         for target, msg in (
             (r.n_in / r.n_out, "drawn with fan_out where fan_in was expected"),
@@ -431,8 +432,9 @@ def _diagnose(rows, net, expected, first_nf, pred_nf, st, tol) -> list[str]:
                     f"layer {r.layer} ({r.n_in}->{r.n_out}): Var(w) is {r.ratio:.3g}x the expected "
                     f"law ~ {target:.3g} = the fan ratio: fan_in/fan_out swap ({msg})"
                 )
-                if text not in out:
-                    out.append(text)
+                out.append(text)
+                swapped.add(r.layer)
+                break
     bad = [r for r in fwd if r.verdict == "disagrees" and r.ratio]
     if len(bad) >= 2 and len(bad) >= len(fwd) - 1:
         rs = np.array([r.ratio for r in bad])
@@ -547,7 +549,7 @@ def check(
     bm2 = [_bias_m2(b, widths[i + 1]) for i, b in enumerate(binits)]
     pred = predict(widths, activation, expected, bm2, input_m2, batch)
 
-    probe = make_probe(net, batch, input_mean, input_std)
+    probe = _cached_probe(net, batch, input_mean, input_std)
     data_arg = None if data is None else jax.numpy.asarray(data)
     base = jax.random.key(seed)
     stats = None
@@ -578,6 +580,27 @@ def check(
     return CheckResult(
         verdict, total, rows, health, diagnosis, first_nf, pred.nonfinite_layer, config
     )
+
+
+_PROBES: dict[tuple, Any] = {}
+
+
+def _cached_probe(net, batch: int, mean: float, std: float):
+    """One compiled probe per architecture: a second check of the same net is warm."""
+    key = (
+        net.widths,
+        net.activation,
+        tuple(map(repr, net.kernel_inits)),
+        tuple(map(repr, net.bias_inits)),
+        batch,
+        float(mean),
+        float(std),
+    )
+    if key not in _PROBES:
+        if len(_PROBES) >= 32:
+            _PROBES.pop(next(iter(_PROBES)))
+        _PROBES[key] = make_probe(net, batch, mean, std)
+    return _PROBES[key]
 
 
 def _validate(widths, batch, seeds, max_seeds, tolerance, alpha, mean, std, data):

@@ -66,7 +66,7 @@ def _orthogonal_matrix(key: Array, rows: int, cols: int, dtype: np.dtype) -> Arr
     is Haar-distributed (Mezzadri 2007). Computed in float32 or wider, then cast.
     """
     big, small = max(rows, cols), min(rows, cols)
-    work = jnp.promote_types(dtype, jnp.float32)
+    work = jnp.dtype(jnp.float32) if jnp.finfo(dtype).bits < 32 else jnp.dtype(dtype)
     a = jax.random.normal(key, (big, small), work)
     q, r = jnp.linalg.qr(a)
     d = jnp.diagonal(r)

@@ -186,14 +186,17 @@ def forward(net: Network, params, x: Array) -> Array:
     """The plain forward pass: ``lax.scan`` over each segment's stacked layers."""
     act = jax_activation(net.activation)
     h = x
-    for (_a, b), p in zip(net.segments(), params, strict=True):
+    for (a, b), p in zip(net.segments(), params, strict=True):
         last = b == net.depth
 
         def body(hh, wb, last=last):
             z = hh @ wb[0].astype(hh.dtype) + wb[1].astype(hh.dtype)[None, :]
             return (z if last else act(z)), None
 
-        h, _ = jax.lax.scan(body, h, (p["W"], p["b"]))
+        if b - a == 1:
+            h, _ = body(h, (p["W"][0], p["b"][0]))
+        else:
+            h, _ = jax.lax.scan(body, h, (p["W"], p["b"]))
     return h
 
 
@@ -280,9 +283,9 @@ def _zero_carriers(net: Network):
 def probe_params(net: Network, params, x: Array, v: Array) -> ProbeStats:
     """Statistics of one forward+backward pass with the given weights (not jitted here)."""
     carriers = _zero_carriers(net)
-    (loss, fwd), g = jax.value_and_grad(lambda c: network_loss(net, params, x, v, c), has_aux=True)(
-        carriers
-    )
+    (loss, (fwd, _)), g = jax.value_and_grad(
+        lambda c: network_loss(net, params, x, v, c), has_aux=True
+    )(carriers)
     return _stats(fwd, g, loss)
 
 

@@ -7,6 +7,7 @@ formats them. Everything shown is computed by SymPy from the scheme and the acti
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 
 import sympy as sp
@@ -159,7 +160,7 @@ def derive(
         (chi_f, f.forward),
     ]
     if sub:
-        f_eqs.append((chi_f, sp.nsimplify(f.forward.subs(sub))))
+        f_eqs.append((chi_f, _tidy(f.forward.subs(sub))))
     elif f.forward != f.forward_square:
         f_eqs.append((sp.Symbol("chi_forward (n_out = n_in)"), f.forward_square))
     q_note = "" if f.q is None else " (evaluated at q = 1: the map is not homogeneous)"
@@ -177,7 +178,7 @@ def derive(
     bwd_eq = Ly.backward_law(scheme, act)
     b_eqs: list[tuple[sp.Expr | str, sp.Expr]] = [(bwd_eq.lhs, bwd_eq.rhs), (chi_b, f.backward)]
     if sub:
-        b_eqs.append((chi_b, sp.nsimplify(f.backward.subs(sub))))
+        b_eqs.append((chi_b, _tidy(f.backward.subs(sub))))
     else:
         b_eqs.append((sp.Symbol("chi_backward (n_out = n_in)"), f.backward_square))
     d.steps.append(
@@ -205,27 +206,52 @@ def derive(
     ff = float(f.forward.subs(sub or {S.fan_out: S.fan_in}).subs(S.fan_in, fan_in or 1))
     fb = float(f.backward.subs(sub or {S.fan_out: S.fan_in}).subs(S.fan_in, fan_in or 1))
     d.forward_factor, d.backward_factor = ff, fb
-    d.forward_health = Ly.classify_factor(ff, 1e-12)
-    d.backward_health = Ly.classify_factor(fb, 1e-12)
-    lines = [
-        _depth_sentence("Forward", ff, d.forward_health),
-        _depth_sentence("Backward", fb, d.backward_health),
-    ]
-    if not act.homogeneous:
+    if act.homogeneous:
+        d.forward_health = Ly.classify_factor(ff, 1e-12)
+        d.backward_health = Ly.classify_factor(fb, 1e-12)
+        lines = [
+            _depth_sentence("Forward", ff, d.forward_health),
+            _depth_sentence("Backward", fb, d.backward_health),
+        ]
+    else:
+        # The factor depends on q: iterate the mean-field map instead of powering it.
         n_vw = float(
             (S.fan_in * Ly._weight_variance(scheme))
             .subs(sub or {S.fan_out: S.fan_in})
             .subs(S.fan_in, fan_in or 1)
         )
         fp = Ly.mean_field_fixed_point(act, n_vw)
-        lines.append(
-            f"{act.name} is not homogeneous, so the factor depends on q: iterating "
-            f"q -> {_num(n_vw)} E[{act.name}(sqrt(q) z)^2] from q = 1 reaches q = {_num(fp.q_star)} "
-            f"after {fp.iterations} layers, where chi_1 = {_num(fp.chi)}."
+        if math.isinf(fp.q_star):
+            d.forward_health = "exploding"
+        elif fp.q_star < 1e-3:
+            d.forward_health = "vanishing"
+        else:
+            d.forward_health = "preserved"
+        d.backward_health = (
+            Ly.classify_factor(fp.chi, 1e-3) if math.isfinite(fp.chi) else "exploding"
         )
+        lines = [
+            f"{act.name} is not homogeneous, so the factors above hold at q = 1 only. Iterating "
+            f"the mean-field map q -> {_num(n_vw)} E[{act.name}(sqrt(q) z)^2] from q = 1 gives "
+            f"q = {_num(fp.q_star)} after {fp.iterations} layers "
+            + (
+                "(it decays towards the fixed point q* = 0, slower than geometrically)"
+                if d.forward_health == "vanishing"
+                else "(its fixed point q*)"
+                if d.forward_health == "preserved"
+                else "(it diverges)"
+            )
+            + f"; there the backward factor is chi_1 = {_num(fp.chi)}, so gradients are "
+            f"{d.backward_health} over depth."
+        ]
     widths = f"n_in = {fan_in}, n_out = {fan_out or fan_in}" if fan_in else "n_out = n_in"
     d.steps.append(Step(f"Over depth ({widths})", " ".join(lines)))
     return d
+
+
+def _tidy(e: sp.Expr) -> sp.Expr:
+    """Exact numbers stay exact; an expression with floats is shown to 10 digits."""
+    return e.evalf(10) if e.atoms(sp.Float) else sp.nsimplify(e)
 
 
 def _depth_sentence(direction: str, factor: float, health: str) -> str:
@@ -253,21 +279,18 @@ def _render_text(d: Derivation) -> str:
         for lhs, rhs in st.equations:
             out.append(f"     {_lhs(lhs)} = {sp.sstr(rhs)}")
         out.append("")
-    out.append(
-        f"Verdict: forward {d.forward_health}"
-        + (
-            f" (x{_num(d.forward_factor)})"
-            if d.forward_health not in ("preserved", "degenerate")
-            else ""
-        )
-        + f", backward {d.backward_health}"
-        + (
-            f" (x{_num(d.backward_factor)})"
-            if d.backward_health not in ("preserved", "degenerate")
-            else ""
-        )
-        + "."
+    show = d.activation.homogeneous
+    fwd = d.forward_health + (
+        f" (x{_num(d.forward_factor)} per layer)"
+        if show and d.forward_health not in ("preserved", "degenerate")
+        else ""
     )
+    bwd = d.backward_health + (
+        f" (x{_num(d.backward_factor)} per layer)"
+        if show and d.backward_health not in ("preserved", "degenerate")
+        else ""
+    )
+    out.append(f"Verdict: forward {fwd}, backward {bwd}.")
     return "\n".join(out)
 
 
@@ -287,6 +310,10 @@ def _tex_lhs(x) -> str:
         }
         if name in table:
             return table[name]
+        m = re.fullmatch(r"E\[(\w+)('?)\(z\)(\^2)?\]", name)
+        if m:
+            act = m.group(1).replace("_", r"\_")
+            return rf"\mathbb{{E}}[\mathrm{{{act}}}{m.group(2)}(z){m.group(3) or ''}]"
         return r"\mathrm{" + name.replace("_", r"\_").replace("^", r"\^{}") + "}"
     return sp.latex(x)
 

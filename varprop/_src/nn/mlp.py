@@ -45,7 +45,7 @@ class MLP(nnx.Module):
         activation: str = "relu",
         *,
         kernel_init: Initializer | Sequence[Initializer] | None = None,
-        bias_init: Initializer | None | Sequence[Initializer | None] = zeros,
+        bias_init: Initializer | Sequence[Initializer | None] | None = zeros,
         param_dtype: Any = jnp.float32,
         rngs: nnx.Rngs,
     ):
@@ -71,7 +71,7 @@ class LinenMLP(linen.Module):
     widths: Sequence[int]
     activation: str = "relu"
     kernel_init: Initializer | Sequence[Initializer] | None = None
-    bias_init: Initializer | None | Sequence[Initializer | None] = zeros
+    bias_init: Initializer | Sequence[Initializer | None] | None = zeros
     param_dtype: Any = jnp.float32
 
     @linen.compact
@@ -151,17 +151,19 @@ def probe_statistics(
         def loss_fn(y):
             return jnp.sum(y.astype(jnp.float32) * v)
 
-    model(x)  # creates the perturbation variables
-    nnx.pop(model, nnx.Intermediate)
+    def run(m, xx):
+        return m(xx)
 
-    def loss(m):
-        return loss_fn(m(x))
+    _, perturbations = nnx.capture(run, nnx.Perturbation)(model, x)
 
-    grads = nnx.grad(loss, argnums=nnx.DiffState(0, nnx.Perturbation))(model)
-    inter = nnx.pop(model, nnx.Intermediate)
+    def loss(perts, m):
+        y, inter = nnx.capture(run, nnx.Intermediate, init=perts)(m, x)
+        return loss_fn(y), inter
+
+    grads, inter = nnx.grad(loss, has_aux=True)(perturbations, model)
     fwd = _named_summaries(nnx.to_pure_dict(inter), _STATS)
     bwd = {
         k: _summary(g.reshape(-1, g.shape[-1]))
-        for k, g in _named_summaries(nnx.to_pure_dict(nnx.state(grads)), _GRAD).items()
+        for k, g in _named_summaries(nnx.to_pure_dict(grads), _GRAD).items()
     }
     return {k: {"forward": fwd[k], "backward": bwd[k]} for k in fwd if k in bwd}
