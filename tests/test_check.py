@@ -212,3 +212,36 @@ def test_mnist_data_agrees():
     if not d.is_dir():
         pytest.skip(f"MNIST not found at {d} (a user's clone has no ../shared)")
     assert main(["check", "--data", "mnist", "--data-dir", str(d), "--widths", "784,128x4,10"]) == 0
+
+
+# -- normalization before each activation ---------------------------------------------------
+
+
+def test_batchnorm_makes_standard_normal_init_agree_and_preserve_forward():
+    r = varprop.check(
+        [64, 128, 128, 128, 128, 10], "relu", "normal:stddev=1.0", norm="batchnorm", seed=2
+    )
+    assert r.verdict == "agrees", r.summary()
+    assert r.health["forward"]["state"] == "preserved"
+    assert r.first_nonfinite_layer is None
+    assert any("eval mode" in d for d in r.diagnosis)
+    # Without the normalization the same init explodes by n * Var(w) / 2 = 64 per layer.
+    plain = varprop.check([64, 128, 128, 128, 128, 10], "relu", "normal:stddev=1.0", seed=2)
+    assert plain.health["forward"]["state"] == "exploding"
+    assert plain.health["forward"]["predicted_factor"] == pytest.approx(64.0)
+
+
+def test_cli_check_norm_layernorm(capsys):
+    argv = [
+        "check",
+        "--norm",
+        "layernorm",
+        "--init",
+        "normal:stddev=0.01",
+        "--widths",
+        "64,128x4,10",
+        "--json",
+    ]
+    assert main(argv) == 0
+    obj = json.loads(capsys.readouterr().out)
+    assert obj["health"]["forward"]["state"] == "preserved"

@@ -43,7 +43,7 @@ from varprop._src.initializers import Initializer
 from varprop._src.laws import activations as A
 from varprop._src.laws.layers import FLOAT32_MAX
 from varprop._src.laws.schemes import Scheme
-from varprop._src.probe import make_network, make_probe, output_redraws
+from varprop._src.probe import NORM_EPSILON, make_network, make_probe, output_redraws
 
 VERDICTS = ("agrees", "disagrees", "inconclusive")
 
@@ -195,6 +195,8 @@ def predict(
     bias_m2: Sequence[float],
     input_m2: float,
     batch: int,
+    norm: str | None = None,
+    input_var: float | None = None,
 ) -> Prediction:
     """E[z_l^2] forward and E[(dL/dz_l)^2] backward from the laws, layer by layer.
 
@@ -205,38 +207,63 @@ def predict(
     :func:`varprop.laws.activation_moments` (closed form or quadrature; exact scaling for
     homogeneous phi). The first non-finite layer is the first where the largest of the
     B n_l values, about sqrt(2 ln(B n_l) q_l), passes the float32 maximum.
+
+    With a normalization before each hidden activation (``norm``), the activation sees
+    u = (z - mu) / sqrt(s^2 + eps) with E[u^2] = s^2 / (s^2 + eps), whatever the scale of W:
+    s^2 is the per-feature batch variance of z, n Var(w) Var_batch(x) (``batchnorm``), or
+    the per-example variance over features, about q (``layernorm``). The gradient is divided
+    by s^2 + eps on the way back and loses the two directions the normalization removes,
+    a factor 1 - 2/N (N the batch or the width).
     """
     act = A.get_activation(activation)
     L = len(widths) - 1
     var = np.array([s.variance((widths[i], widths[i + 1])) for i, s in enumerate(schemes)])
     q = np.zeros(L)
     m2_prev = input_m2
+    v_prev = input_m2 if input_var is None else input_var  # batch variance of the input
     dphi2 = np.ones(L)
+    back = np.ones(L)  # extra backward factor of the normalization
     for i in range(L):
         q[i] = widths[i] * var[i] * m2_prev + bias_m2[i]
-        if i < L - 1:
-            if act.homogeneous:
-                m1 = A.activation_moments(act, 1.0)
-                m2_prev, dphi2[i] = m1.second_moment * q[i], m1.grad_second_moment
-            elif q[i] > 0 and math.isfinite(q[i]):
-                mm = A.activation_moments(act, float(q[i]))
-                m2_prev, dphi2[i] = mm.second_moment, mm.grad_second_moment
-            else:
-                m2_prev, dphi2[i] = 0.0, 0.0
+        if i == L - 1:
+            break
+        qa = q[i]
+        if norm is not None:
+            eps = NORM_EPSILON[norm]
+            s2 = widths[i] * var[i] * v_prev if norm == "batchnorm" else q[i]
+            qa = s2 / (s2 + eps) if s2 > 0 else 0.0
+            n_removed = batch if norm == "batchnorm" else widths[i + 1]
+            back[i] = (1 - 2 / n_removed) / (s2 + eps)
+        if act.homogeneous:
+            m1 = A.activation_moments(act, 1.0)
+            m2_prev, dphi2[i] = m1.second_moment * qa, m1.grad_second_moment
+            v_prev = (m1.second_moment - m1.mean**2) * qa
+        elif qa > 0 and math.isfinite(qa):
+            mm = A.activation_moments(act, float(qa))
+            m2_prev, dphi2[i] = mm.second_moment, mm.grad_second_moment
+            v_prev = mm.variance
+        else:
+            m2_prev = dphi2[i] = v_prev = 0.0
     g = np.zeros(L)
     g[L - 1] = 1.0
     for i in range(L - 2, -1, -1):
         # Layer i+1 maps widths[i+1] -> widths[i+2]; its fan_out carries the gradient back.
-        g[i] = dphi2[i] * widths[i + 2] * var[i + 1] * g[i + 1]
+        g[i] = back[i] * dphi2[i] * widths[i + 2] * var[i + 1] * g[i + 1]
     nonfinite = None
     for i in range(L):
         big = math.sqrt(2 * math.log(max(batch * widths[i + 1], 2)) * q[i]) if q[i] > 0 else 0.0
         if not math.isfinite(big) or big > FLOAT32_MAX:
             nonfinite = i + 1
             break
-    ff = _geo_factor(q[: max(L - 1, 1)])
-    fb = _geo_factor(g[: max(L - 1, 1)][::-1])
+    ff = _geo_factor(q[_hidden_stack(L)])
+    fb = _geo_factor(g[_hidden_stack(L)][::-1])
     return Prediction(q, g, var, nonfinite, ff, fb)
+
+
+def _hidden_stack(L: int) -> slice:
+    """The layers whose E[z^2] the health factor is read from: the hidden-to-hidden layers
+    (2 .. L-1) when there are at least two of them, else every layer but the output."""
+    return slice(1, L - 1) if L >= 4 else slice(0, max(L - 1, 1))
 
 
 def _geo_factor(seq: np.ndarray) -> float:
@@ -400,12 +427,13 @@ def _classify(factor: float, steps: int) -> str:
 def _health(rows, pred, L) -> dict[str, Any]:
     out = {}
     for d, pf in (("forward", pred.forward_factor), ("backward", pred.backward_factor)):
-        meas = [r.measured for r in rows if r.direction == d][: max(L - 1, 1)]
+        meas = [r.measured for r in rows if r.direction == d][_hidden_stack(L)]
         seq = np.array([m if m is not None else np.nan for m in meas], dtype=np.float64)
         if d == "backward":
             seq = seq[::-1]
         mf = _geo_factor(seq)
-        steps = max(L - 2, 0)
+        sl = _hidden_stack(L)
+        steps = max(len(range(L)[sl]) - 1, 0)
         state = _classify(mf if math.isfinite(mf) else pf, steps)
         out[d] = {
             "state": state,
@@ -463,6 +491,17 @@ def _diagnose(rows, net, expected, first_nf, pred_nf, st, tol) -> list[str]:
             f"dead gradients: dL/dz is exactly zero at layer(s) {_ranges(dead)} in every seed; "
             "the weights below the output layer cannot learn"
         )
+    if net.norm == "batchnorm" and net.depth >= 2:
+        from varprop._src.laws.normalization import eval_mode_gain
+
+        q1 = float(np.exp(np.nanmean(st.forward.z_lm2[:, 0])))
+        gain = float(eval_mode_gain(0, 1, NORM_EPSILON["batchnorm"]))
+        out.append(
+            "BatchNorm was checked in training mode. In eval mode with its initial running "
+            f"statistics (mean 0, var 1) it multiplies by {gain:.6f}: it does not normalize, "
+            f"so layer 1's E[z^2] = {q1:.3g} would pass through unchanged until the running "
+            "statistics have converged"
+        )
     for i, s in enumerate(expected):
         if s.distribution == "constant" and float(s.mean_law) != 0:
             out.append(
@@ -505,6 +544,7 @@ def check(
     input_mean: float = 0.0,
     input_std: float = 1.0,
     data: np.ndarray | None = None,
+    norm: str | None = None,
 ) -> CheckResult:
     """Check a freshly drawn MLP against the law of its (or the expected) scheme.
 
@@ -523,6 +563,8 @@ def check(
         alpha: family-wise error rate per direction (Bonferroni over layers).
         input_mean, input_std: Gaussian inputs (ignored when ``data`` is given).
         data: an ``(N, n_0)`` array to draw input rows from.
+        norm: ``None``, ``"batchnorm"`` or ``"layernorm"`` before every hidden activation
+            (training mode, at init: scale 1, bias 0).
 
     Returns:
         A :class:`CheckResult`.
@@ -539,15 +581,17 @@ def check(
     kinits = _as_inits(init, depth, "init")
     expected_inits = _as_inits(expect, depth, "expect") if expect is not None else kinits
     binits = _as_inits(bias_init, depth, "bias_init")
-    net = make_network(widths, activation, kinits, binits)  # type: ignore[arg-type]
+    net = make_network(widths, activation, kinits, binits, norm)  # type: ignore[arg-type]
     expected = [e.scheme for e in expected_inits]  # type: ignore[union-attr]
     if data is not None:
         data = np.asarray(data, dtype=np.float32)
         input_m2 = float(np.mean(np.asarray(data, np.float64) ** 2))
+        input_var = float(np.mean(np.var(np.asarray(data, np.float64), axis=0)))
     else:
         input_m2 = input_mean**2 + input_std**2
+        input_var = input_std**2
     bm2 = [_bias_m2(b, widths[i + 1]) for i, b in enumerate(binits)]
-    pred = predict(widths, activation, expected, bm2, input_m2, batch)
+    pred = predict(widths, activation, expected, bm2, input_m2, batch, norm, input_var)
 
     probe = _cached_probe(net, batch, input_mean, input_std)
     data_arg = None if data is None else jax.numpy.asarray(data)
@@ -576,6 +620,7 @@ def check(
         "tolerance": tolerance,
         "alpha": alpha,
         "seed": seed,
+        "norm": norm,
     }
     return CheckResult(
         verdict, total, rows, health, diagnosis, first_nf, pred.nonfinite_layer, config
@@ -592,6 +637,7 @@ def _cached_probe(net, batch: int, mean: float, std: float):
         net.activation,
         tuple(map(repr, net.kernel_inits)),
         tuple(map(repr, net.bias_inits)),
+        net.norm,
         batch,
         float(mean),
         float(std),

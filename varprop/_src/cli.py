@@ -70,6 +70,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     c.add_argument("--data", choices=("gaussian", "mnist"), default="gaussian")
     c.add_argument("--data-dir", default=None, help="MNIST IDX directory (or $VARPROP_MNIST_DIR)")
+    c.add_argument(
+        "--norm",
+        choices=("none", "batchnorm", "layernorm"),
+        default="none",
+        help="normalization before each hidden activation (training mode; default none)",
+    )
     c.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
 
     d = sub.add_parser(
@@ -207,6 +213,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
             seed=args.seed,
             tolerance=args.tolerance,
             data=data,
+            norm=None if args.norm == "none" else args.norm,
         )
     except ValueError as e:
         raise _UsageError(str(e)) from None

@@ -28,8 +28,13 @@ import jax.numpy as jnp
 from varprop._src.initializers import Initializer
 from varprop._src.laws import activations as A
 from varprop._src.nn.activations import jax_activation
+from varprop._src.nn.normalization import batch_stats, normalize
 
 Array = jax.Array
+
+#: Normalizations the MLP can place before each hidden activation, and their epsilon.
+NORMS = (None, "batchnorm", "layernorm")
+NORM_EPSILON = {"batchnorm": 1e-5, "layernorm": 1e-6}
 
 #: Statistics a tap returns for a (batch, units) array: see :func:`_summary`.
 _N_SUMMARY = 4
@@ -87,12 +92,16 @@ class Network:
         activation: a registered activation (name or spec string).
         kernel_inits: one initializer per dense layer (L of them).
         bias_inits: one per layer, or ``None`` for no bias.
+        norm: ``None``, ``"batchnorm"`` or ``"layernorm"``: a normalization (at its
+            initial state, scale 1 and bias 0, training mode) between every hidden layer's
+            z and its activation.
     """
 
     widths: tuple[int, ...]
     activation: str
     kernel_inits: tuple[Initializer, ...]
     bias_inits: tuple[Initializer | None, ...]
+    norm: str | None = None
 
     @property
     def depth(self) -> int:
@@ -127,6 +136,7 @@ def make_network(
     activation: str,
     kernel_init: Initializer | Sequence[Initializer],
     bias_init: Initializer | Sequence[Initializer | None] | None = None,
+    norm: str | None = None,
 ) -> Network:
     """Validate and build a :class:`Network`.
 
@@ -153,10 +163,12 @@ def make_network(
             )
         return xs
 
+    if norm not in NORMS:
+        raise ValueError(f"unknown norm {norm!r}; allowed: {', '.join(map(str, NORMS))}")
     kinits = per_layer(kernel_init, "kernel_init")
     if any(k is None for k in kinits):
         raise ValueError("kernel_init may not be None")
-    return Network(widths, activation, kinits, per_layer(bias_init, "bias_init"))  # type: ignore[arg-type]
+    return Network(widths, activation, kinits, per_layer(bias_init, "bias_init"), norm)  # type: ignore[arg-type]
 
 
 def init_segment(net: Network, seg: int, key: Array, dtype: Any = jnp.float32) -> dict[str, Array]:
@@ -191,7 +203,7 @@ def forward(net: Network, params, x: Array) -> Array:
 
         def body(hh, wb, last=last):
             z = hh @ wb[0].astype(hh.dtype) + wb[1].astype(hh.dtype)[None, :]
-            return (z if last else act(z)), None
+            return (z if last else act(_normalize(z, net.norm))), None
 
         if b - a == 1:
             h, _ = body(h, (p["W"][0], p["b"][0]))
@@ -235,14 +247,30 @@ class ProbeStats(NamedTuple):
     output_redraw: Array | None = None
 
 
-def _layer(h, W, b, cz, cx, act, last):
+def _normalize(z: Array, norm: str | None) -> Array:
+    """Training-mode batch or layer normalization at init (scale 1, bias 0)."""
+    if norm is None:
+        return z
+    axis = 0 if norm == "batchnorm" else 1
+    st = batch_stats(z, axis)
+    return normalize(
+        z,
+        st.mean,
+        st.var,
+        epsilon=NORM_EPSILON[norm],
+        reduction_axes=axis,
+        feature_axes=1 - axis,
+    ).astype(z.dtype)
+
+
+def _layer(h, W, b, cz, cx, act, last, norm=None):
     x = _tap(h, cx)
     z = x @ W.astype(x.dtype) + b.astype(x.dtype)[None, :]
     z = _tap(z, cz)
     if last:
         out, dphi2 = z, jnp.float32(1.0)
     else:
-        out, dphi = jax.jvp(act, (z,), (jnp.ones_like(z),))
+        out, dphi = jax.jvp(act, (_normalize(z, norm),), (jnp.ones_like(z),))
         dphi2 = jnp.mean(jnp.square(dphi.astype(jnp.float32)))
     sx, sz, sh = _summary(x), _summary(z), _summary(out)
     fstats = (sx[0], sx[1], sz[0], sz[1], sz[2], sz[3], sh[0], sh[3], dphi2, jnp.mean(b * b))
@@ -261,13 +289,13 @@ def network_loss(net: Network, params, x: Array, v: Array, carriers):
         if last:
             x_last = h if b - a == 1 else None
         if b - a == 1:
-            h, st = _layer(h, p["W"][0], p["b"][0], c[0, 0], c[0, 1], act, last)
+            h, st = _layer(h, p["W"][0], p["b"][0], c[0, 0], c[0, 1], act, last, net.norm)
             fs.append(tuple(jnp.reshape(s, (1,)) for s in st))
         else:
 
             def body(hh, xs, last=last):
                 W, bb, cc = xs
-                return _layer(hh, W, bb, cc[0], cc[1], act, last)
+                return _layer(hh, W, bb, cc[0], cc[1], act, last, net.norm)
 
             h, st = jax.lax.scan(body, h, (p["W"], p["b"], c))
             fs.append(st)

@@ -1,0 +1,102 @@
+"""Calibrate the checker: false-positive rate on correct nets, power against a 1.2x error.
+
+Run alone (no tests or other jobs on the machine):
+
+    python scripts/calibrate.py [--configs 200] [--power-trials 100] [--out calibrate.json]
+
+- FPR: correct configurations (scheme x activation x depth up to 50 x width 64-1024, each with
+  its own base seed); a false positive is a "disagrees" verdict. Its confidence interval is
+  Clopper-Pearson (exact binomial).
+- Power: Var(w) 1.2x the He law in every layer (``variance_scaling:scale=2.4``) of a
+  10-layer, 256-wide ReLU net checked against ``he_normal``; power is the fraction of
+  "disagrees" verdicts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import time
+
+from scipy import stats
+
+from varprop._src.check import check
+
+CORRECT = [
+    ("he_normal", "relu"),
+    ("he_uniform", "relu"),
+    ("glorot_normal", "tanh"),
+    ("glorot_uniform", "linear"),
+    ("lecun_normal", "selu"),
+    ("orthogonal", "linear"),
+    ("he_normal:gain=gelu", "gelu"),
+    ("variance_scaling:scale=2.0,mode=fan_in,distribution=truncated_normal", "relu"),
+]
+DEPTHS = (2, 5, 10, 20, 50)
+WIDTHS = (64, 128, 256, 512, 1024)
+
+
+def clopper_pearson(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    a = (1 - level) / 2
+    lo = 0.0 if k == 0 else float(stats.beta.ppf(a, k, n - k + 1))
+    hi = 1.0 if k == n else float(stats.beta.ppf(1 - a, k + 1, n - k))
+    return lo, hi
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--configs", type=int, default=200)
+    ap.add_argument("--power-trials", type=int, default=100)
+    ap.add_argument("--out", default="calibrate.json")
+    args = ap.parse_args()
+
+    grid = list(itertools.product(CORRECT, DEPTHS, WIDTHS))
+    configs = [grid[i % len(grid)] + (i,) for i in range(args.configs)]
+    verdicts: dict[str, int] = {"agrees": 0, "disagrees": 0, "inconclusive": 0}
+    false = []
+    t0 = time.perf_counter()
+    for n, ((init, act), depth, width, seed) in enumerate(configs, 1):
+        widths = [width] * depth + [10]
+        r = check(widths, act, init, seed=seed, max_seeds=32)
+        verdicts[r.verdict] += 1
+        if r.verdict == "disagrees":
+            false.append({"init": init, "act": act, "depth": depth, "width": width, "seed": seed})
+        if n % 10 == 0:
+            print(f"  {n}/{len(configs)} configurations, {verdicts}", flush=True)
+    k, n = verdicts["disagrees"], len(configs)
+    fpr_ci = clopper_pearson(k, n)
+    print(f"FPR: {k}/{n} = {k / n:.3%} (95% CI {fpr_ci[0]:.3%} - {fpr_ci[1]:.3%}); {verdicts}")
+
+    hits = 0
+    for t in range(args.power_trials):
+        r = check(
+            [256] * 11 + [10],
+            "relu",
+            "variance_scaling:scale=2.4,mode=fan_in,distribution=normal",
+            expect="he_normal",
+            seed=10_000 + t,
+        )
+        hits += r.verdict == "disagrees"
+    p_ci = clopper_pearson(hits, args.power_trials)
+    print(
+        f"Power (Var(w) x1.2 in every layer, 10 x 256 ReLU): {hits}/{args.power_trials} = "
+        f"{hits / args.power_trials:.1%} (95% CI {p_ci[0]:.1%} - {p_ci[1]:.1%})"
+    )
+    elapsed = time.perf_counter() - t0
+    print(f"total time {elapsed:.0f} s")
+    with open(args.out, "w") as fh:
+        json.dump(
+            {
+                "fpr": {"false": k, "n": n, "ci95": fpr_ci, "verdicts": verdicts, "cases": false},
+                "power": {"hits": hits, "n": args.power_trials, "ci95": p_ci},
+                "seconds": elapsed,
+            },
+            fh,
+            indent=2,
+        )
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
