@@ -52,7 +52,8 @@ def main() -> None:
     args = ap.parse_args()
 
     grid = list(itertools.product(CORRECT, DEPTHS, WIDTHS))
-    configs = [grid[i % len(grid)] + (i,) for i in range(args.configs)]
+    # A stride coprime to the grid size spreads any prefix over schemes, depths and widths.
+    configs = [grid[(i * 37) % len(grid)] + (i,) for i in range(args.configs)]
     verdicts: dict[str, int] = {"agrees": 0, "disagrees": 0, "inconclusive": 0}
     false = []
     t0 = time.perf_counter()
