@@ -308,13 +308,17 @@ def _zero_carriers(net: Network):
     return [jnp.zeros((b - a, 2, _N_SUMMARY), jnp.float32) for a, b in net.segments()]
 
 
+def _run(net: Network, params, x: Array, v: Array) -> tuple[ProbeStats, Array | None]:
+    """One forward+backward pass: the statistics, and the output layer's input."""
+    (loss, (fwd, x_last)), g = jax.value_and_grad(
+        lambda c: network_loss(net, params, x, v, c), has_aux=True
+    )(_zero_carriers(net))
+    return _stats(fwd, g, loss), x_last
+
+
 def probe_params(net: Network, params, x: Array, v: Array) -> ProbeStats:
     """Statistics of one forward+backward pass with the given weights (not jitted here)."""
-    carriers = _zero_carriers(net)
-    (loss, (fwd, _)), g = jax.value_and_grad(
-        lambda c: network_loss(net, params, x, v, c), has_aux=True
-    )(carriers)
-    return _stats(fwd, g, loss)
+    return _run(net, params, x, v)[0]
 
 
 def _stats(fwd: ForwardStats, g, loss) -> ProbeStats:
@@ -373,11 +377,7 @@ def make_probe(
         params = init_params(net, kw)
         x = _draw_inputs(kx, batch, n0, input_mean, input_std, data)
         v = jax.random.normal(kv, (batch, nl), jnp.float32)
-        carriers = _zero_carriers(net)
-        (loss, (fwd, x_last)), g = jax.value_and_grad(
-            lambda c: network_loss(net, params, x, v, c), has_aux=True
-        )(carriers)
-        stats = _stats(fwd, g, loss)
+        stats, x_last = _run(net, params, x, v)
         if k_extra == 0 or x_last is None:
             return stats
         n_in = net.widths[-2]

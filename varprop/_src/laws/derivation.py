@@ -216,7 +216,7 @@ def derive(
     else:
         # The factor depends on q: iterate the mean-field map instead of powering it.
         n_vw = float(
-            (S.fan_in * Ly._weight_variance(scheme))
+            (S.fan_in * Ly.weight_variance(scheme))
             .subs(sub or {S.fan_out: S.fan_in})
             .subs(S.fan_in, fan_in or 1)
         )

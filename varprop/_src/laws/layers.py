@@ -38,7 +38,12 @@ E_dx2 = sp.Symbol("E[(dL/dx)^2]", positive=True)
 E_dz2 = sp.Symbol("E[(dL/dz)^2]", positive=True)
 
 
-def _weight_variance(scheme: Scheme | None) -> sp.Expr:
+def weight_variance(scheme: Scheme | None) -> sp.Expr:
+    """``Var(w)`` of ``scheme`` in the fans (the symbol ``Var(w)`` when ``scheme`` is None).
+
+    Orthogonal schemes are written in their matrix's rows and columns; for a dense layer
+    those are the fans. Constant schemes raise: the i.i.d. law does not apply to them.
+    """
     if scheme is None:
         return S.weight_variance
     if scheme.distribution == "constant":
@@ -64,7 +69,7 @@ def forward_law(scheme: Scheme | None = None, *, zero_mean: bool = False) -> sp.
         >>> laws.forward_law(initializers.he_normal().scheme)
         Eq(E[z^2], 2*E[x^2] + Var(b))
     """
-    vw = _weight_variance(scheme)
+    vw = weight_variance(scheme)
     if zero_mean:
         return sp.Eq(Var_y, S.fan_in * vw * Var_x)
     return sp.Eq(E_z2, S.fan_in * vw * S.input_second_moment + S.bias_variance)
@@ -79,7 +84,7 @@ def backward_law(
     layer's input, from the gradient at its activation's output. With an ``activation``
     whose E[phi'(z)^2] has a closed form in q, that form is substituted.
     """
-    vw = _weight_variance(scheme)
+    vw = weight_variance(scheme)
     if activation is None:
         dphi2 = sp.Symbol("E[phi'(z)^2]", positive=True)
     else:
@@ -136,7 +141,7 @@ def layer_factors(
         (1, 1)
     """
     act = A.get_activation(activation) if isinstance(activation, str) else activation
-    vw = _weight_variance(scheme)
+    vw = weight_variance(scheme)
     c_f, c_b = _moment_exprs(act, q)
     fwd = sp.simplify(S.fan_in * vw * c_f)
     bwd = sp.simplify(S.fan_out * vw * c_b)
