@@ -4,3 +4,22 @@ import jax
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
 jax.config.update("jax_numpy_dtype_promotion", "strict")
+
+
+import pytest  # noqa: E402
+
+_QUICK: dict[str, object] = {}
+
+
+@pytest.fixture(scope="session")
+def quick_result():
+    """``quick_result(name)``: the experiment's quick run (seed 0), computed once per session
+    and shared by its tests and the end-to-end report test."""
+    from varprop._src.experiments.base import RunConfig, get
+
+    def run(name: str):
+        if name not in _QUICK:
+            _QUICK[name] = get(name).run(RunConfig(quick=True, seed=0))
+        return _QUICK[name]
+
+    return run

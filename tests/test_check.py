@@ -249,3 +249,23 @@ def test_cli_check_norm_layernorm(capsys):
     assert main(argv) == 0
     obj = json.loads(capsys.readouterr().out)
     assert obj["health"]["forward"]["state"] == "preserved"
+
+
+def test_orthogonal_512_net_finishes_in_its_own_process():
+    """Regression: with the orthogonal draws inside the probe's program, XLA:CPU (jaxlib
+    0.10.2) sat idle forever on a 512-wide net (two batched QRs of 512x512 and 512x10 next
+    to each other). The probe now draws QR-based kernels in programs of their own. Run in a
+    subprocess so that a hang fails this test instead of stalling the suite."""
+    import subprocess
+    import sys
+
+    code = (
+        "import varprop\n"
+        "r = varprop.check([512, 512, 512, 10], 'linear', 'orthogonal', seeds=2, max_seeds=2)\n"
+        "print(r.verdict)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "agrees", proc.stdout

@@ -36,6 +36,13 @@ Array = jax.Array
 NORMS = (None, "batchnorm", "layernorm")
 NORM_EPSILON = {"batchnorm": 1e-5, "layernorm": 1e-6}
 
+#: XLA options for the probe's programs. At the default backend level (2), LLVM spends
+#: 15-20 s on the probe's many small fusions (threefry draws, summaries) of a 10-layer
+#: 512-wide net; level 1 compiles the same program in about 5 s and runs it as fast
+#: (0.366 s vs 0.367 s per 4-seed round; /tmp timing script, see the session notes). The
+#: matmuls are library calls either way.
+COMPILER_OPTIONS = {"xla_backend_optimization_level": "1"}
+
 #: Statistics a tap returns for a (batch, units) array: see :func:`_summary`.
 _N_SUMMARY = 4
 
@@ -371,17 +378,23 @@ def make_probe(
     n0, nl = net.widths[0], net.widths[-1]
     k_extra = output_redraws(net) if redraws is None else redraws
     last_init = net.kernel_inits[-1]
+    n_segments = len(net.segments())
 
-    def one(key, data):
+    def draw_extra(kr):
+        return jax.vmap(lambda k: last_init(k, (net.widths[-2], nl)))(jax.random.split(kr, k_extra))
+
+    def one(key, data, drawn):
         kw, kx, kv, kr = jax.random.split(key, 4)
-        params = init_params(net, kw)
+        if drawn is None:
+            params = init_params(net, kw)
+            ws = draw_extra(kr) if k_extra else None
+        else:
+            params, ws = drawn
         x = _draw_inputs(kx, batch, n0, input_mean, input_std, data)
         v = jax.random.normal(kv, (batch, nl), jnp.float32)
         stats, x_last = _run(net, params, x, v)
         if k_extra == 0 or x_last is None:
             return stats
-        n_in = net.widths[-2]
-        ws = jax.vmap(lambda k: last_init(k, (n_in, nl)))(jax.random.split(kr, k_extra))
         b_last = params[-1]["b"][0]
         zs = jnp.einsum("bi,kio->bko", x_last, ws).reshape(batch, k_extra * nl)
         zs = zs + jnp.tile(b_last, k_extra)[None, :]
@@ -389,11 +402,37 @@ def make_probe(
         pooled = _summary(jnp.concatenate([z_real, zs], axis=1))
         return stats._replace(output_redraw=pooled)
 
-    @jax.jit
+    if not any(_needs_own_program(k) for k in net.kernel_inits):
+        return jax.jit(
+            lambda keys, data: jax.vmap(one, in_axes=(0, None, None))(keys, data, None),
+            compiler_options=COMPILER_OPTIONS,
+        )
+    main = jax.jit(jax.vmap(one, in_axes=(0, None, 0)), compiler_options=COMPILER_OPTIONS)
+
+    # QR-based draws (orthogonal) get programs of their own: XLA:CPU (jaxlib 0.10.2) was
+    # seen to hang, idle, running a vmapped program with more than one batched QR next
+    # to other work, while each QR in its own program runs (see tests/test_check.py).
+    seg_draws = [
+        jax.jit(
+            jax.vmap(lambda k, i=i: init_segment(net, i, jax.random.fold_in(k, i))),
+            compiler_options=COMPILER_OPTIONS,
+        )
+        for i in range(n_segments)
+    ]
+    extra = jax.jit(jax.vmap(draw_extra), compiler_options=COMPILER_OPTIONS) if k_extra else None
+    split = jax.jit(jax.vmap(lambda k: jax.random.split(k, 4)))
+
     def probe(keys, data):
-        return jax.vmap(one, in_axes=(0, None))(keys, data)
+        parts = split(keys)
+        params = [d(parts[:, 0]) for d in seg_draws]
+        ws = extra(parts[:, 3]) if extra is not None else None
+        return main(keys, data, (params, ws))
 
     return probe
+
+
+def _needs_own_program(init: Initializer) -> bool:
+    return init.scheme.distribution in ("orthogonal", "delta_orthogonal")
 
 
 def make_plain_step(net: Network, batch: int):
