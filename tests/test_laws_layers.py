@@ -101,7 +101,7 @@ def test_derive_he_relu_steps():
     text = d.render("text")
     assert "2/n_in" in text and "preserved" in text
     md = d.render("markdown")
-    assert "$$" in md and r"\frac{2}{n_{in}}" in md
+    assert "$$" in md and r"\frac{2}{n_{\mathrm{in}}}" in md
     tex = d.render("latex")
     assert r"\begin{align*}" in tex
     with pytest.raises(ValueError, match="unknown format 'html'"):

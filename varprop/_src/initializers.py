@@ -29,7 +29,7 @@ Array = jax.Array
 def _check_key(key: Any) -> None:
     if isinstance(key, (jax.Array, np.ndarray)):
         dt = key.dtype
-        if jax.dtypes.issubdtype(dt, jax.dtypes.prng_key):
+        if jnp.issubdtype(dt, jax.dtypes.prng_key):
             if key.shape != ():
                 raise ValueError(
                     f"expected a single PRNG key, got a key array of shape {key.shape}"

@@ -21,6 +21,7 @@ from varprop._src.laws.activations import (
 )
 from varprop._src.laws.catalog import scheme_from_spec, scheme_names
 from varprop._src.laws.derivation import Derivation, Step, derive
+from varprop._src.laws.latex import latex, symbol_latex
 from varprop._src.laws.layers import (
     FLOAT32_MAX,
     FLOAT32_TINY,
@@ -86,6 +87,7 @@ __all__ = [
     "gain_expr",
     "get_activation",
     "gradient_scale_factor",
+    "latex",
     "layer_factors",
     "mean_field_fixed_point",
     "moment_expressions",
@@ -95,6 +97,7 @@ __all__ = [
     "scale_deviation_ratio",
     "scheme_from_spec",
     "scheme_names",
+    "symbol_latex",
     "symbols",
     "train_output_moments",
     "train_output_second_moment",

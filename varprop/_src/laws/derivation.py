@@ -4,10 +4,14 @@
 formats them. Everything shown is computed by SymPy from the scheme and the activation.
 """
 
+# SymPy's inline annotations are narrower than its API (subs() with a dict, Eq() returning
+# Eq, Expr vs Basic results): these checks give false positives on SymPy code.
+# pyright: reportArgumentType=false, reportCallIssue=false, reportReturnType=false
+# pyright: reportAssignmentType=false, reportAttributeAccessIssue=false
+
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass, field
 
 import sympy as sp
@@ -15,6 +19,7 @@ import sympy as sp
 from varprop._src.laws import activations as A
 from varprop._src.laws import layers as Ly
 from varprop._src.laws import symbols as S
+from varprop._src.laws.latex import latex
 from varprop._src.laws.schemes import Scheme
 
 FORMATS = ("text", "markdown", "latex")
@@ -295,27 +300,7 @@ def _render_text(d: Derivation) -> str:
 
 
 def _tex_lhs(x) -> str:
-    if isinstance(x, sp.Symbol):
-        name = x.name
-        table = {
-            "Var(w)": r"\mathrm{Var}(w)",
-            "E[z^2]": r"\mathbb{E}[z^2]",
-            "E[(dL/dx)^2]": r"\mathbb{E}[(\partial L/\partial x)^2]",
-            "chi_forward": r"\chi_{\mathrm{fwd}}",
-            "chi_backward": r"\chi_{\mathrm{bwd}}",
-            "chi_forward (n_out = n_in)": r"\chi_{\mathrm{fwd}}\big|_{n_{out}=n_{in}}",
-            "chi_backward (n_out = n_in)": r"\chi_{\mathrm{bwd}}\big|_{n_{out}=n_{in}}",
-            "g_derived": r"g_{\mathrm{derived}}",
-            "g_conventional": r"g_{\mathrm{conventional}}",
-        }
-        if name in table:
-            return table[name]
-        m = re.fullmatch(r"E\[(\w+)('?)\(z\)(\^2)?\]", name)
-        if m:
-            act = m.group(1).replace("_", r"\_")
-            return rf"\mathbb{{E}}[\mathrm{{{act}}}{m.group(2)}(z){m.group(3) or ''}]"
-        return r"\mathrm{" + name.replace("_", r"\_").replace("^", r"\^{}") + "}"
-    return sp.latex(x)
+    return latex(x)
 
 
 def _render_markdown(d: Derivation) -> str:
@@ -326,7 +311,7 @@ def _render_markdown(d: Derivation) -> str:
         out.append(st.text)
         out.append("")
         for lhs, rhs in st.equations:
-            out.append(f"$$ {_tex_lhs(lhs)} = {sp.latex(rhs)} $$")
+            out.append(f"$$ {_tex_lhs(lhs)} = {latex(rhs)} $$")
         out.append("")
     out.append(f"**Forward:** {d.forward_health}. **Backward:** {d.backward_health}.")
     return "\n".join(out)
@@ -343,7 +328,7 @@ def _render_latex(d: Derivation) -> str:
         if st.equations:
             out.append(r"\begin{align*}")
             out.append(
-                " \\\\\n".join(f"{_tex_lhs(lhs)} &= {sp.latex(rhs)}" for lhs, rhs in st.equations)
+                " \\\\\n".join(f"{_tex_lhs(lhs)} &= {latex(rhs)}" for lhs, rhs in st.equations)
             )
             out.append(r"\end{align*}")
     out.append(rf"\paragraph{{Verdict}} forward {d.forward_health}, backward {d.backward_health}.")
