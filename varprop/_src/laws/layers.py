@@ -54,7 +54,8 @@ def weight_variance(scheme: Scheme | None) -> sp.Expr:
     if scheme.distribution == "constant":
         raise ValueError(
             f"scheme {scheme.name!r} is degenerate (constant weights, Var(w) = 0): the i.i.d. "
-            "layer law does not apply; see degenerate_law(scheme)"
+            "layer law does not apply (every unit of a layer computes the same value; the "
+            "'constant' and 'zeros' experiments in varprop.experiments show what happens)"
         )
     if scheme.distribution in ("orthogonal", "delta_orthogonal"):
         # For a square layer both fans equal rows = cols; the law uses the per-entry E[w^2].

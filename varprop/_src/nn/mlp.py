@@ -5,15 +5,23 @@ Both the NNX and the Linen MLP are thin wrappers over the pure functions of
 the same shape are stored stacked and run with ``lax.scan``, so compile time does not grow
 with depth.
 
+Both have a slot for a normalization layer between every hidden layer's pre-activation z
+and its activation (``norm="batchnorm"`` or ``"layernorm"``), computed with the pure core
+of :mod:`varprop._src.nn.normalization` (:func:`batch_norm`, :func:`layer_norm`, built on
+``batch_stats`` and ``normalize``); its scale, bias and running statistics are stacked per
+segment like the weights, and scanned with them.
+
 A :class:`Probe` (NNX) or :class:`LinenProbe` placed anywhere in a model records the
 summary statistics of the value passing through it (``sow``) and exposes the gradient with
-respect to it (``perturb``); :func:`probe_statistics` runs one forward+backward pass and
-returns both.
+respect to it (``perturb``); :func:`probe_statistics` (NNX) and
+:func:`linen_probe_statistics` (Linen) run one forward+backward pass and return both.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import math
+import numbers
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import flax.linen as linen
@@ -22,21 +30,202 @@ import jax.numpy as jnp
 from flax import nnx
 
 from varprop._src.initializers import Initializer, he_normal, zeros
-from varprop._src.probe import Network, _summary, forward, init_segment, make_network
+from varprop._src.nn.activations import jax_activation
+from varprop._src.nn.normalization import batch_norm, layer_norm
+from varprop._src.probe import (
+    NORM_EPSILON,
+    NORMS,
+    Network,
+    _summary,
+    forward,
+    init_segment,
+    make_network,
+)
 
 Array = jax.Array
 
 
+# -- the normalization slot ----------------------------------------------------------------
+
+
+def _check_norm_options(norm: object, momentum: object, epsilon: object) -> float | None:
+    """Validate the slot's options; return the epsilon to use (``NORM_EPSILON[norm]`` when
+    ``epsilon`` is None; ``None`` without a norm)."""
+    if norm not in NORMS:
+        allowed = ", ".join(repr(n) for n in NORMS)
+        raise ValueError(
+            f"unknown norm {norm!r}; allowed: {allowed} (a normalization before every hidden "
+            f"activation, or None for none)"
+        )
+    if (
+        not isinstance(momentum, numbers.Real)
+        or isinstance(momentum, bool)
+        or not 0.0 <= float(momentum) < 1.0
+    ):
+        raise ValueError(
+            f"momentum must be a number in [0, 1) (Flax convention: the fraction of the "
+            f"running statistic kept at each training step, running <- m*running + "
+            f"(1-m)*batch; 1 would never update it); got momentum={momentum!r}"
+        )
+    if epsilon is not None and (
+        not isinstance(epsilon, numbers.Real)
+        or isinstance(epsilon, bool)
+        or not (math.isfinite(epsilon) and float(epsilon) > 0)
+    ):
+        raise ValueError(
+            f"epsilon must be a finite number > 0 (it is added to the variance before the "
+            f"square root) or None for the default {NORM_EPSILON}; got epsilon={epsilon!r}"
+        )
+    if norm is None:
+        return None
+    return float(NORM_EPSILON[norm] if epsilon is None else epsilon)  # type: ignore[arg-type]
+
+
+def _hidden_shapes(net: Network) -> list[tuple[int, int]]:
+    """``(k, n_out)`` of every hidden segment (all segments but the last, the output layer,
+    which is always a segment of its own)."""
+    return [(b - a, net.widths[a + 1]) for a, b in net.segments()[:-1]]
+
+
+def norm_forward(
+    net: Network,
+    params: Sequence[Mapping[str, Array]],
+    norms: Sequence[Mapping[str, Array]],
+    x: Array,
+    *,
+    train: bool,
+    momentum: float,
+    epsilon: float,
+    allow_single_example: bool = False,
+) -> tuple[Array, list[dict[str, Array]]]:
+    """The forward pass with a normalization between every hidden z and its activation.
+
+    Args:
+        net: the network; ``net.norm`` is ``"batchnorm"`` or ``"layernorm"``.
+        params: per segment ``{"W": (k, n_in, n_out), "b": (k, n_out)}``.
+        norms: per *hidden* segment (all but the last) ``{"scale", "bias"}`` of shape
+            ``(k, n_out)``, and for batchnorm the running ``{"mean", "var"}`` too.
+        x: the input batch ``(batch, n_0)``.
+        train: batchnorm uses (and updates) the batch statistics if True, the running
+            ones if False; layernorm ignores it.
+        momentum: batchnorm's keep ratio, ``r <- m*r + (1-m)*batch``.
+        epsilon: added to the variance.
+        allow_single_example: accept a batch of one in batchnorm training (its batch
+            variance is 0, the output the bias); otherwise that raises ``ValueError``.
+
+    Returns:
+        ``(y, new_stats)``: the output, and per hidden segment the new running
+        ``{"mean", "var"}`` (batchnorm; equal to the old ones when ``train`` is False) or
+        ``{}`` (layernorm).
+    """
+    act = jax_activation(net.activation)
+    segs = net.segments()
+    if len(norms) != len(segs) - 1:
+        raise ValueError(
+            f"expected {len(segs) - 1} norm entries (hidden segments), got {len(norms)}"
+        )
+
+    def hidden(h, xs):
+        z = h @ xs["W"].astype(h.dtype) + xs["b"].astype(h.dtype)[None, :]
+        if net.norm == "batchnorm":
+            out = batch_norm(
+                z,
+                xs["scale"],
+                xs["bias"],
+                xs["mean"],
+                xs["var"],
+                train=train,
+                momentum=momentum,
+                epsilon=epsilon,
+                axis=-1,
+                allow_single_example=allow_single_example,
+                dtype=z.dtype,
+            )
+            return act(out.y), {"mean": out.running_mean, "var": out.running_var}
+        y = layer_norm(z, xs["scale"], xs["bias"], epsilon=epsilon, dtype=z.dtype)
+        return act(y), {}
+
+    h = x
+    new_stats = []
+    for (a, b), p, nrm in zip(segs[:-1], params[:-1], norms, strict=True):
+        xs = {"W": p["W"], "b": p["b"], **nrm}
+        if b - a == 1:
+            h, st = hidden(h, jax.tree.map(lambda v: v[0], xs))
+            st = jax.tree.map(lambda v: v[None], st)
+        else:
+            h, st = jax.lax.scan(hidden, h, xs)
+        new_stats.append(st)
+    last = params[-1]
+    y = h @ last["W"][0].astype(h.dtype) + last["b"][0].astype(h.dtype)[None, :]
+    return y, new_stats
+
+
+_SLOT_DOC = r"""
+    **The normalization slot.** With ``norm="batchnorm"`` or ``"layernorm"`` every hidden
+    layer computes ``h = phi(gamma * (z - mu) / sqrt(sigma^2 + eps) + beta)`` with
+    ``z = x W + b``; the output layer stays linear. BatchNorm (Ioffe & Szegedy 2015) takes
+    mu and sigma^2 per feature over the batch (training) or from its running statistics
+    (evaluation); LayerNorm (Ba, Kiros & Hinton 2016) per example over the features. gamma
+    (scale, init 1) and beta (bias, init 0) are learned per feature; BatchNorm's running
+    mean and variance (init 0 and 1) move in training by Flax's rule
+    ``r <- momentum * r + (1 - momentum) * batch`` (biased batch variance).
+
+    The law it enforces at init: in training mode the BatchNorm output of every hidden
+    feature has batch mean 0 and second moment ``sigma_B^2 / (sigma_B^2 + eps)``, i.e. 1 up
+    to eps, exactly for every batch and whatever the scale of the kernel initializer (see
+    :mod:`varprop._src.laws.normalization`); LayerNorm gives the same per example over the
+    features. The activation therefore always sees a standardized input. In evaluation
+    mode with never-updated running statistics (0, 1) the layer is ``z / sqrt(1 + eps)``:
+    it does not normalize at all.
+
+    Parameters and state are stacked per segment like the weights, shape ``(k, n_out)``,
+    and run in the same ``lax.scan``: compile time does not grow with depth.
+"""
+
+
 class MLP(nnx.Module):
     """An NNX MLP: ``widths = (n_0, ..., n_L)``, ``activation`` after every hidden layer,
-    a linear output layer.
+    a linear output layer, and optionally a normalization before every hidden activation.
+    {slot}
+    Args:
+        widths: ``(n_0, n_1, ..., n_L)``.
+        activation: a registered activation (name or spec string).
+        kernel_init, bias_init: varprop initializers (one, or one per layer).
+        norm: ``None`` (default), ``"batchnorm"`` or ``"layernorm"``.
+        momentum: BatchNorm's keep ratio, in [0, 1) (Flax convention; PyTorch's 0.1 is
+            0.9 here).
+        epsilon: added to the variance, > 0; default 1e-5 for batchnorm, 1e-6 for
+            layernorm (as Flax and the probe, ``varprop._src.probe.NORM_EPSILON``).
+        use_running_average: BatchNorm in evaluation mode if True. ``model.train()``,
+            ``model.eval()``, ``set_attributes`` and ``nnx.view(model,
+            use_running_average=...)`` set it; a call may override it.
+        param_dtype: dtype of the weights and of the norm's scale and bias (the running
+            statistics are float32).
+        rngs: random streams (``rngs.params()`` draws the weights).
+
+    Attributes:
+        kernels, biases: per segment ``nnx.Param`` of shape ``(k, n_in, n_out)``,
+            ``(k, n_out)``.
+        norm_scales, norm_biases: per hidden segment ``nnx.Param`` ``(k, n_out)`` (only
+            with a norm).
+        norm_means, norm_vars: per hidden segment ``nnx.BatchStat`` ``(k, n_out)`` (only
+            with ``norm="batchnorm"``).
 
     Example:
         >>> from flax import nnx
-        >>> import jax.numpy as jnp, varprop
+        >>> import jax, jax.numpy as jnp, varprop
         >>> m = varprop.nn.MLP([784, 256, 256, 10], "relu", rngs=nnx.Rngs(0))
         >>> m(jnp.ones((2, 784))).shape
         (2, 10)
+        >>> bn = varprop.nn.MLP([16, 32, 32, 4], "relu", norm="batchnorm", rngs=nnx.Rngs(0))
+        >>> x = 3.0 + 2.0 * jax.random.normal(jax.random.key(1), (64, 16))
+        >>> bn(x).shape                 # training mode: batch statistics, stats updated
+        (64, 4)
+        >>> [v[...].shape for v in bn.norm_means]   # two hidden layers, one segment
+        [(1, 32), (1, 32)]
+        >>> bn.eval()                   # running statistics from now on
+        >>> bn.use_running_average
+        True
     """
 
     def __init__(
@@ -46,10 +235,20 @@ class MLP(nnx.Module):
         *,
         kernel_init: Initializer | Sequence[Initializer] | None = None,
         bias_init: Initializer | Sequence[Initializer | None] | None = zeros,
+        norm: str | None = None,
+        momentum: float = 0.99,
+        epsilon: float | None = None,
+        use_running_average: bool = False,
         param_dtype: Any = jnp.float32,
         rngs: nnx.Rngs,
     ):
-        self.network = make_network(widths, activation, kernel_init or he_normal(), bias_init)
+        self.epsilon = _check_norm_options(norm, momentum, epsilon)
+        self.network = make_network(
+            widths, activation, kernel_init or he_normal(), bias_init, norm=norm
+        )
+        self.norm = norm
+        self.momentum = float(momentum)
+        self.use_running_average = use_running_average
         key = rngs.params()
         segs = [
             init_segment(self.network, i, jax.random.fold_in(key, i), param_dtype)
@@ -57,27 +256,101 @@ class MLP(nnx.Module):
         ]
         self.kernels = nnx.List([nnx.Param(p["W"]) for p in segs])
         self.biases = nnx.List([nnx.Param(p["b"]) for p in segs])
+        if norm is not None:
+            shapes = _hidden_shapes(self.network)
+            self.norm_scales = nnx.List([nnx.Param(jnp.ones(s, param_dtype)) for s in shapes])
+            self.norm_biases = nnx.List([nnx.Param(jnp.zeros(s, param_dtype)) for s in shapes])
+        if norm == "batchnorm":
+            shapes = _hidden_shapes(self.network)
+            self.norm_means = nnx.List([nnx.BatchStat(jnp.zeros(s, jnp.float32)) for s in shapes])
+            self.norm_vars = nnx.List([nnx.BatchStat(jnp.ones(s, jnp.float32)) for s in shapes])
 
     def params_list(self) -> list[dict[str, Array]]:
         return [{"W": w[...], "b": b[...]} for w, b in zip(self.kernels, self.biases, strict=True)]
 
-    def __call__(self, x: Array) -> Array:
-        return forward(self.network, self.params_list(), x)
+    def norms_list(self) -> list[dict[str, Array]]:
+        """Per hidden segment ``{"scale", "bias"[, "mean", "var"]}`` (empty without a norm)."""
+        if self.norm is None:
+            return []
+        out = [
+            {"scale": s[...], "bias": b[...]}
+            for s, b in zip(self.norm_scales, self.norm_biases, strict=True)
+        ]
+        if self.norm == "batchnorm":
+            for d, m, v in zip(out, self.norm_means, self.norm_vars, strict=True):
+                d["mean"], d["var"] = m[...], v[...]
+        return out
+
+    def __call__(self, x: Array, *, use_running_average: bool | None = None) -> Array:
+        """Run the MLP; with ``norm="batchnorm"`` in training mode, also update the running
+        statistics in place. ``use_running_average`` overrides the attribute for this call."""
+        if self.norm is None:
+            return forward(self.network, self.params_list(), x)
+        ura = self.use_running_average if use_running_average is None else use_running_average
+        train = self.norm == "batchnorm" and not ura
+        y, stats = norm_forward(
+            self.network,
+            self.params_list(),
+            self.norms_list(),
+            x,
+            train=train,
+            momentum=self.momentum,
+            epsilon=self.epsilon,  # type: ignore[arg-type]
+        )
+        if train:
+            for m, v, st in zip(self.norm_means, self.norm_vars, stats, strict=True):
+                m[...] = st["mean"]
+                v[...] = st["var"]
+        return y
+
+    def set_view(self, use_running_average: bool | None = None) -> None:
+        """Hook for ``nnx.view(model, use_running_average=...)``."""
+        if use_running_average is not None:
+            self.use_running_average = use_running_average
 
 
 class LinenMLP(linen.Module):
-    """The Linen twin of :class:`MLP` (parameters ``W{i}``/``b{i}`` per segment)."""
+    """The Linen twin of :class:`MLP` (parameters ``segment{{i}}`` = ``{{"W", "b"}}`` per
+    segment; with a norm also ``norm{{i}}`` = ``{{"scale", "bias"}}`` per hidden segment and,
+    for batchnorm, ``batch_stats/norm{{i}}`` = ``{{"mean", "var"}}``).
+    {slot}
+    Fields are those of :class:`MLP`. In training mode (``use_running_average`` False, the
+    default, or given per call) apply with ``mutable=["batch_stats"]``; ``init`` accepts any
+    batch (even of one example) and does not update the statistics.
+
+    Example:
+        >>> import jax, jax.numpy as jnp, varprop
+        >>> model = varprop.nn.LinenMLP([16, 32, 32, 32, 4], "relu", norm="batchnorm")
+        >>> v = model.init(jax.random.key(0), jnp.ones((1, 16)))
+        >>> x = 3.0 + 2.0 * jax.random.normal(jax.random.key(1), (64, 16))
+        >>> y, upd = model.apply(v, x, mutable=["batch_stats"])
+        >>> [upd["batch_stats"][f"norm{{i}}"]["mean"].shape for i in range(2)]
+        [(1, 32), (2, 32)]
+        >>> y_eval = model.apply({{**v, **upd}}, x, use_running_average=True)
+    """
 
     widths: Sequence[int]
     activation: str = "relu"
     kernel_init: Initializer | Sequence[Initializer] | None = None
     bias_init: Initializer | Sequence[Initializer | None] | None = zeros
+    norm: str | None = None
+    momentum: float = 0.99
+    epsilon: float | None = None
+    use_running_average: bool = False
     param_dtype: Any = jnp.float32
 
+    def __post_init__(self) -> None:
+        _check_norm_options(self.norm, self.momentum, self.epsilon)
+        super().__post_init__()
+
     @linen.compact
-    def __call__(self, x: Array) -> Array:
+    def __call__(self, x: Array, *, use_running_average: bool | None = None) -> Array:
         net: Network = make_network(
-            tuple(self.widths), self.activation, self.kernel_init or he_normal(), self.bias_init
+            tuple(self.widths),
+            self.activation,
+            self.kernel_init or he_normal(),
+            self.bias_init,
+            norm=self.norm,
         )
         params = []
         for i in range(len(net.segments())):
@@ -87,7 +360,53 @@ class LinenMLP(linen.Module):
 
             seg = self.param(f"segment{i}", init)
             params.append(seg)
-        return forward(net, params, x)
+        if self.norm is None:
+            return forward(net, params, x)
+        epsilon = _check_norm_options(self.norm, self.momentum, self.epsilon)
+        dtype = self.param_dtype
+        norms, stat_vars = [], []
+        for i, shape in enumerate(_hidden_shapes(net)):
+            nrm = dict(
+                self.param(
+                    f"norm{i}",
+                    lambda _, s=shape: {"scale": jnp.ones(s, dtype), "bias": jnp.zeros(s, dtype)},
+                )
+            )
+            if self.norm == "batchnorm":
+                var = self.variable(
+                    "batch_stats",
+                    f"norm{i}",
+                    lambda s=shape: {
+                        "mean": jnp.zeros(s, jnp.float32),
+                        "var": jnp.ones(s, jnp.float32),
+                    },
+                )
+                nrm.update(var.value)
+                stat_vars.append(var)
+            norms.append(nrm)
+        ura = self.use_running_average if use_running_average is None else use_running_average
+        initializing = self.is_initializing()
+        train = self.norm == "batchnorm" and not ura
+        y, stats = norm_forward(
+            net,
+            params,
+            norms,
+            x,
+            train=train,
+            momentum=self.momentum,
+            epsilon=epsilon,  # type: ignore[arg-type]
+            # While initializing, any batch is accepted (even one example, whose batch
+            # variance is 0): only the shapes matter, and nothing is updated.
+            allow_single_example=initializing,
+        )
+        if train and not initializing:
+            for var, st in zip(stat_vars, stats, strict=True):
+                var.value = st
+        return y
+
+
+MLP.__doc__ = (MLP.__doc__ or "").format(slot=_SLOT_DOC)
+LinenMLP.__doc__ = (LinenMLP.__doc__ or "").format(slot=_SLOT_DOC)
 
 
 # -- probe points --------------------------------------------------------------------------
@@ -129,6 +448,16 @@ def _named_summaries(tree, leaf_name: str) -> dict[str, Array]:
     return out
 
 
+def _default_loss(shape: tuple[int, ...]) -> Callable[[Array], Array]:
+    """``y -> sum(y * v)``, v a fixed standard Gaussian (key 0): dL/dy has unit second moment."""
+    v = jax.random.normal(jax.random.key(0), shape, jnp.float32)
+
+    def loss(y: Array) -> Array:
+        return jnp.sum(y.astype(jnp.float32) * v)
+
+    return loss
+
+
 def probe_statistics(
     model: nnx.Module, x: Array, loss_fn: Callable[[Array], Array] | None = None
 ) -> dict[str, dict[str, Array]]:
@@ -144,17 +473,15 @@ def probe_statistics(
         ``{probe path: {"forward": summary, "backward": summary}}`` where a summary is
         ``[log E[v^2], relative unit variance, all finite, mean]``.
     """
-    if loss_fn is None:
-        y0 = jax.eval_shape(lambda: nnx.clone(model)(x))
-        v = jax.random.normal(jax.random.key(0), y0.shape, jnp.float32)
-
-        def loss_fn(y):
-            return jnp.sum(y.astype(jnp.float32) * v)
 
     def run(m, xx):
         return m(xx)
 
-    _, perturbations = nnx.capture(run, nnx.Perturbation)(model, x)
+    # (Also gives the output's shape; a call outside nnx.capture would make the probes'
+    # sow warn, deprecated in Flax 0.12.)
+    y0, perturbations = nnx.capture(run, nnx.Perturbation)(model, x)
+    if loss_fn is None:
+        loss_fn = _default_loss(y0.shape)
 
     def loss(perts, m):
         y, inter = nnx.capture(run, nnx.Intermediate, init=perts)(m, x)
@@ -165,5 +492,67 @@ def probe_statistics(
     bwd = {
         k: _summary(g.reshape(-1, g.shape[-1]))
         for k, g in _named_summaries(nnx.to_pure_dict(grads), _GRAD).items()
+    }
+    return {k: {"forward": fwd[k], "backward": bwd[k]} for k in fwd if k in bwd}
+
+
+def linen_probe_statistics(
+    module: linen.Module,
+    variables: Mapping[str, Any],
+    x: Array,
+    loss_fn: Callable[[Array], Array] | None = None,
+) -> dict[str, dict[str, Array]]:
+    """One forward+backward pass through a Linen model with :class:`LinenProbe` points: the
+    Linen twin of :func:`probe_statistics`.
+
+    The model is applied with ``mutable=["intermediates", ...]`` (plus every collection of
+    ``variables`` other than ``params``, so e.g. a BatchNorm in training mode runs; the
+    updates are discarded) and the ``perturbations`` collection (zeros, created by an extra
+    ``apply`` when ``variables`` lacks it); ``jax.grad`` with respect to the perturbations
+    gives dL/d(value) at every probe.
+
+    Args:
+        module: a Linen module containing ``LinenProbe`` layers.
+        variables: its variables (as returned by ``module.init``).
+        x: the input batch (passed as ``module.apply(variables, x)``).
+        loss_fn: maps the model output to a scalar (default ``sum(y * v)``, v a fixed
+            standard Gaussian of the output's shape, so dL/dy has unit second moment).
+
+    Returns:
+        ``{probe path: {"forward": summary, "backward": summary}}`` where a summary is
+        ``[log E[v^2], relative unit variance, all finite, mean]`` and the path joins the
+        module names with ``/`` (e.g. ``"Block_0/LinenProbe_0"``).
+
+    Example:
+        >>> import flax.linen as nn, jax, jax.numpy as jnp, varprop
+        >>> class Net(nn.Module):
+        ...     @nn.compact
+        ...     def __call__(self, x):
+        ...         h = varprop.nn.LinenProbe(name="p")(nn.Dense(8)(x))
+        ...         return nn.Dense(2)(nn.relu(h))
+        >>> x = jnp.ones((4, 3))
+        >>> v = Net().init(jax.random.key(0), x)
+        >>> r = varprop.nn.linen_probe_statistics(Net(), v, x)
+        >>> sorted(r), r["p"]["forward"].shape
+        (['p'], (4,))
+    """
+    base = {k: v for k, v in variables.items() if k not in ("intermediates", "perturbations")}
+    mutable = ["intermediates", *(k for k in base if k != "params")]
+    perturbations = variables.get("perturbations")
+    if perturbations is None:
+        _, state = module.apply(base, x, mutable=["perturbations", *mutable])
+        perturbations = state.get("perturbations", {})
+    if loss_fn is None:
+        y0 = jax.eval_shape(lambda: module.apply(base, x, mutable=mutable)[0])
+        loss_fn = _default_loss(y0.shape)
+
+    def loss(perts):
+        y, state = module.apply({**base, "perturbations": perts}, x, mutable=mutable)
+        return loss_fn(y), state.get("intermediates", {})
+
+    grads, inter = jax.grad(loss, has_aux=True)(perturbations)
+    fwd = _named_summaries(inter, _STATS)
+    bwd = {
+        k: _summary(g.reshape(-1, g.shape[-1])) for k, g in _named_summaries(grads, _GRAD).items()
     }
     return {k: {"forward": fwd[k], "backward": bwd[k]} for k in fwd if k in bwd}
