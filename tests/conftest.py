@@ -15,11 +15,13 @@ _QUICK: dict[str, object] = {}
 def quick_result():
     """``quick_result(name)``: the experiment's quick run (seed 0), computed once per session
     and shared by its tests and the end-to-end report test."""
-    from varprop._src.experiments.base import RunConfig, get
+    from varprop._src.experiments.base import Experiment, RunConfig, get
+
+    original_run = Experiment.run  # test_report monkeypatches Experiment.run to this fixture
 
     def run(name: str):
         if name not in _QUICK:
-            _QUICK[name] = get(name).run(RunConfig(quick=True, seed=0))
+            _QUICK[name] = original_run(get(name), RunConfig(quick=True, seed=0))
         return _QUICK[name]
 
     return run

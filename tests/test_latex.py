@@ -64,3 +64,12 @@ def test_every_derivation_equation_parses(init, act):
     for tex in eqs:
         assert _balanced(tex), tex
         parser.parse(f"${tex}$")
+
+
+def test_names_that_are_already_subscripted_keep_their_subscript():
+    assert laws.symbol_latex("q_{l+1}") == "q_{l+1}"
+    assert laws.latex(sp.Symbol("q_{l+1}") * 2) == "2 q_{l+1}"
+
+
+def test_ratio_names():
+    assert laws.symbol_latex("q_{l+1}/q_l") == "q_{l+1}/q_{l}"

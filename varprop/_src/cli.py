@@ -3,8 +3,11 @@
 Subcommands:
     check    the main job: measure an MLP's per-layer statistics and test its variance law.
     derive   print the derivation of a scheme's layer law (SymPy; no JAX needed).
+    experiment  run one experiment reproducing a seed-note claim.
+    report   run every experiment and write a self-contained HTML page and Markdown.
 
-Exit codes: ``check``: 0 the law agrees, 1 disagrees, 3 inconclusive; every command: 2 usage
+Exit codes: ``check``: 0 the law agrees, 1 disagrees, 3 inconclusive; ``experiment`` and
+``report``: 0 every claim held, 1 one did not; every command: 2 usage
 error (unknown name, malformed value, missing data), with a message and no traceback.
 """
 
@@ -13,6 +16,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 
 class _UsageError(Exception):
@@ -102,6 +106,48 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--fan-in", type=_positive_int, default=None, metavar="N")
     d.add_argument("--fan-out", type=_positive_int, default=None, metavar="M")
     d.add_argument("--format", choices=("text", "markdown", "latex"), default="text")
+
+    for name in ("experiment", "report"):
+        one = name == "experiment"
+        e = sub.add_parser(
+            name,
+            help=(
+                "run one experiment reproducing a seed-note claim"
+                if one
+                else "run every experiment; write report.html (self-contained) and report.md"
+            ),
+            description=(
+                "Run one experiment: measure a claim of the seed notes, predict it from the "
+                "law, and say whether it held."
+                if one
+                else "Run all experiments and write OUT/report.html, OUT/report.md and "
+                "OUT/figures/."
+            ),
+        )
+        if one:
+            e.add_argument("name", nargs="?", metavar="NAME", help="experiment name (see --list)")
+            e.add_argument("--list", action="store_true", help="list the experiments and exit")
+        e.add_argument(
+            "--out",
+            required=not one,
+            default=None,
+            metavar="DIR",
+            help="directory for the HTML and Markdown report" + ("" if not one else " (optional)"),
+        )
+        e.add_argument(
+            "--quick", action="store_true", help="smaller runs (the whole report in minutes)"
+        )
+        e.add_argument("--seed", type=int, default=0, help="base PRNG seed")
+        e.add_argument(
+            "--data-dir",
+            default=None,
+            help="MNIST IDX directory (or $VARPROP_MNIST_DIR; else scikit-learn's digits)",
+        )
+        if not one:
+            e.add_argument(
+                "--only", default=None, metavar="NAMES", help="comma-separated experiment names"
+            )
+        e.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
 
 
@@ -221,14 +267,61 @@ def _cmd_check(args: argparse.Namespace) -> int:
     return {"agrees": 0, "disagrees": 1, "inconclusive": 3}[r.verdict]
 
 
+def _cmd_experiments(args: argparse.Namespace) -> int:
+    from varprop._src import report as R
+    from varprop._src.experiments.base import registry
+
+    reg = registry()
+    if args.command == "experiment":
+        if args.list:
+            for e in reg.values():
+                print(f"{e.name:22s} {e.title}")
+            return 0
+        if args.name is None:
+            raise _UsageError(f"give an experiment NAME or --list; allowed: {', '.join(reg)}")
+        names = [args.name]
+    else:
+        names = [n.strip() for n in args.only.split(",") if n.strip()] if args.only else None
+    for n in names or []:
+        if n not in reg:
+            raise _UsageError(f"unknown experiment {n!r}; allowed: {', '.join(reg)}")
+    if args.out is not None:
+        out = Path(args.out)
+        if out.exists() and not out.is_dir():
+            raise _UsageError(f"--out {args.out!r} exists and is not a directory")
+    if args.data_dir is not None and not Path(args.data_dir).is_dir():
+        raise _UsageError(f"--data-dir {args.data_dir!r} is not a directory")
+    rep = R.run_report(
+        names,
+        quick=args.quick,
+        seed=args.seed,
+        data_dir=args.data_dir,
+        progress=not args.no_progress,
+        command=" ".join(["varprop", *args.argv]),
+    )
+    for r in rep.results:
+        print(R.summary_text(r))
+    if args.out is not None:
+        page, md = R.write_report(rep, args.out)
+        print(f"wrote {page} and {md} ({rep.seconds:.1f} s)")
+    return 0 if rep.held else 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    args.argv = argv
     if args.command is None:
         parser.print_help()
         return 0
     try:
-        return {"check": _cmd_check, "derive": _cmd_derive}[args.command](args)
+        return {
+            "check": _cmd_check,
+            "derive": _cmd_derive,
+            "experiment": _cmd_experiments,
+            "report": _cmd_experiments,
+        }[args.command](args)
     except _UsageError as e:
         print(f"varprop {args.command}: error: {e}", file=sys.stderr)
         return 2

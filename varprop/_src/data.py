@@ -1,4 +1,5 @@
-"""Data for checks and experiments: synthetic Gaussian inputs and the MNIST IDX loader.
+"""Data for checks and experiments: synthetic Gaussian inputs, the MNIST IDX loader, and
+:func:`load_classification` (MNIST, else scikit-learn's digits with a note saying so).
 
 MNIST is read from a directory given as an argument or by the ``VARPROP_MNIST_DIR``
 environment variable; files may be gzipped (``t10k-images-idx3-ubyte.gz``) or raw. Nothing
@@ -140,3 +141,82 @@ def standardized_mnist(data_dir: str | os.PathLike | None = None) -> np.ndarray:
 def near(value: float, target: float, tol: float = 1e-1) -> bool:
     """Whether ``value`` is within ``tol`` of ``target`` ("close to zero / one" test)."""
     return abs(value - target) <= tol
+
+
+# -- classification data for the training experiments ---------------------------------------
+
+#: Where the MNIST IDX files are published (any mirror with the same four file names works).
+MNIST_URL = "https://yann.lecun.com/exdb/mnist/"
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A labelled image data set, flattened, with where it came from.
+
+    Attributes:
+        x: ``(N, D)`` float32 images in [0, 1], flattened.
+        y: ``(N,)`` int32 labels in ``0 .. n_classes - 1``.
+        source: ``"mnist"`` or ``"digits"`` (scikit-learn's 8x8 digits, the fallback).
+        note: one sentence for a report: what was loaded, or why MNIST was not and how to
+            get it.
+        image_shape: the unflattened shape of one image, ``(28, 28)`` or ``(8, 8)``.
+        n_classes: number of classes (10 for both).
+    """
+
+    x: np.ndarray
+    y: np.ndarray
+    source: str
+    note: str
+    image_shape: tuple[int, int]
+    n_classes: int = 10
+
+
+def _how_to_get_mnist(reason: str) -> str:
+    return (
+        f"{reason}. To use MNIST, download the IDX files (t10k-images-idx3-ubyte.gz and "
+        f"t10k-labels-idx1-ubyte.gz, optionally the train-* pair) from {MNIST_URL} or a mirror "
+        f"into a directory and pass --data-dir DIR (data_dir=DIR) or set {ENV_VAR}=DIR"
+    )
+
+
+def load_digits_dataset(note: str = "") -> Dataset:
+    """scikit-learn's digits (1,797 8x8 images, shipped with the package), scaled to [0, 1]."""
+    from sklearn.datasets import load_digits
+
+    data, target = load_digits(return_X_y=True)
+    x = (np.asarray(data, np.float32) / np.float32(16.0)).astype(np.float32)
+    y = np.asarray(target, np.int32)
+    return Dataset(x, y, "digits", note or "scikit-learn digits (1,797 8x8 images)", (8, 8))
+
+
+def load_classification(
+    data_dir: str | os.PathLike | None = None, *, allow_fallback: bool = True
+) -> Dataset:
+    """MNIST from ``data_dir`` (else ``$VARPROP_MNIST_DIR``), else scikit-learn's digits.
+
+    Never falls back to noise: when MNIST is missing the returned :attr:`Dataset.note` says
+    so and how to get it, and the images are scikit-learn's real 8x8 digits.
+
+    Args:
+        data_dir: directory of the MNIST IDX files (gzipped or raw).
+        allow_fallback: when False, a missing MNIST raises instead of falling back.
+
+    Raises:
+        DataNotFoundError: MNIST is missing and ``allow_fallback`` is False; the message names
+            the directory looked at (or says none was given) and how to get the files.
+        ValueError: the directory holds files that are not valid IDX files (never masked).
+    """
+    try:
+        x, y = load_mnist(data_dir)
+    except DataNotFoundError as err:
+        if not allow_fallback:
+            raise DataNotFoundError(_how_to_get_mnist(str(err))) from err
+        d = data_dir if data_dir is not None else os.environ.get(ENV_VAR)
+        where = f"in {str(d)!r}" if d is not None else f"(no --data-dir and no ${ENV_VAR})"
+        note = _how_to_get_mnist(
+            f"MNIST not found {where}; fell back to scikit-learn's digits (1,797 real 8x8 "
+            "images shipped with scikit-learn)"
+        )
+        return load_digits_dataset(note)
+    d = mnist_dir(data_dir)
+    return Dataset(x, y, "mnist", f"MNIST: {len(x):,} 28x28 images read from {str(d)!r}", (28, 28))

@@ -86,6 +86,11 @@ def symbol_latex(name: str) -> str:
         return _ident(m.group(1)) + r"\,(" + cond + ")"
     if re.fullmatch(r"[A-Za-z]\w*", name):
         return _ident(name)
+    if "/" in name and "(" not in name:  # a ratio of names: "q_{l+1}/q_l"
+        return "/".join(symbol_latex(part) for part in name.split("/"))
+    m = re.fullmatch(r"([A-Za-z]\w*?)_\{(.+)\}", name)  # "q_{l+1}": already a subscript
+    if m:
+        return _word(m.group(1)) + "_{" + m.group(2) + "}"
     return r"\mathrm{" + re.sub(r"([_^#&%$])", r"\\\1", name) + "}"
 
 
