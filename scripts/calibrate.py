@@ -44,31 +44,21 @@ def clopper_pearson(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
     return lo, hi
 
 
+def _write(path: str, out: dict) -> None:
+    with open(path, "w") as fh:
+        json.dump(out, fh, indent=2)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--configs", type=int, default=200)
     ap.add_argument("--power-trials", type=int, default=100)
     ap.add_argument("--out", default="calibrate.json")
     args = ap.parse_args()
-
-    grid = list(itertools.product(CORRECT, DEPTHS, WIDTHS))
-    # A stride coprime to the grid size spreads any prefix over schemes, depths and widths.
-    configs = [grid[(i * 37) % len(grid)] + (i,) for i in range(args.configs)]
-    verdicts: dict[str, int] = {"agrees": 0, "disagrees": 0, "inconclusive": 0}
-    false = []
     t0 = time.perf_counter()
-    for n, ((init, act), depth, width, seed) in enumerate(configs, 1):
-        widths = [width] * depth + [10]
-        r = check(widths, act, init, seed=seed, max_seeds=32)
-        verdicts[r.verdict] += 1
-        if r.verdict == "disagrees":
-            false.append({"init": init, "act": act, "depth": depth, "width": width, "seed": seed})
-        if n % 10 == 0:
-            print(f"  {n}/{len(configs)} configurations, {verdicts}", flush=True)
-    k, n = verdicts["disagrees"], len(configs)
-    fpr_ci = clopper_pearson(k, n)
-    print(f"FPR: {k}/{n} = {k / n:.3%} (95% CI {fpr_ci[0]:.3%} - {fpr_ci[1]:.3%}); {verdicts}")
+    out: dict = {"power": None, "fpr": None, "complete": False}
 
+    # Power first: one architecture, so one compile serves every trial.
     hits = 0
     for t in range(args.power_trials):
         r = check(
@@ -82,20 +72,48 @@ def main() -> None:
     p_ci = clopper_pearson(hits, args.power_trials)
     print(
         f"Power (Var(w) x1.2 in every layer, 10 x 256 ReLU): {hits}/{args.power_trials} = "
-        f"{hits / args.power_trials:.1%} (95% CI {p_ci[0]:.1%} - {p_ci[1]:.1%})"
+        f"{hits / args.power_trials:.1%} (95% CI {p_ci[0]:.1%} - {p_ci[1]:.1%}); "
+        f"{time.perf_counter() - t0:.0f} s",
+        flush=True,
     )
+    out["power"] = {"hits": hits, "n": args.power_trials, "ci95": p_ci}
+    _write(args.out, out)
+
+    grid = list(itertools.product(CORRECT, DEPTHS, WIDTHS))
+    # A stride coprime to the grid size spreads any prefix over schemes, depths and widths.
+    configs = [grid[(i * 37) % len(grid)] + (i,) for i in range(args.configs)]
+    verdicts: dict[str, int] = {"agrees": 0, "disagrees": 0, "inconclusive": 0}
+    false = []
+    for n, ((init, act), depth, width, seed) in enumerate(configs, 1):
+        widths = [width] * depth + [10]
+        r = check(widths, act, init, seed=seed, max_seeds=32)
+        verdicts[r.verdict] += 1
+        if r.verdict == "disagrees":
+            false.append({"init": init, "act": act, "depth": depth, "width": width, "seed": seed})
+        k = verdicts["disagrees"]
+        out["fpr"] = {
+            "false": k,
+            "n": n,
+            "ci95": clopper_pearson(k, n),
+            "verdicts": dict(verdicts),
+            "cases": false,
+        }
+        out["seconds"] = time.perf_counter() - t0
+        _write(args.out, out)  # partial results survive an interrupted run
+        if n % 10 == 0:
+            print(
+                f"  {n}/{len(configs)} configurations, {verdicts}, "
+                f"{time.perf_counter() - t0:.0f} s",
+                flush=True,
+            )
+    k, n = verdicts["disagrees"], len(configs)
+    fpr_ci = clopper_pearson(k, n)
+    print(f"FPR: {k}/{n} = {k / n:.3%} (95% CI {fpr_ci[0]:.3%} - {fpr_ci[1]:.3%}); {verdicts}")
     elapsed = time.perf_counter() - t0
     print(f"total time {elapsed:.0f} s")
-    with open(args.out, "w") as fh:
-        json.dump(
-            {
-                "fpr": {"false": k, "n": n, "ci95": fpr_ci, "verdicts": verdicts, "cases": false},
-                "power": {"hits": hits, "n": args.power_trials, "ci95": p_ci},
-                "seconds": elapsed,
-            },
-            fh,
-            indent=2,
-        )
+    out["complete"] = True
+    out["seconds"] = elapsed
+    _write(args.out, out)
     print(f"wrote {args.out}")
 
 
