@@ -136,6 +136,13 @@ def _running_mean(v: np.ndarray, k: int) -> np.ndarray:
     return out
 
 
+def _far_slower(fast: int | None, slow_step: int | None, factor: int) -> bool:
+    """``fast`` reached the threshold, and ``slow_step`` did not or ``factor`` times later."""
+    if fast is None:
+        return False
+    return slow_step is None or slow_step >= factor * fast
+
+
 def _first_below(v: np.ndarray, threshold: float) -> int | None:
     idx = np.flatnonzero(v < threshold)
     return int(idx[0]) + 1 if idx.size else None
@@ -379,7 +386,7 @@ def run_deep_training(cfg: RunConfig) -> ExperimentResult:
         Claim(
             f"Xavier trains far slower: He's 20-step mean loss falls below {threshold} at "
             f"least {slow}x sooner than Xavier's (or Xavier's never does within the budget)",
-            bool(reach[he] is not None and (reach[xa] is None or reach[xa] >= slow * reach[he])),
+            _far_slower(reach[he], reach[xa], slow),
             f"He at step {reach[he]}, Xavier "
             f"{'never' if reach[xa] is None else f'at step {reach[xa]}'} in {steps} steps",
         ),
