@@ -57,6 +57,7 @@ from varprop._src.experiments.base import (
 )
 from varprop._src.laws import symbols as S
 from varprop._src.nn.activations import jax_activation
+from varprop._src.probe import COMPILER_OPTIONS
 
 if TYPE_CHECKING:
     from matplotlib.image import AxesImage
@@ -68,7 +69,7 @@ _LM2, _RV, _ZERO, _FINITE = range(4)
 _EPS32 = float(np.finfo(np.float32).eps)
 #: XLA's backend level 1 compiles these small programs several times faster than the
 #: default, and runs them as fast (the matmuls are library calls either way).
-_FAST_COMPILE = {"xla_backend_optimization_level": "1"}
+_FAST_COMPILE = COMPILER_OPTIONS  # the probe's setting: same run time, a quarter of the compile
 
 
 # -- shared measurement helpers (jitted) ----------------------------------------------------
