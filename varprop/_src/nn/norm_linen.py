@@ -56,6 +56,18 @@ def _feature_shape(x: jax.Array, axes: N.Axes) -> tuple[int, ...]:
     return tuple(x.shape[a] for a in N.canonical_axes(x.ndim, axes))
 
 
+def _affine(mdl: Any, shape: tuple[int, ...]) -> tuple[jax.Array | None, jax.Array | None]:
+    """The layer's ``scale`` and ``bias`` parameters of ``shape`` (None when switched off;
+    a layer without a ``use_bias`` field, RMSNorm, has no bias)."""
+    scale = _param(mdl, "scale", mdl.scale_init, shape, mdl.param_dtype) if mdl.use_scale else None
+    bias = (
+        _param(mdl, "bias", mdl.bias_init, shape, mdl.param_dtype)
+        if getattr(mdl, "use_bias", False)
+        else None
+    )
+    return scale, bias
+
+
 class BatchNorm(nn.Module):
     r"""Batch normalization (Ioffe & Szegedy 2015) as a Linen module.
 
@@ -107,10 +119,12 @@ class BatchNorm(nn.Module):
     allow_single_example: bool = False
 
     def __post_init__(self) -> None:
-        N.check_momentum(self.momentum)
-        N.check_epsilon(self.epsilon)
-        N.check_choice("algorithm", self.algorithm, N.ALGORITHMS)
-        N.check_choice("running_var_mode", self.running_var_mode, N.RUNNING_VAR_MODES)
+        N.check_config(
+            epsilon=self.epsilon,
+            algorithm=self.algorithm,
+            momentum=self.momentum,
+            running_var_mode=self.running_var_mode,
+        )
         super().__post_init__()
 
     @nn.compact
@@ -149,16 +163,7 @@ class BatchNorm(nn.Module):
             if self.cumulative
             else None
         )
-        scale = (
-            _param(self, "scale", self.scale_init, feature_shape, self.param_dtype)
-            if self.use_scale
-            else None
-        )
-        bias = (
-            _param(self, "bias", self.bias_init, feature_shape, self.param_dtype)
-            if self.use_bias
-            else None
-        )
+        scale, bias = _affine(self, feature_shape)
         initializing = self.is_initializing()
         out = N.batch_norm(
             x,
@@ -215,24 +220,14 @@ class LayerNorm(nn.Module):
     algorithm: N.Algorithm = "stable"
 
     def __post_init__(self) -> None:
-        N.check_epsilon(self.epsilon)
-        N.check_choice("algorithm", self.algorithm, N.ALGORITHMS)
+        N.check_config(epsilon=self.epsilon, algorithm=self.algorithm)
         super().__post_init__()
 
     @nn.compact
     def __call__(self, x: jax.Array, *, mask: jax.Array | None = None) -> jax.Array:
         x = jnp.asarray(x)
         fshape = _feature_shape(x, self.feature_axes)
-        scale = (
-            _param(self, "scale", self.scale_init, fshape, self.param_dtype)
-            if self.use_scale
-            else None
-        )
-        bias = (
-            _param(self, "bias", self.bias_init, fshape, self.param_dtype)
-            if self.use_bias
-            else None
-        )
+        scale, bias = _affine(self, fshape)
         return N.layer_norm(
             x,
             scale,
@@ -271,18 +266,14 @@ class RMSNorm(nn.Module):
     axis_name: str | None = None
 
     def __post_init__(self) -> None:
-        N.check_epsilon(self.epsilon)
+        N.check_config(epsilon=self.epsilon)
         super().__post_init__()
 
     @nn.compact
     def __call__(self, x: jax.Array, *, mask: jax.Array | None = None) -> jax.Array:
         x = jnp.asarray(x)
         fshape = _feature_shape(x, self.feature_axes)
-        scale = (
-            _param(self, "scale", self.scale_init, fshape, self.param_dtype)
-            if self.use_scale
-            else None
-        )
+        scale, _ = _affine(self, fshape)
         return N.rms_norm(
             x,
             scale,
@@ -325,45 +316,16 @@ class GroupNorm(nn.Module):
     algorithm: N.Algorithm = "stable"
 
     def __post_init__(self) -> None:
-        N.check_epsilon(self.epsilon)
-        N.check_choice("algorithm", self.algorithm, N.ALGORITHMS)
-        if (self.num_groups is None) == (self.group_size is None):
-            raise ValueError(
-                f"give exactly one of num_groups and group_size (to give group_size, pass "
-                f"num_groups=None: its default is 32); got num_groups={self.num_groups!r}, "
-                f"group_size={self.group_size!r}"
-            )
+        N.check_config(epsilon=self.epsilon, algorithm=self.algorithm)
+        N.check_group_options(self.num_groups, self.group_size)
         super().__post_init__()
 
     @nn.compact
     def __call__(self, x: jax.Array, *, mask: jax.Array | None = None) -> jax.Array:
         x = jnp.asarray(x)
         channels = x.shape[-1]
-        if self.group_size is not None:
-            if (
-                not isinstance(self.group_size, int)
-                or self.group_size <= 0
-                or (channels % self.group_size)
-            ):
-                divisors = [d for d in range(1, channels + 1) if channels % d == 0]
-                raise ValueError(
-                    f"group_size={self.group_size!r} does not divide the {channels} features "
-                    f"(channels): allowed values are the divisors of {channels}: {divisors}"
-                )
-            num_groups = channels // self.group_size
-        else:
-            N.check_num_groups(self.num_groups, channels)
-            num_groups = int(self.num_groups)  # type: ignore[arg-type]
-        scale = (
-            _param(self, "scale", self.scale_init, (channels,), self.param_dtype)
-            if self.use_scale
-            else None
-        )
-        bias = (
-            _param(self, "bias", self.bias_init, (channels,), self.param_dtype)
-            if self.use_bias
-            else None
-        )
+        num_groups = N.resolve_num_groups(channels, self.num_groups, self.group_size)
+        scale, bias = _affine(self, (channels,))
         return N.group_norm(
             x,
             scale,
@@ -404,24 +366,14 @@ class InstanceNorm(nn.Module):
     algorithm: N.Algorithm = "stable"
 
     def __post_init__(self) -> None:
-        N.check_epsilon(self.epsilon)
-        N.check_choice("algorithm", self.algorithm, N.ALGORITHMS)
+        N.check_config(epsilon=self.epsilon, algorithm=self.algorithm)
         super().__post_init__()
 
     @nn.compact
     def __call__(self, x: jax.Array, *, mask: jax.Array | None = None) -> jax.Array:
         x = jnp.asarray(x)
         fshape = _feature_shape(x, self.feature_axes)
-        scale = (
-            _param(self, "scale", self.scale_init, fshape, self.param_dtype)
-            if self.use_scale
-            else None
-        )
-        bias = (
-            _param(self, "bias", self.bias_init, fshape, self.param_dtype)
-            if self.use_bias
-            else None
-        )
+        scale, bias = _affine(self, fshape)
         return N.instance_norm(
             x,
             scale,

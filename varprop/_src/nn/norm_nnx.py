@@ -74,7 +74,46 @@ def _value(p) -> jax.Array | None:
     return None if p is None else p[...]
 
 
-class BatchNorm(nnx.Module):
+class _Norm(nnx.Module):
+    """What every layer here shares: validated options, the learnable scale and bias."""
+
+    def _setup(
+        self,
+        num_features: int,
+        *,
+        epsilon: float,
+        dtype: Any,
+        param_dtype: Any,
+        axis_name: str | None,
+        rngs: nnx.Rngs,
+        scale: tuple[Initializer, bool],
+        bias: tuple[Initializer, bool] | None,
+        algorithm: N.Algorithm | None = None,
+        momentum: float | None = None,
+        running_var_mode: N.RunningVarMode | None = None,
+    ) -> None:
+        """Validate and store the common options; create ``scale`` (and ``bias``, unless
+        the layer has none) as ``nnx.Param`` of shape ``(num_features,)``."""
+        _check_num_features(num_features)
+        N.check_config(
+            epsilon=epsilon,
+            algorithm=algorithm,
+            momentum=momentum,
+            running_var_mode=running_var_mode,
+        )
+        self.scale = _make_param(scale[0], rngs, num_features, param_dtype, scale[1])
+        if bias is not None:
+            self.bias = _make_param(bias[0], rngs, num_features, param_dtype, bias[1])
+        self.num_features = num_features
+        self.epsilon = epsilon
+        self.dtype = dtype
+        self.param_dtype = param_dtype
+        self.axis_name = axis_name
+        if algorithm is not None:
+            self.algorithm: N.Algorithm = algorithm
+
+
+class BatchNorm(_Norm):
     r"""Batch normalization (Ioffe & Szegedy 2015) as an NNX module.
 
     Training (``use_running_average=False``): per feature, normalize with the batch mean
@@ -136,25 +175,25 @@ class BatchNorm(nnx.Module):
         allow_single_example: bool = False,
         rngs: nnx.Rngs,
     ):
-        _check_num_features(num_features)
-        N.check_momentum(momentum)
-        N.check_epsilon(epsilon)
-        N.check_choice("algorithm", algorithm, N.ALGORITHMS)
-        N.check_choice("running_var_mode", running_var_mode, N.RUNNING_VAR_MODES)
+        self._setup(
+            num_features,
+            epsilon=epsilon,
+            dtype=dtype,
+            param_dtype=param_dtype,
+            axis_name=axis_name,
+            rngs=rngs,
+            scale=(scale_init, use_scale),
+            bias=(bias_init, use_bias),
+            algorithm=algorithm,
+            momentum=momentum,
+            running_var_mode=running_var_mode,
+        )
         self.mean = nnx.BatchStat(jnp.zeros((num_features,), jnp.float32))
         self.var = nnx.BatchStat(jnp.ones((num_features,), jnp.float32))
         self.count = nnx.BatchStat(jnp.zeros((), jnp.int32)) if cumulative else nnx.data(None)
-        self.scale = _make_param(scale_init, rngs, num_features, param_dtype, use_scale)
-        self.bias = _make_param(bias_init, rngs, num_features, param_dtype, use_bias)
-        self.num_features = num_features
         self.use_running_average = use_running_average
         self.axis = axis
         self.momentum = momentum
-        self.epsilon = epsilon
-        self.dtype = dtype
-        self.param_dtype = param_dtype
-        self.axis_name = axis_name
-        self.algorithm: N.Algorithm = algorithm
         self.running_var_mode: N.RunningVarMode = running_var_mode
         self.cumulative = cumulative
         self.allow_single_example = allow_single_example
@@ -226,7 +265,7 @@ class BatchNorm(nnx.Module):
             self.use_running_average = use_running_average
 
 
-class LayerNorm(nnx.Module):
+class LayerNorm(_Norm):
     r"""Layer normalization (Ba, Kiros & Hinton 2016) as an NNX module.
 
     ``y = γ(x − μ)/√(σ² + ε) + β`` with μ, σ² over ``reduction_axes`` of each example.
@@ -263,19 +302,19 @@ class LayerNorm(nnx.Module):
         algorithm: N.Algorithm = "stable",
         rngs: nnx.Rngs,
     ):
-        _check_num_features(num_features)
-        N.check_epsilon(epsilon)
-        N.check_choice("algorithm", algorithm, N.ALGORITHMS)
-        self.scale = _make_param(scale_init, rngs, num_features, param_dtype, use_scale)
-        self.bias = _make_param(bias_init, rngs, num_features, param_dtype, use_bias)
-        self.num_features = num_features
-        self.epsilon = epsilon
-        self.dtype = dtype
-        self.param_dtype = param_dtype
+        self._setup(
+            num_features,
+            epsilon=epsilon,
+            dtype=dtype,
+            param_dtype=param_dtype,
+            axis_name=axis_name,
+            rngs=rngs,
+            scale=(scale_init, use_scale),
+            bias=(bias_init, use_bias),
+            algorithm=algorithm,
+        )
         self.reduction_axes = reduction_axes
         self.feature_axes = feature_axes
-        self.axis_name = axis_name
-        self.algorithm: N.Algorithm = algorithm
 
     def __call__(self, x: jax.Array, *, mask: jax.Array | None = None) -> jax.Array:
         x = jnp.asarray(x)
@@ -294,7 +333,7 @@ class LayerNorm(nnx.Module):
         )
 
 
-class RMSNorm(nnx.Module):
+class RMSNorm(_Norm):
     r"""Root-mean-square normalization (Zhang & Sennrich 2019) as an NNX module.
 
     ``y = γ·x/√(E[x²] + ε)``, E over ``reduction_axes`` of each example; no bias.
@@ -321,16 +360,18 @@ class RMSNorm(nnx.Module):
         axis_name: str | None = None,
         rngs: nnx.Rngs,
     ):
-        _check_num_features(num_features)
-        N.check_epsilon(epsilon)
-        self.scale = _make_param(scale_init, rngs, num_features, param_dtype, use_scale)
-        self.num_features = num_features
-        self.epsilon = epsilon
-        self.dtype = dtype
-        self.param_dtype = param_dtype
+        self._setup(
+            num_features,
+            epsilon=epsilon,
+            dtype=dtype,
+            param_dtype=param_dtype,
+            axis_name=axis_name,
+            rngs=rngs,
+            scale=(scale_init, use_scale),
+            bias=None,
+        )
         self.reduction_axes = reduction_axes
         self.feature_axes = feature_axes
-        self.axis_name = axis_name
 
     def __call__(self, x: jax.Array, *, mask: jax.Array | None = None) -> jax.Array:
         x = jnp.asarray(x)
@@ -347,7 +388,7 @@ class RMSNorm(nnx.Module):
         )
 
 
-class GroupNorm(nnx.Module):
+class GroupNorm(_Norm):
     r"""Group normalization (Wu & He 2018) as an NNX module.
 
     The channels (last axis) are split into ``num_groups`` groups (or groups of
@@ -381,21 +422,20 @@ class GroupNorm(nnx.Module):
         algorithm: N.Algorithm = "stable",
         rngs: nnx.Rngs,
     ):
-        _check_num_features(num_features)
-        N.check_epsilon(epsilon)
-        N.check_choice("algorithm", algorithm, N.ALGORITHMS)
-        num_groups = _resolve_groups(num_features, num_groups, group_size)
-        self.scale = _make_param(scale_init, rngs, num_features, param_dtype, use_scale)
-        self.bias = _make_param(bias_init, rngs, num_features, param_dtype, use_bias)
-        self.num_features = num_features
-        self.num_groups = num_groups
-        self.group_size = num_features // num_groups
-        self.epsilon = epsilon
-        self.dtype = dtype
-        self.param_dtype = param_dtype
+        self._setup(
+            num_features,
+            epsilon=epsilon,
+            dtype=dtype,
+            param_dtype=param_dtype,
+            axis_name=axis_name,
+            rngs=rngs,
+            scale=(scale_init, use_scale),
+            bias=(bias_init, use_bias),
+            algorithm=algorithm,
+        )
+        self.num_groups = N.resolve_num_groups(num_features, num_groups, group_size)
+        self.group_size = num_features // self.num_groups
         self.reduction_axes = reduction_axes
-        self.axis_name = axis_name
-        self.algorithm: N.Algorithm = algorithm
 
     def __call__(self, x: jax.Array, *, mask: jax.Array | None = None) -> jax.Array:
         x = jnp.asarray(x)
@@ -414,27 +454,7 @@ class GroupNorm(nnx.Module):
         )
 
 
-def _resolve_groups(num_features: int, num_groups: int | None, group_size: int | None) -> int:
-    """The number of groups from exactly one of ``num_groups`` and ``group_size``."""
-    if (num_groups is None) == (group_size is None):
-        raise ValueError(
-            f"give exactly one of num_groups and group_size (to give group_size, pass "
-            f"num_groups=None: its default is 32); got num_groups={num_groups!r}, "
-            f"group_size={group_size!r}"
-        )
-    if group_size is not None:
-        if not isinstance(group_size, int) or group_size <= 0 or num_features % group_size != 0:
-            divisors = [d for d in range(1, num_features + 1) if num_features % d == 0]
-            raise ValueError(
-                f"group_size={group_size!r} does not divide the {num_features} features "
-                f"(channels): allowed values are the divisors of {num_features}: {divisors}"
-            )
-        return num_features // group_size
-    N.check_num_groups(num_groups, num_features)
-    return int(num_groups)  # type: ignore[arg-type]
-
-
-class InstanceNorm(nnx.Module):
+class InstanceNorm(_Norm):
     r"""Instance normalization (Ulyanov, Vedaldi & Lempitsky 2016) as an NNX module.
 
     Each example (axis 0) and channel (``feature_axes``) is normalized over the remaining
@@ -464,18 +484,18 @@ class InstanceNorm(nnx.Module):
         algorithm: N.Algorithm = "stable",
         rngs: nnx.Rngs,
     ):
-        _check_num_features(num_features)
-        N.check_epsilon(epsilon)
-        N.check_choice("algorithm", algorithm, N.ALGORITHMS)
-        self.scale = _make_param(scale_init, rngs, num_features, param_dtype, use_scale)
-        self.bias = _make_param(bias_init, rngs, num_features, param_dtype, use_bias)
-        self.num_features = num_features
-        self.epsilon = epsilon
-        self.dtype = dtype
-        self.param_dtype = param_dtype
+        self._setup(
+            num_features,
+            epsilon=epsilon,
+            dtype=dtype,
+            param_dtype=param_dtype,
+            axis_name=axis_name,
+            rngs=rngs,
+            scale=(scale_init, use_scale),
+            bias=(bias_init, use_bias),
+            algorithm=algorithm,
+        )
         self.feature_axes = feature_axes
-        self.axis_name = axis_name
-        self.algorithm: N.Algorithm = algorithm
 
     def __call__(self, x: jax.Array, *, mask: jax.Array | None = None) -> jax.Array:
         x = jnp.asarray(x)

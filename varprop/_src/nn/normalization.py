@@ -177,6 +177,60 @@ def check_num_groups(num_groups: object, num_features: int) -> None:
         )
 
 
+def check_group_options(num_groups: object, group_size: object) -> None:
+    """Raise ``ValueError`` unless exactly one of ``num_groups`` and ``group_size`` is given."""
+    if (num_groups is None) == (group_size is None):
+        raise ValueError(
+            f"give exactly one of num_groups and group_size (to give group_size, pass "
+            f"num_groups=None: its default is 32); got num_groups={num_groups!r}, "
+            f"group_size={group_size!r}"
+        )
+
+
+def resolve_num_groups(num_features: int, num_groups: object, group_size: object) -> int:
+    """The number of groups from exactly one of ``num_groups`` and ``group_size``.
+
+    Raises ``ValueError`` when both or neither are given, or when the one given does not
+    divide ``num_features`` (the message lists the allowed divisors).
+    """
+    check_group_options(num_groups, group_size)
+    if group_size is None:
+        check_num_groups(num_groups, num_features)
+        return int(num_groups)  # type: ignore[arg-type]
+    if (
+        not isinstance(group_size, numbers.Integral)
+        or isinstance(group_size, bool)
+        or group_size <= 0
+        or num_features % int(group_size) != 0
+    ):
+        divisors = [d for d in range(1, num_features + 1) if num_features % d == 0]
+        raise ValueError(
+            f"group_size={group_size!r} does not divide the {num_features} features "
+            f"(channels): allowed values are the divisors of {num_features}: {divisors}"
+        )
+    return num_features // int(group_size)
+
+
+def check_config(
+    *,
+    epsilon: object,
+    algorithm: object = None,
+    momentum: object = None,
+    running_var_mode: object = None,
+) -> None:
+    """Validate a normalization layer's static options (those given; ``None`` skips one).
+
+    The one place the NNX and Linen wrappers validate their constructor arguments.
+    """
+    check_epsilon(epsilon)
+    if algorithm is not None:
+        check_choice("algorithm", algorithm, ALGORITHMS)
+    if momentum is not None:
+        check_momentum(momentum)
+    if running_var_mode is not None:
+        check_choice("running_var_mode", running_var_mode, RUNNING_VAR_MODES)
+
+
 def canonical_axes(ndim: int, axes: Axes) -> tuple[int, ...]:
     """Sorted, de-duplicated, non-negative axes; ``ValueError`` when one is out of range."""
     seq = tuple(axes) if isinstance(axes, Iterable) else (axes,)
@@ -799,17 +853,16 @@ def instance_norm(
             f"InstanceNorm feature_axes cannot include axis 0 (the batch axis); got {feature_axes}"
         )
     raxes = tuple(i for i in range(1, x.ndim) if i not in faxes)
-    m = batch_stats(
-        x, raxes, mask=mask, axis_name=axis_name, algorithm=algorithm, dtype=_stats_dtype(dtype)
-    )
-    return normalize(
+    # Layer normalization over the spatial axes of each (example, channel).
+    return layer_norm(
         x,
-        m.mean,
-        m.var,
         scale,
         bias,
         epsilon=epsilon,
         reduction_axes=raxes,
         feature_axes=faxes,
+        mask=mask,
+        axis_name=axis_name,
+        algorithm=algorithm,
         dtype=dtype,
     )
