@@ -292,6 +292,10 @@ def test_group_count_must_divide_features():
         VL.GroupNorm(num_groups=3).init(jax.random.key(0), x)
     with pytest.raises(ValueError, match=r"num_groups=32 does not divide the 8"):
         VL.GroupNorm().init(jax.random.key(0), x)  # the default 32
+    with pytest.raises(ValueError, match=r"group_size=3 does not divide the 8.*\[1, 2, 4, 8\]"):
+        VL.GroupNorm(num_groups=None, group_size=3).init(jax.random.key(0), x)
+    with pytest.raises(ValueError, match=r"group_size=True does not divide"):
+        VN.GroupNorm(8, num_groups=None, group_size=True, rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match=r"num_groups=0 does not divide"):
         N.group_norm(x, num_groups=0)
     with pytest.raises(ValueError, match="must include the last axis"):

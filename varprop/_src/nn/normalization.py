@@ -162,8 +162,9 @@ def check_choice(name: str, value: object, allowed: Sequence[str]) -> None:
         raise ValueError(f"{name} must be one of {tuple(allowed)}; got {name}={value!r}")
 
 
-def check_num_groups(num_groups: object, num_features: int) -> None:
-    """Raise ``ValueError`` unless ``num_groups`` is a positive divisor of ``num_features``."""
+def check_num_groups(num_groups: object, num_features: int, name: str = "num_groups") -> None:
+    """Raise ``ValueError`` unless ``num_groups`` (or the option called ``name``, e.g.
+    ``group_size``) is a positive divisor of ``num_features``."""
     if (
         not isinstance(num_groups, numbers.Integral)
         or isinstance(num_groups, bool)
@@ -172,7 +173,7 @@ def check_num_groups(num_groups: object, num_features: int) -> None:
     ):
         divisors = [d for d in range(1, num_features + 1) if num_features % d == 0]
         raise ValueError(
-            f"num_groups={num_groups!r} does not divide the {num_features} features "
+            f"{name}={num_groups!r} does not divide the {num_features} features "
             f"(channels): allowed values are the divisors of {num_features}: {divisors}"
         )
 
@@ -197,18 +198,8 @@ def resolve_num_groups(num_features: int, num_groups: object, group_size: object
     if group_size is None:
         check_num_groups(num_groups, num_features)
         return int(num_groups)  # type: ignore[arg-type]
-    if (
-        not isinstance(group_size, numbers.Integral)
-        or isinstance(group_size, bool)
-        or group_size <= 0
-        or num_features % int(group_size) != 0
-    ):
-        divisors = [d for d in range(1, num_features + 1) if num_features % d == 0]
-        raise ValueError(
-            f"group_size={group_size!r} does not divide the {num_features} features "
-            f"(channels): allowed values are the divisors of {num_features}: {divisors}"
-        )
-    return num_features // int(group_size)
+    check_num_groups(group_size, num_features, "group_size")
+    return num_features // int(group_size)  # type: ignore[arg-type]
 
 
 def check_config(
