@@ -37,29 +37,27 @@ from typing import NamedTuple
 
 import sympy as sp
 
+# The symbols of the normalization laws live with all the others in ``symbols``;
+# they are bound here under their short names (used as the functions' defaults).
+from varprop._src.laws.symbols import (
+    alpha,
+    batch_stat,
+    batch_var,
+    beta,
+    count,
+    epsilon,
+    gamma,
+    input_mean,
+    input_var,
+    momentum,
+    running_mean,
+    running_var,
+    steps,
+)
+
 #: Anything SymPy accepts as a number or expression.
 ExprLike = sp.Expr | int | float
 
-#: Scale γ and bias β of one feature.
-gamma = sp.Symbol("gamma", real=True)
-beta = sp.Symbol("beta", real=True)
-#: Biased batch variance σ²_B of one feature (positive: a non-constant batch).
-batch_var = sp.Symbol("sigma_B^2", positive=True)
-#: The layer's epsilon.
-epsilon = sp.Symbol("epsilon", nonnegative=True)
-#: Positive factor on the weights.
-alpha = sp.Symbol("alpha", positive=True)
-#: Running statistics μ_r, σ²_r, and a layer input's mean and variance (eval mode).
-running_mean = sp.Symbol("mu_r", real=True)
-running_var = sp.Symbol("sigma_r^2", nonnegative=True)
-input_mean = sp.Symbol("mu_x", real=True)
-input_var = sp.Symbol("sigma_x^2", nonnegative=True)
-#: Momentum (keep ratio), steps, number of examples per feature.
-momentum = sp.Symbol("m", nonnegative=True)
-steps = sp.Symbol("t", positive=True, integer=True)
-count = sp.Symbol("N", positive=True, integer=True)
-#: A batch statistic held constant over steps (closed form of the running average).
-batch_stat = sp.Symbol("s", real=True)
 
 #: Running statistics of a freshly built BatchNorm (Flax, PyTorch and varprop alike).
 INITIAL_RUNNING_MEAN = 0

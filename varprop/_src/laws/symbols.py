@@ -33,3 +33,25 @@ grad_second_moment = sp.Symbol("E[(dL/dh)^2]", positive=True)
 bias_variance = sp.Symbol("Var(b)", nonnegative=True)
 #: The weight variance as an unknown (used in the general layer law).
 weight_variance = sp.Symbol("Var(w)", positive=True)
+
+# --- Normalization layers (``laws.normalization``) -------------------------------------
+#: Scale γ and bias β of one feature.
+gamma = sp.Symbol("gamma", real=True)
+beta = sp.Symbol("beta", real=True)
+#: Biased batch variance σ²_B of one feature (positive: a non-constant batch).
+batch_var = sp.Symbol("sigma_B^2", positive=True)
+#: The layer's epsilon.
+epsilon = sp.Symbol("epsilon", nonnegative=True)
+#: Positive factor on the weights.
+alpha = sp.Symbol("alpha", positive=True)
+#: Running statistics μ_r, σ²_r, and a layer input's mean and variance (eval mode).
+running_mean = sp.Symbol("mu_r", real=True)
+running_var = sp.Symbol("sigma_r^2", nonnegative=True)
+input_mean = sp.Symbol("mu_x", real=True)
+input_var = sp.Symbol("sigma_x^2", nonnegative=True)
+#: Momentum (keep ratio), steps, number of examples per feature.
+momentum = sp.Symbol("m", nonnegative=True)
+steps = sp.Symbol("t", positive=True, integer=True)
+count = sp.Symbol("N", positive=True, integer=True)
+#: A batch statistic held constant over steps (closed form of the running average).
+batch_stat = sp.Symbol("s", real=True)
