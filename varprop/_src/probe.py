@@ -10,9 +10,9 @@ backward rule returns the statistics of the cotangent as the cotangent of a smal
 "carrier" vector. The gradient with respect to the carriers is then the per-layer gradient
 statistics, computed inside the same XLA program, without storing dL/dz anywhere.
 
-Every second moment is returned as a natural log and computed as
-``2 log max|v| + log mean((v / max|v|)^2)``: it stays finite as long as the values do, even
-where ``mean(v^2)`` would overflow float32 (about half-way to the layer where v does).
+Every second moment is returned as a natural log, computed by :mod:`varprop._src.moments`
+after scaling by a power of two near ``max|v|``: it stays finite as long as the values do,
+even where ``mean(v^2)`` would overflow float32 (about half-way to the layer where v does).
 Nothing prints or raises inside jit.
 """
 
@@ -27,6 +27,7 @@ import jax.numpy as jnp
 
 from varprop._src.initializers import Initializer
 from varprop._src.laws import activations as A
+from varprop._src.moments import unit_log_moments
 from varprop._src.nn.activations import jax_activation
 from varprop._src.nn.normalization import batch_stats, normalize
 
@@ -50,26 +51,12 @@ _N_SUMMARY = 4
 def _summary(v: Array) -> Array:
     """``[log m2, rel_unit_var, all_finite, mean]`` of a ``(batch, units)`` array.
 
-    - ``log m2``: log of the mean of v^2 (``-inf`` when v is all zero).
-    - ``rel_unit_var``: variance across units of the per-unit second moments, divided by
-      their mean squared; the squared relative standard error of ``m2`` is this over units.
-    - ``all_finite``: 1.0 if every entry is finite.
-    - ``mean``: mean of v.
+    ``log m2``, ``rel_unit_var`` and ``mean`` as :func:`varprop._src.moments.unit_log_moments`
+    (``log m2`` is ``-inf`` when v is all zero); ``all_finite`` is 1.0 if every entry is.
     """
-    v = v.astype(jnp.float32)
-    finite = jnp.all(jnp.isfinite(v))
-    big = jnp.max(jnp.where(jnp.isfinite(v), jnp.abs(v), 0.0))
-    # Scale by a power of two, in two halves: 1/big itself can be subnormal (big > 2^126),
-    # and CPUs flush subnormals to zero.
-    e = jnp.frexp(big)[1]
-    e1 = e // 2
-    u = v * jnp.exp2(-e1.astype(jnp.float32)) * jnp.exp2(-(e - e1).astype(jnp.float32))
-    per_unit = jnp.mean(u * u, axis=0)
-    m = jnp.mean(per_unit)
-    lm2 = jnp.log(m) + 2.0 * jnp.log(2.0) * e.astype(jnp.float32)
-    rv = jnp.where(m > 0, jnp.var(per_unit) / jnp.where(m > 0, m * m, 1.0), 0.0)
-    mean = jnp.mean(u) * jnp.exp2(e1.astype(jnp.float32)) * jnp.exp2((e - e1).astype(jnp.float32))
-    return jnp.stack([lm2, rv, finite.astype(jnp.float32), mean])
+    lm2, rv, mean = unit_log_moments(v)
+    finite = jnp.all(jnp.isfinite(v)).astype(jnp.float32)
+    return jnp.stack([lm2, rv, finite, mean])
 
 
 @jax.custom_vjp

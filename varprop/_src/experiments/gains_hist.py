@@ -45,6 +45,7 @@ from varprop._src.experiments.base import (
     new_figure,
 )
 from varprop._src.laws import symbols as S
+from varprop._src.moments import log_mean_square
 from varprop._src.nn.activations import jax_activation
 from varprop._src.nn.normalization import batch_norm, batch_stats
 from varprop._src.probe import COMPILER_OPTIONS
@@ -58,15 +59,6 @@ EPS32 = float(np.finfo(np.float32).eps)
 
 def _law(label: str, expr: Any) -> Law:
     return Law(label, L.latex(expr), str(expr))
-
-
-def _log_m2(v: Array, axes: Any = None) -> Array:
-    """log E[v^2], computed as 2 log max|v| + log E[(v/max|v|)^2] (finite while v is)."""
-    v = v.astype(jnp.float32)
-    big = jnp.max(jnp.abs(v), axis=axes, keepdims=True)
-    safe = jnp.where(big > 0, big, 1.0)
-    m = jnp.mean(jnp.square(v / safe), axis=axes)
-    return jnp.log(m) + 2.0 * jnp.log(jnp.squeeze(safe, axis=axes))
 
 
 def _se(x: np.ndarray, axis: int = 0) -> np.ndarray:
@@ -727,7 +719,7 @@ def _bn_scale_program(width: int, depth: int, batch: int, epsilons: tuple[float,
 
         def plain(h, wl):
             z = h @ wl
-            return jax.nn.relu(z), _log_m2(z)
+            return jax.nn.relu(z), log_mean_square(z)
 
         return outs, jax.lax.scan(plain, x, w)[1]
 

@@ -56,6 +56,7 @@ from varprop._src.experiments.base import (
     new_figure,
 )
 from varprop._src.laws import symbols as S
+from varprop._src.moments import unit_log_moments
 from varprop._src.nn.activations import jax_activation
 from varprop._src.probe import COMPILER_OPTIONS
 
@@ -77,25 +78,14 @@ _FAST_COMPILE = COMPILER_OPTIONS  # the probe's setting: same run time, a quarte
 
 def _moments(v: Array) -> Array:
     """``[log E[v^2], rel. variance across units of per-unit E[v^2], fraction of exact
-    zeros, all finite]`` of a ``(batch, units)`` array.
+    zeros, all finite]`` of a ``(batch, units)`` array, over its finite entries.
 
-    The second moment is computed after scaling by a power of two near max|v|, so its log
-    stays finite wherever the values themselves do (no overflow of v^2, no flush of tiny
-    squares to zero). The squared relative standard error of E[v^2] is ``rv / units``.
+    The moments are :func:`varprop._src.moments.unit_log_moments`: the log stays finite
+    wherever the values do. The squared relative standard error of E[v^2] is ``rv / units``.
     """
-    v = v.astype(jnp.float32)
-    finite = jnp.isfinite(v)
-    big = jnp.max(jnp.where(finite, jnp.abs(v), 0.0))
-    e = jnp.frexp(big)[1]
-    e1 = e // 2
-    u = v * jnp.exp2(-e1.astype(jnp.float32)) * jnp.exp2(-(e - e1).astype(jnp.float32))
-    u = jnp.where(finite, u, 0.0)
-    per_unit = jnp.mean(u * u, axis=0)
-    m = jnp.mean(per_unit)
-    lm2 = jnp.log(m) + 2.0 * math.log(2.0) * e.astype(jnp.float32)
-    rv = jnp.where(m > 0, jnp.var(per_unit) / jnp.where(m > 0, m * m, 1.0), 0.0)
+    lm2, rv, _ = unit_log_moments(v, ignore_nonfinite=True)
     zero = jnp.mean((v == 0).astype(jnp.float32))
-    return jnp.stack([lm2, rv, zero, jnp.all(finite).astype(jnp.float32)])
+    return jnp.stack([lm2, rv, zero, jnp.all(jnp.isfinite(v)).astype(jnp.float32)])
 
 
 @functools.partial(
