@@ -4,6 +4,11 @@ Run alone (no tests or other jobs on the machine):
 
     python scripts/calibrate.py [--configs 200] [--power-trials 100] [--out calibrate.json]
 
+A longer FPR run can be split: ``--start 200 --configs 167 --power-trials 0 --out b.json``
+continues the sequence of configurations (each with its own seed) where a first run of 200
+stopped, and ``--combine a.json b.json`` prints the pooled FPR of such runs (they must not
+overlap).
+
 - FPR: correct configurations (scheme x activation x depth up to 50 x width 64-1024, each with
   its own base seed); a false positive is a "disagrees" verdict. Its confidence interval is
   Clopper-Pearson (exact binomial).
@@ -49,18 +54,24 @@ def _write(path: str, out: dict) -> None:
         json.dump(out, fh, indent=2)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--configs", type=int, default=200)
-    ap.add_argument("--power-trials", type=int, default=100)
-    ap.add_argument("--out", default="calibrate.json")
-    args = ap.parse_args()
-    t0 = time.perf_counter()
-    out: dict = {"power": None, "fpr": None, "complete": False}
+def combine(paths: list[str]) -> None:
+    """Print the pooled false-positive rate of several runs (disjoint ``--start`` ranges)."""
+    runs = [json.load(open(p)) for p in paths]
+    spans = sorted((r.get("start", 0), r.get("start", 0) + r["fpr"]["n"]) for r in runs)
+    for (_, end), (start, _) in itertools.pairwise(spans):
+        if start < end:
+            raise SystemExit(f"runs overlap: configurations {spans}")
+    k = sum(r["fpr"]["false"] for r in runs)
+    n = sum(r["fpr"]["n"] for r in runs)
+    verdicts = {v: sum(r["fpr"]["verdicts"][v] for r in runs) for v in runs[0]["fpr"]["verdicts"]}
+    lo, hi = clopper_pearson(k, n)
+    print(f"FPR: {k}/{n} = {k / n:.3%} (95% CI {lo:.3%} - {hi:.3%}); {verdicts}; runs {spans}")
 
-    # Power first: one architecture, so one compile serves every trial.
+
+def run_power(trials: int, out: dict, t0: float) -> None:
+    """Power first: one architecture, so one compile serves every trial."""
     hits = 0
-    for t in range(args.power_trials):
+    for t in range(trials):
         r = check(
             [256] * 11 + [10],
             "relu",
@@ -69,19 +80,41 @@ def main() -> None:
             seed=10_000 + t,
         )
         hits += r.verdict == "disagrees"
-    p_ci = clopper_pearson(hits, args.power_trials)
+    p_ci = clopper_pearson(hits, trials)
     print(
-        f"Power (Var(w) x1.2 in every layer, 10 x 256 ReLU): {hits}/{args.power_trials} = "
-        f"{hits / args.power_trials:.1%} (95% CI {p_ci[0]:.1%} - {p_ci[1]:.1%}); "
+        f"Power (Var(w) x1.2 in every layer, 10 x 256 ReLU): {hits}/{trials} = "
+        f"{hits / trials:.1%} (95% CI {p_ci[0]:.1%} - {p_ci[1]:.1%}); "
         f"{time.perf_counter() - t0:.0f} s",
         flush=True,
     )
-    out["power"] = {"hits": hits, "n": args.power_trials, "ci95": p_ci}
-    _write(args.out, out)
+    out["power"] = {"hits": hits, "n": trials, "ci95": p_ci}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--configs", type=int, default=200)
+    ap.add_argument("--power-trials", type=int, default=100)
+    ap.add_argument("--out", default="calibrate.json")
+    ap.add_argument("--start", type=int, default=0, help="index of the first configuration")
+    ap.add_argument("--combine", nargs="+", metavar="JSON", help="pool the FPR of these runs")
+    args = ap.parse_args()
+    if args.combine:
+        combine(args.combine)
+        return
+    if args.start < 0 or args.configs < 1 or args.power_trials < 0:
+        ap.error("--start and --power-trials must be >= 0 and --configs >= 1")
+    t0 = time.perf_counter()
+    out: dict = {"power": None, "fpr": None, "complete": False, "start": args.start}
+
+    if args.power_trials:
+        run_power(args.power_trials, out, t0)
+        _write(args.out, out)
 
     grid = list(itertools.product(CORRECT, DEPTHS, WIDTHS))
     # A stride coprime to the grid size spreads any prefix over schemes, depths and widths.
-    configs = [grid[(i * 37) % len(grid)] + (i,) for i in range(args.configs)]
+    configs = [
+        grid[(i * 37) % len(grid)] + (i,) for i in range(args.start, args.start + args.configs)
+    ]
     verdicts: dict[str, int] = {"agrees": 0, "disagrees": 0, "inconclusive": 0}
     false = []
     for n, ((init, act), depth, width, seed) in enumerate(configs, 1):
