@@ -23,6 +23,7 @@ import argparse
 import itertools
 import json
 import time
+from pathlib import Path
 
 from scipy import stats
 
@@ -56,7 +57,7 @@ def _write(path: str, out: dict) -> None:
 
 def combine(paths: list[str]) -> None:
     """Print the pooled false-positive rate of several runs (disjoint ``--start`` ranges)."""
-    runs = [json.load(open(p)) for p in paths]
+    runs = [json.loads(Path(p).read_text()) for p in paths]
     spans = sorted((r.get("start", 0), r.get("start", 0) + r["fpr"]["n"]) for r in runs)
     for (_, end), (start, _) in itertools.pairwise(spans):
         if start < end:
