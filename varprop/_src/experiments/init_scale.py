@@ -23,7 +23,10 @@ z = x W + b and h = phi(z); q_l = E[z_l^2] and g_l = E[(dL/dz_l)^2]:
 Weights are drawn inside the jitted programs as ``std * N(0, 1)`` with ``std`` from the
 initializer's scheme (``scheme.std(shape)``), exactly what :class:`varprop.Initializer`
 does for a normal scheme; the std is an argument, so one compiled program serves every
-scheme of the same shape.
+scheme of the same shape. That, and statistics the checker has no use for (fractions of
+exact zeros, per-layer values past the first non-finite one), is why these programs are
+their own small stacks rather than :mod:`varprop._src.probe`; the numerics of every second
+moment are shared with the probe (:mod:`varprop._src.moments`).
 """
 
 from __future__ import annotations
