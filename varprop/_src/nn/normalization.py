@@ -162,18 +162,18 @@ def check_choice(name: str, value: object, allowed: Sequence[str]) -> None:
         raise ValueError(f"{name} must be one of {tuple(allowed)}; got {name}={value!r}")
 
 
-def check_num_groups(num_groups: object, num_features: int, name: str = "num_groups") -> None:
-    """Raise ``ValueError`` unless ``num_groups`` (or the option called ``name``, e.g.
+def check_num_groups(value: object, num_features: int, name: str = "num_groups") -> None:
+    """Raise ``ValueError`` unless ``value`` of the option ``name`` (``num_groups`` or
     ``group_size``) is a positive divisor of ``num_features``."""
     if (
-        not isinstance(num_groups, numbers.Integral)
-        or isinstance(num_groups, bool)
-        or num_groups <= 0
-        or num_features % int(num_groups) != 0
+        not isinstance(value, numbers.Integral)
+        or isinstance(value, bool)
+        or value <= 0
+        or num_features % int(value) != 0
     ):
         divisors = [d for d in range(1, num_features + 1) if num_features % d == 0]
         raise ValueError(
-            f"{name}={num_groups!r} does not divide the {num_features} features "
+            f"{name}={value!r} does not divide the {num_features} features "
             f"(channels): allowed values are the divisors of {num_features}: {divisors}"
         )
 
