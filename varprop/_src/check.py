@@ -93,6 +93,28 @@ class CheckResult:
     def to_json(self, indent: int | None = 2) -> str:
         return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
 
+    @property
+    def degenerate(self) -> list[str]:
+        """Why the network is degenerate (zero or constant weights, identical units, all-zero
+        activations or gradients, values leaving float32); empty when it is not."""
+        return list(self.health.get("degenerate", []))
+
+    def exit_code(self, require_healthy: bool = False) -> int:
+        """The CLI's exit code: 1 disagrees, 3 inconclusive, 4 the law holds but the network
+        is degenerate (with ``require_healthy`` also when a direction vanishes or explodes),
+        0 the law holds and the network is healthy."""
+        if self.verdict == "disagrees":
+            return 1
+        if self.verdict == "inconclusive":
+            return 3
+        if self.degenerate:
+            return 4
+        if require_healthy and any(
+            self.health[d]["state"] in ("vanishing", "exploding") for d in ("forward", "backward")
+        ):
+            return 4
+        return 0
+
     def rows(self, direction: str) -> list[LayerRow]:
         return [r for r in self.layers if r.direction == direction]
 
