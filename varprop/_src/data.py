@@ -10,12 +10,16 @@ numbers are applied to the validation split.
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import struct
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from varprop._src.errors import InputError
 
 ENV_VAR = "VARPROP_MNIST_DIR"
 
@@ -27,29 +31,96 @@ class DataNotFoundError(FileNotFoundError):
     """MNIST files are missing; the message says where we looked and how to get them."""
 
 
+#: IDX type codes and the NumPy dtypes they hold (big-endian on disk).
+_IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
+def _read_bytes(p: Path) -> bytes:
+    """The file's bytes (gunzipped when the name ends in ``.gz``), or an ``InputError``."""
+
+    def bad(what: str) -> InputError:
+        return InputError(f"MNIST file {str(p)!r} {what}", kind="data")
+
+    try:
+        if p.suffix != ".gz":
+            return p.read_bytes()
+        with gzip.open(p, "rb") as fh:
+            return fh.read()
+    except EOFError:
+        raise bad(
+            "is a truncated gzip file (it ends before the compressed stream does); "
+            "download it again"
+        ) from None
+    except (gzip.BadGzipFile, zlib.error) as e:
+        raise bad(
+            f"is not a valid gzip file ({e}); a .gz name needs a gzipped IDX file, "
+            "a raw IDX file must not end in .gz"
+        ) from None
+    except OSError as e:
+        raise bad(f"cannot be read: {e.strerror or e}") from None
+
+
 def read_idx(path: str | os.PathLike) -> np.ndarray:
-    """Read one IDX file (gzipped or raw) into a NumPy array.
+    """Read one IDX file (gzipped when its name ends in ``.gz``, else raw) into an array.
 
     Raises:
-        ValueError: the file is not an IDX file (bad magic number or size).
+        InputError: (``kind="data"``) the file cannot be read or is not a complete IDX file:
+            empty, truncated, corrupt gzip, wrong magic number, unknown type code, or a
+            size that does not match its header. The message names the file and what is
+            wrong.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> f = pathlib.Path(tempfile.mkdtemp()) / "tiny-idx1-ubyte"
+        >>> _ = f.write_bytes(bytes([0, 0, 0x08, 1, 0, 0, 0, 3, 7, 8, 9]))
+        >>> read_idx(f)
+        array([7, 8, 9], dtype=uint8)
+        >>> _ = f.write_bytes(bytes([0, 0, 0x08, 1, 0, 0, 0, 3, 7]))
+        >>> read_idx(f)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        varprop._src.errors.InputError: MNIST file '...tiny-idx1-ubyte' is truncated: ...
     """
     p = Path(path)
-    opener = gzip.open if p.suffix == ".gz" else open
-    with opener(p, "rb") as fh:
-        raw = fh.read()
+    raw = _read_bytes(p)
+
+    def bad(what: str) -> InputError:
+        return InputError(f"MNIST file {str(p)!r} {what}", kind="data")
+
+    if not raw:
+        raise bad("is empty; expected an IDX file (2 zero bytes, type code, dimension count)")
+    if raw[:2] == b"\x1f\x8b":
+        raise bad("is gzipped but its name does not end in .gz; rename it to end in .gz")
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
-        raise ValueError(f"{p} is not an IDX file (bad magic number)")
-    dtype_code, ndim = raw[2], raw[3]
-    dtypes = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
-    if dtype_code not in dtypes:
-        raise ValueError(f"{p}: unknown IDX data type 0x{dtype_code:02x}")
-    dims = struct.unpack(f">{ndim}I", raw[4 : 4 + 4 * ndim])
-    data = np.frombuffer(raw, dtype=dtypes[dtype_code], offset=4 + 4 * ndim)
-    if data.size != int(np.prod(dims)):
-        raise ValueError(
-            f"{p}: expected {int(np.prod(dims))} values for shape {dims}, got {data.size}"
+        raise bad(
+            f"is not an IDX file: it starts with bytes {raw[:4].hex(' ')}, an IDX file starts "
+            "with 00 00, a type code and the number of dimensions"
         )
-    return data.reshape(dims).astype(dtypes[dtype_code][1:])
+    dtype_code, ndim = raw[2], raw[3]
+    if dtype_code not in _IDX_DTYPES:
+        allowed = ", ".join(f"0x{c:02x}" for c in _IDX_DTYPES)
+        raise bad(f"has unknown IDX data type 0x{dtype_code:02x}; allowed: {allowed}")
+    if ndim == 0:
+        raise bad("declares 0 dimensions; an IDX file has at least 1")
+    offset = 4 + 4 * ndim
+    if len(raw) < offset:
+        raise bad(
+            f"is truncated: its header declares {ndim} dimensions ({offset} header bytes) "
+            f"but the file has {len(raw)} bytes"
+        )
+    dims = struct.unpack(f">{ndim}I", raw[4:offset])
+    dtype = np.dtype(_IDX_DTYPES[dtype_code])
+    count = math.prod(dims)
+    expected = count * dtype.itemsize
+    got = len(raw) - offset
+    if got != expected:
+        what = "is truncated" if got < expected else "has trailing bytes"
+        raise bad(
+            f"{what}: its header says shape {tuple(dims)} ({expected} data bytes) but it "
+            f"holds {got} data bytes"
+        )
+    data = np.frombuffer(raw, dtype=dtype, count=count, offset=offset)
+    return data.reshape(dims).astype(dtype.newbyteorder("="))
 
 
 def _find(directory: Path, stem: str) -> Path | None:
@@ -79,18 +150,42 @@ def load_mnist(data_dir: str | os.PathLike | None = None) -> tuple[np.ndarray, n
 
     Raises:
         DataNotFoundError: no image/label file pair in the directory.
+        InputError: (``kind="data"``) a file is not a valid IDX file, or the images are not
+            ``(N, 28, 28)`` uint8, the labels not ``(N,)`` uint8, or their counts differ.
     """
     d = mnist_dir(data_dir)
     if not d.is_dir():
-        raise DataNotFoundError(f"MNIST directory {str(d)!r} does not exist")
+        what = "is not a directory" if d.exists() else "does not exist"
+        raise DataNotFoundError(f"MNIST directory {str(d)!r} {what}")
     for img_name, lab_name in zip(_IMAGE_NAMES, _LABEL_NAMES, strict=True):
         img, lab = _find(d, img_name), _find(d, lab_name)
         if img is not None and lab is not None:
-            x = read_idx(img).reshape(-1, 28 * 28).astype(np.float32) / 255.0
-            y = read_idx(lab).astype(np.int32)
-            if len(x) != len(y):
-                raise ValueError(f"{img} has {len(x)} images but {lab} has {len(y)} labels")
-            return x, y
+            images, labels = read_idx(img), read_idx(lab)
+            if images.ndim != 3 or images.shape[1:] != (28, 28) or images.dtype != np.uint8:
+                raise InputError(
+                    f"MNIST file {str(img)!r} holds {images.dtype} values of shape "
+                    f"{images.shape}; expected uint8 images of shape (N, 28, 28)",
+                    kind="data",
+                )
+            if labels.ndim != 1 or labels.dtype != np.uint8:
+                raise InputError(
+                    f"MNIST file {str(lab)!r} holds {labels.dtype} values of shape "
+                    f"{labels.shape}; expected uint8 labels of shape (N,)",
+                    kind="data",
+                )
+            if len(images) != len(labels):
+                raise InputError(
+                    f"MNIST file {str(img)!r} has {len(images)} images but {str(lab)!r} has "
+                    f"{len(labels)} labels; they must be the same split",
+                    kind="data",
+                )
+            if len(images) < 2:
+                raise InputError(
+                    f"MNIST file {str(img)!r} has {len(images)} images; at least 2 are needed",
+                    kind="data",
+                )
+            x = images.reshape(-1, 28 * 28).astype(np.float32) / np.float32(255.0)
+            return x, labels.astype(np.int32)
     raise DataNotFoundError(
         f"no MNIST IDX files in {str(d)!r}: expected t10k-images-idx3-ubyte[.gz] and "
         "t10k-labels-idx1-ubyte[.gz] (or the train-* pair)"
@@ -126,7 +221,11 @@ def standardize_split(
     mean = float(np.mean(x[ti], dtype=np.float64))
     std = float(np.std(x[ti], dtype=np.float64))
     if std == 0:
-        raise ValueError("the training split has zero standard deviation")
+        raise InputError(
+            f"the training split ({len(ti)} examples) has zero standard deviation (every value "
+            "is the same), so it cannot be standardized",
+            kind="data",
+        )
     xt = ((x[ti] - mean) / std).astype(np.float32)
     xv = ((x[vi] - mean) / std).astype(np.float32)
     return Split(xt, y[ti], xv, y[vi], mean, std)
@@ -204,7 +303,8 @@ def load_classification(
     Raises:
         DataNotFoundError: MNIST is missing and ``allow_fallback`` is False; the message names
             the directory looked at (or says none was given) and how to get the files.
-        ValueError: the directory holds files that are not valid IDX files (never masked).
+        InputError: (a ``ValueError``, ``kind="data"``) the directory holds files that are
+            not valid MNIST IDX files (never masked by the fallback).
     """
     try:
         x, y = load_mnist(data_dir)
