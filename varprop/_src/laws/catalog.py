@@ -175,12 +175,8 @@ def uniform(scale: float = 1e-2) -> Scheme:
 
 def truncated_normal(stddev: float = 1e-2, lower: float = -2.0, upper: float = 2.0) -> Scheme:
     sd = check_positive("stddev", stddev)
-    for nm, v in (("lower", lower), ("upper", upper)):
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-            raise ValueError(f"{nm} must be a finite number, got {v!r}")
-    if not lower < upper:
-        raise ValueError(f"truncated_normal needs lower < upper, got lower={lower}, upper={upper}")
-    mom = truncated_normal_moments(float(lower), float(upper))
+    # Validates the bounds (finite, ordered, not entirely in a far tail).
+    mom = truncated_normal_moments(lower, upper)
     return Scheme(
         name="truncated_normal",
         variance_expr=S.stddev**2 * mom["variance"],

@@ -115,13 +115,41 @@ def derive(
         )
     )
 
-    if scheme.distribution == "constant":
+    # 1b. The weights' mean, when it is not 0.
+    mu = scheme.mean_law
+    if mu != 0:
+        fl, bl, ml = (
+            Ly.forward_law_given_input(scheme),
+            Ly.backward_law_given_gradient(scheme),
+            Ly.forward_law_with_mean(scheme),
+        )
+        d.steps.append(
+            Step(
+                "Weights with a mean",
+                "E[w] = mu is not 0, so the zero-mean law misses a term. Given one input x, "
+                "z_j = sum_i x_i w_ij has mean mu S_1(x) and variance Var(w) S_2(x), with "
+                "S_1(x) = sum_i x_i and S_2(x) = sum_i x_i^2; so E[z_j^2 | x] = Var(w) S_2(x) + "
+                "mu^2 S_1(x)^2 (+ Var(b)). Backward, dL/dx_i = sum_j w_ij g_j gives the same "
+                "with the sums of g = dL/dz. Over inputs with i.i.d. units, E[S_1^2] = n_in "
+                "E[x^2] + n_in (n_in - 1) E[x]^2: the mean term grows like n_in^2 unless E[x] = 0.",
+                (
+                    (sp.Symbol("E[w]"), _tidy(mu)),
+                    (fl.lhs, _tidy(fl.rhs)),
+                    (bl.lhs, _tidy(bl.rhs)),
+                    (ml.lhs, _tidy(ml.rhs)),
+                ),
+            )
+        )
+
+    reason = scheme.degenerate_reason()
+    if reason is not None:
         d.steps.append(
             Step(
                 "Degenerate scheme",
-                "Constant weights are not i.i.d. with zero mean, so the variance law does not "
-                "apply. Every unit of a layer computes the same pre-activation and receives the "
-                "same gradient; with c = 0 the gradient reaching hidden weights is exactly 0.",
+                f"{reason[0].upper()}{reason[1:]}: Var(w) = 0, so nothing breaks the symmetry "
+                "between units. Every unit of a layer computes the same pre-activation and "
+                "receives the same gradient, and gradient descent keeps them identical; with "
+                "zero weights the gradient reaching hidden weights is exactly 0.",
             )
         )
         d.forward_health = d.backward_health = "degenerate"
@@ -157,7 +185,7 @@ def derive(
 
     # 3. Forward law and factor.
     f = Ly.layer_factors(scheme, act, 1.0)
-    fwd_eq = Ly.forward_law(scheme)
+    fwd_eq = Ly.forward_law(scheme) if mu == 0 else Ly.forward_law_with_mean(scheme)
     chi_f = sp.Symbol("chi_forward", positive=True)
     chi_b = sp.Symbol("chi_backward", positive=True)
     f_eqs: list[tuple[sp.Expr | str, sp.Expr]] = [
@@ -211,7 +239,9 @@ def derive(
     ff = float(f.forward.subs(sub or {S.fan_out: S.fan_in}).subs(S.fan_in, fan_in or 1))
     fb = float(f.backward.subs(sub or {S.fan_out: S.fan_in}).subs(S.fan_in, fan_in or 1))
     d.forward_factor, d.backward_factor = ff, fb
-    if act.homogeneous:
+    if act.homogeneous or mu != 0:
+        # With E[w] != 0 the mean-field map of centred pre-activations does not apply: the
+        # q = 1 factors (the first layer's law) are classified instead.
         d.forward_health = Ly.classify_factor(ff, 1e-12)
         d.backward_health = Ly.classify_factor(fb, 1e-12)
         lines = [
@@ -256,7 +286,10 @@ def derive(
 
 def _tidy(e: sp.Expr) -> sp.Expr:
     """Exact numbers stay exact; an expression with floats is shown to 10 digits."""
-    return e.evalf(10) if e.atoms(sp.Float) else sp.nsimplify(e)
+    floats = e.atoms(sp.Float)
+    if floats:
+        return e.xreplace({f: sp.Float(f, 10) for f in floats})
+    return sp.nsimplify(e)
 
 
 def _depth_sentence(direction: str, factor: float, health: str) -> str:

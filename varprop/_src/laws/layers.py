@@ -12,7 +12,35 @@ are i.i.d. with zero mean and independent of x.
     \qquad E[(\partial L/\partial z)^2] = E[\phi'(z)^2]\,E[(\partial L/\partial h)^2]
 
 The second moment, not the variance, is the quantity that propagates: after ReLU, GELU,
-SiLU or sigmoid E[x] != 0. Nothing here imports JAX.
+SiLU or sigmoid E[x] != 0.
+
+**Weights with a mean.** When E[w] = mu != 0 (``ones``, ``constant``, an asymmetric
+``truncated_normal``), the zero-mean law above is wrong. For z_j = sum_i x_i w_ij + b_j with
+i.i.d. weights of mean mu and variance s^2, independent of x, given one input x:
+
+.. math::
+
+    E_W[z_j \mid x] = \mu S_1(x), \quad \mathrm{Var}_W(z_j \mid x) = s^2 S_2(x) + \mathrm{Var}(b)
+    \;\Rightarrow\;
+    E_W[z_j^2 \mid x] = s^2 S_2(x) + \mu^2 S_1(x)^2 + \mathrm{Var}(b),
+
+with :math:`S_2(x) = \sum_i x_i^2`, :math:`S_1(x) = \sum_i x_i` (bias of mean 0). The same
+algebra on :math:`\partial L/\partial x_i = \sum_j w_{ij} g_j`, g = dL/dz treated as
+independent of W (gradient independence):
+:math:`E_W[(\partial L/\partial x_i)^2 \mid g] = s^2 \sum_j g_j^2 + \mu^2 (\sum_j g_j)^2`
+(:func:`forward_law_given_input`, :func:`backward_law_given_gradient`,
+:func:`conditional_second_moment`). Averaged over inputs whose n_in units are i.i.d. with
+mean E[x] and second moment E[x^2],
+:math:`E[S_1^2] = n_{in} E[x^2] + n_{in}(n_{in}-1) E[x]^2`, so
+
+.. math::
+
+    E[z^2] = n_{in} (s^2 + \mu^2) E[x^2] + n_{in}(n_{in} - 1)\,\mu^2 E[x]^2 + \mathrm{Var}(b)
+
+(:func:`forward_law_with_mean`): after ReLU the mean term grows like n_in^2 and dominates.
+With s^2 = 0 every unit of a layer is identical (:meth:`Scheme.degenerate_reason`).
+
+Nothing here imports JAX.
 """
 
 # SymPy's inline annotations are narrower than its API (subs() with a dict, Eq() returning
@@ -41,6 +69,8 @@ Var_y = sp.Symbol("Var(y)", positive=True)
 Var_x = sp.Symbol("Var(x)", positive=True)
 E_dx2 = sp.Symbol("E[(dL/dx)^2]", positive=True)
 E_dz2 = sp.Symbol("E[(dL/dz)^2]", positive=True)
+E_z2_given_x = sp.Symbol("E[z^2|x]", nonnegative=True)
+E_dx2_given_g = sp.Symbol("E[(dL/dx)^2|g]", nonnegative=True)
 
 
 def weight_variance(scheme: Scheme | None) -> sp.Expr:
@@ -61,6 +91,101 @@ def weight_variance(scheme: Scheme | None) -> sp.Expr:
         # For a square layer both fans equal rows = cols; the law uses the per-entry E[w^2].
         return sp.simplify(scheme.law.subs({S.n_rows: S.fan_in, S.n_cols: S.fan_out}))
     return scheme.law
+
+
+def weight_mean(scheme: Scheme | None) -> sp.Expr:
+    """``E[w]`` of ``scheme`` (the symbol ``E[w]`` when ``scheme`` is None; 0 for most schemes).
+
+    Example:
+        >>> from varprop import initializers
+        >>> weight_mean(initializers.constant(0.5).scheme)
+        1/2
+    """
+    if scheme is None:
+        return S.weight_mean
+    return scheme.mean_law
+
+
+def _variance_any(scheme: Scheme | None) -> sp.Expr:
+    """Var(w) like :func:`weight_variance`, but 0 for constant schemes instead of raising."""
+    if scheme is not None and scheme.distribution == "constant":
+        return sp.Integer(0)
+    return weight_variance(scheme)
+
+
+def forward_law_given_input(scheme: Scheme | None = None) -> sp.Eq:
+    r"""The forward law of one unit given the layer's input x, with the weights' mean.
+
+    .. math:: E_W[z_j^2 \mid x] = s^2 \textstyle\sum_i x_i^2
+              + \mu^2 \left(\sum_i x_i\right)^2 + \mathrm{Var}(b)
+
+    for i.i.d. weights with E[w] = mu, Var(w) = s^2, independent of x (see the module
+    docstring for the derivation). Constant schemes are allowed (s^2 = 0).
+
+    Example:
+        >>> from varprop import initializers
+        >>> forward_law_given_input(initializers.ones.scheme)
+        Eq(E[z^2|x], S_1(x)**2 + Var(b))
+        >>> forward_law_given_input()
+        Eq(E[z^2|x], E[w]**2*S_1(x)**2 + S_2(x)*Var(w) + Var(b))
+    """
+    vw, mu = _variance_any(scheme), weight_mean(scheme)
+    rhs = vw * S.input_sum_squares + mu**2 * S.input_sum**2 + S.bias_variance
+    return sp.Eq(E_z2_given_x, rhs)
+
+
+def backward_law_given_gradient(scheme: Scheme | None = None) -> sp.Eq:
+    r"""The backward law of one input unit given the gradient g = dL/dz at the layer's output.
+
+    .. math:: E_W[(\partial L/\partial x_i)^2 \mid g] = s^2 \textstyle\sum_j g_j^2
+              + \mu^2 \left(\sum_j g_j\right)^2
+
+    (g treated as independent of W: the gradient-independence assumption).
+
+    Example:
+        >>> from varprop import initializers
+        >>> backward_law_given_gradient(initializers.he_normal().scheme)
+        Eq(E[(dL/dx)^2|g], 2*S_2(g)/n_in)
+    """
+    vw, mu = _variance_any(scheme), weight_mean(scheme)
+    return sp.Eq(E_dx2_given_g, vw * S.grad_sum_squares + mu**2 * S.grad_sum**2)
+
+
+def conditional_second_moment(weight_var, weight_mean, sum_squares, total):
+    r"""``s^2 * sum_squares + mu^2 * total^2``: the numeric form of both conditional laws.
+
+    Forward: ``sum_squares = sum_i x_i^2`` and ``total = sum_i x_i`` of one example gives
+    :math:`E_W[z_j^2 \mid x]` (add Var(b)); backward: the same sums of the output gradient
+    give :math:`E_W[(\partial L/\partial x_i)^2 \mid g]`. Works on floats and on arrays
+    (NumPy or JAX: plain arithmetic, nothing is imported).
+
+    Example:
+        >>> conditional_second_moment(0.0, 1.0, 3.0, 2.0)   # ones: z = sum_i x_i, squared
+        4.0
+    """
+    return weight_var * sum_squares + weight_mean**2 * total**2
+
+
+def forward_law_with_mean(scheme: Scheme | None = None) -> sp.Eq:
+    r"""The forward law averaged over inputs whose units are i.i.d., with the weights' mean.
+
+    .. math:: E[z^2] = n_{in}\,(s^2 + \mu^2)\,E[x^2] + n_{in}(n_{in}-1)\,\mu^2 E[x]^2
+              + \mathrm{Var}(b)
+
+    Reduces to :func:`forward_law` when mu = 0.
+
+    Example:
+        >>> from varprop import initializers
+        >>> forward_law_with_mean(initializers.ones.scheme)
+        Eq(E[z^2], E[x]**2*n_in*(n_in - 1) + E[x^2]*n_in + Var(b))
+    """
+    vw, mu = _variance_any(scheme), weight_mean(scheme)
+    rhs = (
+        S.fan_in * (vw + mu**2) * S.input_second_moment
+        + S.fan_in * (S.fan_in - 1) * mu**2 * S.input_mean_value**2
+        + S.bias_variance
+    )
+    return sp.Eq(E_z2, rhs)
 
 
 def forward_law(scheme: Scheme | None = None, *, zero_mean: bool = False) -> sp.Eq:
@@ -123,22 +248,39 @@ class LayerFactors:
     q: float | None
 
 
-def _moment_exprs(act: A.Activation, q: float) -> tuple[sp.Expr, sp.Expr]:
-    """E[phi^2]/q and E[phi'^2] at q: exact where a closed form exists."""
+def _moment_exprs(act: A.Activation, q: float) -> tuple[sp.Expr, sp.Expr, sp.Expr]:
+    """E[phi^2]/q, E[phi'^2] and E[phi]^2/q at q: exact where a closed form exists."""
     if act.closed_form:
-        _, m2, g2 = A.moment_expressions(act)
+        m1, m2, g2 = A.moment_expressions(act)
         if act.homogeneous:
-            return sp.simplify(m2 / S.q), sp.simplify(g2)
+            return sp.simplify(m2 / S.q), sp.simplify(g2), sp.simplify(m1**2 / S.q)
         qq = sp.nsimplify(q)
-        return sp.simplify((m2 / S.q).subs(S.q, qq)), sp.simplify(g2.subs(S.q, qq))
+        return (
+            sp.simplify((m2 / S.q).subs(S.q, qq)),
+            sp.simplify(g2.subs(S.q, qq)),
+            sp.simplify((m1**2 / S.q).subs(S.q, qq)),
+        )
     m = A.activation_moments(act, q)
-    return sp.Float(m.second_moment / q, 15), sp.Float(m.grad_second_moment, 15)
+    return (
+        sp.Float(m.second_moment / q, 15),
+        sp.Float(m.grad_second_moment, 15),
+        sp.Float(m.mean**2 / q, 15),
+    )
 
 
 def layer_factors(
     scheme: Scheme, activation: str | A.Activation = "linear", q: float = 1.0
 ) -> LayerFactors:
-    """Per-layer forward and backward factors for ``scheme`` followed by ``activation``.
+    r"""Per-layer forward and backward factors for ``scheme`` followed by ``activation``.
+
+    .. math:: \chi_f = \frac{n_{in} (s^2 + \mu^2) E[\phi(z)^2]
+              + n_{in}(n_{in}-1) \mu^2 E[\phi(z)]^2}{q}, \qquad
+              \chi_b = n_{out} (s^2 + \mu^2) E[\phi'(z)^2]
+
+    for z ~ N(0, q) (mu = E[w] is 0 for every zero-mean scheme, and then
+    :math:`\chi_f = n_{in} s^2 E[\phi^2]/q`). With mu != 0 this is the first layer's
+    factor: the next layer's pre-activations share the mean mu S_1(x) and are no longer
+    centred, so iterating it is an approximation.
 
     Example:
         >>> from varprop import laws, initializers
@@ -148,9 +290,12 @@ def layer_factors(
     """
     act = A.get_activation(activation) if isinstance(activation, str) else activation
     vw = weight_variance(scheme)
-    c_f, c_b = _moment_exprs(act, q)
-    fwd = sp.simplify(S.fan_in * vw * c_f)
-    bwd = sp.simplify(S.fan_out * vw * c_b)
+    mu = weight_mean(scheme)
+    c_f, c_b, c_m = _moment_exprs(act, q)
+    # With E[w] = mu: E[z^2] = n_in (s^2 + mu^2) E[phi^2] + n_in (n_in - 1) mu^2 E[phi]^2
+    # (forward_law_with_mean); backward, E[dL/dh] = 0 leaves n_out (s^2 + mu^2) E[phi'^2].
+    fwd = sp.simplify(S.fan_in * (vw + mu**2) * c_f + S.fan_in * (S.fan_in - 1) * mu**2 * c_m)
+    bwd = sp.simplify(S.fan_out * (vw + mu**2) * c_b)
     sq = {S.fan_out: S.fan_in}
     return LayerFactors(
         forward=fwd,

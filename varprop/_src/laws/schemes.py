@@ -22,6 +22,7 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+import mpmath
 import sympy as sp
 
 from varprop._src.laws import symbols as S
@@ -39,28 +40,120 @@ AxisSpec = int | Sequence[int]
 # --------------------------------------------------------------------------------------
 
 
+#: Digits kept for the moments of an asymmetric truncation (evaluated with mpmath).
+TRUNCATION_DIGITS = 30
+#: Largest |bound| accepted for a truncation (in units of the pre-truncation std): beyond
+#: it the mass of the interval is below float64's normal range, and no float sampler can
+#: draw from it.
+TRUNCATION_MAX_BOUND = 37.0
+
+
+def _check_bounds(lower: object, upper: object) -> tuple[float, float]:
+    from varprop._src.errors import InputError
+
+    out = []
+    for nm, v in (("lower", lower), ("upper", upper)):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise InputError(f"truncation {nm} must be a finite number, got {v!r}")
+        if abs(v) > TRUNCATION_MAX_BOUND and not (
+            (nm == "lower" and v < 0) or (nm == "upper" and v > 0)
+        ):
+            raise InputError(
+                f"truncation {nm}={v!r} puts the interval in a tail of mass below 1e-300; "
+                f"allowed: an interval that meets [-{TRUNCATION_MAX_BOUND:g}, "
+                f"{TRUNCATION_MAX_BOUND:g}]",
+                kind="numerics",
+            )
+        out.append(float(v))
+    if not out[0] < out[1]:
+        raise InputError(f"truncated_normal needs lower < upper, got lower={lower}, upper={upper}")
+    return out[0], out[1]
+
+
+def _truncated_symmetric(b: sp.Expr) -> dict[str, sp.Expr]:
+    r"""Exact moments of N(0, 1) truncated to [-b, b] (no integration, no simplify)."""
+    phi_b = sp.exp(-(b**2) / 2) / sp.sqrt(2 * sp.pi)
+    mass = sp.erf(b / sp.sqrt(2))
+    var = 1 - 2 * b * phi_b / mass
+    m4 = 3 * var - 2 * b**3 * phi_b / mass
+    return {"mean": sp.Integer(0), "variance": var, "kurtosis": m4 / var**2, "mass": mass}
+
+
+def _truncated_numeric(lower: float, upper: float) -> dict[str, sp.Expr]:
+    r"""Moments of N(0, 1) truncated to [lower, upper] with mpmath, as SymPy Floats.
+
+    The raw moments follow from the same recurrence as the symmetric case, evaluated in
+    the tail with ``erfc`` (so a far one-sided interval keeps its digits). Central moments
+    are formed at 60 digits before rounding to :data:`TRUNCATION_DIGITS`.
+    """
+    with mpmath.workdps(60):
+        a, b = mpmath.mpf(lower), mpmath.mpf(upper)
+
+        def pdf(t):
+            return mpmath.npdf(t) if mpmath.isfinite(t) else mpmath.mpf(0)
+
+        # Mass Phi(b) - Phi(a), computed in whichever tail keeps the digits.
+        if a >= 0:
+            mass = (mpmath.erfc(a / mpmath.sqrt(2)) - mpmath.erfc(b / mpmath.sqrt(2))) / 2
+        elif b <= 0:
+            mass = (mpmath.erfc(-b / mpmath.sqrt(2)) - mpmath.erfc(-a / mpmath.sqrt(2))) / 2
+        else:
+            mass = (mpmath.erf(b / mpmath.sqrt(2)) - mpmath.erf(a / mpmath.sqrt(2))) / 2
+        raw = [mpmath.mpf(1), (pdf(a) - pdf(b)) / mass]
+        for k in range(2, 5):
+            raw.append(
+                (k - 1) * raw[k - 2] + (a ** (k - 1) * pdf(a) - b ** (k - 1) * pdf(b)) / mass
+            )
+        m = raw[1]
+        var = raw[2] - m**2
+        m4 = raw[4] - 4 * m * raw[3] + 6 * m**2 * raw[2] - 3 * m**4
+        vals = {"mean": m, "variance": var, "kurtosis": m4 / var**2, "mass": mass}
+        return {
+            k: sp.Float(mpmath.nstr(v, TRUNCATION_DIGITS + 5), TRUNCATION_DIGITS)
+            for k, v in vals.items()
+        }
+
+
 @functools.cache
 def truncated_normal_moments(lower: float = -2.0, upper: float = 2.0) -> dict[str, sp.Expr]:
-    """Mean, variance and kurtosis of a standard normal truncated to ``[lower, upper]``.
+    r"""Mean, variance and kurtosis of a standard normal truncated to ``[lower, upper]``.
 
-    Derived by integrating the standard normal density with SymPy; nothing is typed in.
-    For ``[-2, 2]`` the standard deviation is the constant 0.87962566103423978 that JAX and
-    Keras divide by (``truncated_normal_std()``).
+    With :math:`\varphi, \Phi` the standard normal density and distribution function,
+    :math:`Z = \Phi(b) - \Phi(a)` and raw moments :math:`m_k = E[t^k]`, integration by
+    parts gives the recurrence
+
+    .. math::
+
+        m_0 = 1, \quad m_1 = \frac{\varphi(a) - \varphi(b)}{Z}, \quad
+        m_k = (k-1)\,m_{k-2} + \frac{a^{k-1}\varphi(a) - b^{k-1}\varphi(b)}{Z},
+
+    and from it the mean :math:`m_1`, the variance :math:`m_2 - m_1^2` and the kurtosis
+    :math:`E[(t - m_1)^4] / \mathrm{Var}^2`. A symmetric interval ``[-b, b]`` is kept exact
+    in SymPy (mean 0, :math:`\mathrm{Var} = 1 - 2b\varphi(b)/Z`, :math:`m_4 = 3\,\mathrm{Var}
+    - 2b^3\varphi(b)/Z`); any other interval is evaluated with mpmath and returned as
+    30-digit SymPy Floats (an exact form there is a large expression in ``erf`` and ``exp``
+    whose float evaluation cancels in the tails). Nothing is integrated or simplified, so
+    every interval takes milliseconds. For ``[-2, 2]`` the standard deviation is the constant
+    0.87962566103423978 that JAX and Keras divide by (``truncated_normal_std()``).
 
     Returns:
         A dict with SymPy expressions ``mean``, ``variance``, ``kurtosis`` (E[(z-mu)^4]/Var^2)
         and ``mass`` (the probability of the interval under N(0, 1)).
+
+    Raises:
+        InputError: bounds not finite, not ordered, or an interval entirely beyond
+            :data:`TRUNCATION_MAX_BOUND` (kind ``numerics``).
+
+    Example:
+        >>> truncated_normal_moments()["variance"]
+        -2*sqrt(2)*exp(-2)/(sqrt(pi)*erf(sqrt(2))) + 1
+        >>> round(float(truncated_normal_moments(0.5, 1.7)["mean"]), 10)
+        0.9774376644
     """
-    t = sp.Symbol("t", real=True)
-    a, b = sp.nsimplify(lower), sp.nsimplify(upper)
-    pdf = sp.exp(-(t**2) / 2) / sp.sqrt(2 * sp.pi)
-    mass = sp.simplify(sp.integrate(pdf, (t, a, b)))
-    raw = [sp.simplify(sp.integrate(t**k * pdf, (t, a, b)) / mass) for k in range(5)]
-    mean = raw[1]
-    var = sp.simplify(raw[2] - mean**2)
-    m4 = raw[4] - 4 * mean * raw[3] + 6 * mean**2 * raw[2] - 3 * mean**4
-    kurt = sp.simplify(m4 / var**2)
-    return {"mean": mean, "variance": var, "kurtosis": kurt, "mass": mass}
+    lo, hi = _check_bounds(lower, upper)
+    if lo == -hi:
+        return _truncated_symmetric(sp.nsimplify(hi))
+    return _truncated_numeric(lo, hi)
 
 
 @functools.cache
@@ -180,6 +273,9 @@ def compute_fans(
 # Schemes.
 # --------------------------------------------------------------------------------------
 
+#: Half the smallest positive float32 (2^-150): anything smaller rounds to 0.
+_FLOAT32_HALF_SUBNORMAL = 2.0**-150
+
 _SHAPE_SYMBOLS = (S.fan_in, S.fan_out, S.n_rows, S.n_cols)
 
 
@@ -264,6 +360,35 @@ class Scheme:
             if self.distribution == "truncated_normal" and self.truncation != (-2.0, 2.0):
                 return truncated_normal_moments(*self.truncation)["kurtosis"]
             return distribution_kurtosis(self.distribution)
+        return None
+
+    def degenerate_reason(self, shape: Sequence[int] | None = None) -> str | None:
+        """Why this scheme's weights cannot break the symmetry between units, or ``None``.
+
+        * ``"zero weights"``: every weight is 0 (``zeros``, ``constant(0)``), so every
+          hidden unit outputs the same value and no gradient reaches the weights below.
+        * ``"constant weights (every unit identical)"``: Var(w) = 0 with E[w] != 0 (``ones``,
+          ``constant(c)``): the units of a layer receive the same input and the same
+          gradient and stay identical under gradient descent.
+        * ``"weights underflow to zero in float32 (std ...)"`` (only with a ``shape``): the
+          standard deviation for that shape is below half the smallest float32 subnormal
+          (7.0e-46), so a float32 draw is all zeros unless the mean is non-zero.
+
+        Example:
+            >>> from varprop import initializers
+            >>> initializers.ones.scheme.degenerate_reason()
+            'constant weights (every unit identical)'
+            >>> initializers.he_normal().scheme.degenerate_reason((784, 256)) is None
+            True
+        """
+        if self.distribution == "constant":
+            mean = self.mean_law
+            return "zero weights" if mean == 0 else "constant weights (every unit identical)"
+        if shape is None:
+            return None
+        std = self.std(shape)
+        if std < _FLOAT32_HALF_SUBNORMAL and self.mean(shape) == 0:
+            return f"weights underflow to zero in float32 (std {std:.3g} < 7.0e-46)"
         return None
 
     # -- numeric, for a shape ---------------------------------------------------------

@@ -29,6 +29,16 @@ q = sp.Symbol("q", positive=True)
 #: Second moment of a layer's input, E[x^2], and of the gradient w.r.t. its output.
 input_second_moment = sp.Symbol("E[x^2]", positive=True)
 grad_second_moment = sp.Symbol("E[(dL/dh)^2]", positive=True)
+#: Sums over one example's inputs, sum_i x_i^2 and sum_i x_i (the conditional laws given x).
+input_sum_squares = sp.Symbol("S_2(x)", nonnegative=True)
+input_sum = sp.Symbol("S_1(x)", real=True)
+#: Sums over one example's output gradients g = dL/dz: sum_j g_j^2 and sum_j g_j.
+grad_sum_squares = sp.Symbol("S_2(g)", nonnegative=True)
+grad_sum = sp.Symbol("S_1(g)", real=True)
+#: Mean of a layer's input E[x] (a unit's mean over the data; i.i.d. across units).
+input_mean_value = sp.Symbol("E[x]", real=True)
+#: Mean of the weights E[w] as an unknown (used in the general layer law).
+weight_mean = sp.Symbol("E[w]", real=True)
 #: Variance of the bias.
 bias_variance = sp.Symbol("Var(b)", nonnegative=True)
 #: The weight variance as an unknown (used in the general layer law).
