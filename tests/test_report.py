@@ -61,6 +61,10 @@ def test_quick_report_end_to_end(tmp_path, shared_runs, capsys):
             assert c.statement in md
         assert r.laws, f"{r.name} states no law"
     assert page.count("data:image/png;base64,") == sum(len(r.figures) for r in results)
+    # figures/ holds exactly this run's figures (and the marker that it is varprop's)
+    assert sorted(p.name for p in (tmp_path / "figures").iterdir()) == sorted(
+        [R.FIGURES_MARKER] + [f"{r.name}-{f.name}.png" for r in results for f in r.figures]
+    )
     # Every law is typeset (SVG) rather than left as source.
     n_laws = sum(len(r.laws) for r in results)
     assert page.count('<div class="law">') == n_laws
@@ -68,6 +72,9 @@ def test_quick_report_end_to_end(tmp_path, shared_runs, capsys):
     assert "failed" not in re.sub(r"<style>.*?</style>", "", page, flags=re.S).split("</table>")[0]
     assert code == 0, out
     assert "wrote" in out
+    assert out.rstrip().endswith(
+        f"all {sum(len(r.claims) for r in results)} claims of 12 experiments held"
+    )
 
 
 def test_fmt_cells():
@@ -92,13 +99,16 @@ def test_tex_to_svg_typesets_and_refuses_what_it_cannot_parse():
         (["experiment"], "give an experiment NAME"),
         (["report", "--out", "__FILE__", "--quick"], "is not a directory"),
         (["report", "--out", "x", "--only", "zeros,bogus"], "unknown experiment 'bogus'"),
+        (["report", "--out", "x", "--only", ","], "--only ',' names no experiment"),
+        (["report", "--out", "__FILE__/sub"], "cannot be created"),
+        (["experiment", "zeros", "--out", "__FILE__"], "is not a directory"),
         (["experiment", "zeros", "--data-dir", "/no/such/dir"], "is not a directory"),
     ],
 )
 def test_usage_errors_exit_2(argv, match, tmp_path, capsys):
     f = tmp_path / "file.txt"
     f.write_text("x")
-    argv = [str(f) if a == "__FILE__" else a for a in argv]
+    argv = [a.replace("__FILE__", str(f)) for a in argv]
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert match in err

@@ -1,37 +1,71 @@
-"""``varprop experiment`` and ``varprop report``: argument checks, the run, the output."""
+"""``varprop experiment`` and ``varprop report``: argument checks, the run, the output.
+
+Everything that can be checked before the first experiment runs is checked first, so bad
+input costs a second, not minutes: the experiment names (``NAME``, ``--only``), ``--out``
+(a directory, or creatable, and writable; see :func:`varprop._src.report.check_out_dir`)
+and the data (MNIST from ``--data-dir`` or ``$VARPROP_MNIST_DIR`` is read; without either,
+the documented fallback, scikit-learn's digits; see :func:`varprop._src.report.check_data`).
+
+Exit codes:
+    0  every claim of every experiment held.
+    1  a claim did not hold: a finding (reported, with the evidence).
+    2  the input cannot be used (unknown name, empty ``--only``, unusable ``--out`` or data
+       directory, a report that could not be written): one line on stderr, no traceback.
+    3  inconclusive: no claim failed, but an experiment could not run (it raised; its
+       section in the report says so, with the error type and message) or made no claim.
+       The other experiments still run and are reported.
+"""
 
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
+import sys
 
 from varprop._src.cli import _UsageError
+from varprop._src.errors import InputError
 
 
 def run_experiments_command(args: argparse.Namespace) -> int:
+    """Run the ``experiment`` or ``report`` command; returns its exit code.
+
+    Input errors (:class:`~varprop._src.errors.InputError`) leave as the CLI's usage error,
+    which prints one line and exits 2.
+    """
+    try:
+        return _run(args)
+    except InputError as e:
+        raise _UsageError(" ".join(str(e).split())) from None
+
+
+def _run(args: argparse.Namespace) -> int:
     from varprop._src import report as R
     from varprop._src.experiments.base import registry
 
     reg = registry()
+    allowed = ", ".join(reg)
     if args.command == "experiment":
         if args.list:
             for e in reg.values():
                 print(f"{e.name:22s} {e.title}")
             return 0
         if args.name is None:
-            raise _UsageError(f"give an experiment NAME or --list; allowed: {', '.join(reg)}")
+            raise InputError(f"give an experiment NAME or --list; allowed: {allowed}")
         names = [args.name]
+    elif args.only is not None:
+        names = list(dict.fromkeys(n.strip() for n in args.only.split(",") if n.strip()))
+        if not names:
+            raise InputError(
+                f"--only {args.only!r} names no experiment; give comma-separated names from: "
+                f"{allowed}"
+            )
     else:
-        names = [n.strip() for n in args.only.split(",") if n.strip()] if args.only else None
+        names = None
     for n in names or []:
         if n not in reg:
-            raise _UsageError(f"unknown experiment {n!r}; allowed: {', '.join(reg)}")
+            raise InputError(f"unknown experiment {n!r}; allowed: {allowed}")
     if args.out is not None:
-        out = Path(args.out)
-        if out.exists() and not out.is_dir():
-            raise _UsageError(f"--out {args.out!r} exists and is not a directory")
-    if args.data_dir is not None and not Path(args.data_dir).is_dir():
-        raise _UsageError(f"--data-dir {args.data_dir!r} is not a directory")
+        R.check_out_dir(args.out)
+    R.check_data(args.data_dir)
     rep = R.run_report(
         names,
         quick=args.quick,
@@ -42,7 +76,11 @@ def run_experiments_command(args: argparse.Namespace) -> int:
     )
     for r in rep.results:
         print(R.summary_text(r))
+        if not r.ran:
+            print(f"varprop {args.command}: {r.name} raised:", file=sys.stderr)
+            print(r.data.get("traceback", r.error), file=sys.stderr, end="")
     if args.out is not None:
         page, md = R.write_report(rep, args.out)
         print(f"wrote {page} and {md} ({rep.seconds:.1f} s)")
-    return 0 if rep.held else 1
+    print(rep.verdict_line())
+    return rep.exit_code

@@ -6,6 +6,21 @@ figures are embedded as PNG data URIs and every equation is typeset to inline SV
 matplotlib's mathtext (an equation mathtext cannot parse is shown as its LaTeX source). The
 Markdown version writes the figures next to it under ``figures/`` and keeps the equations as
 ``$$ ... $$``.
+
+Robustness:
+
+- An experiment that raises does not stop the others: its section says it could not run,
+  with the exception's type and message, and it makes no claims (:func:`run_report`).
+- :attr:`Report.exit_code` (the exit code of ``varprop report`` and ``varprop experiment``):
+  0 every claim of every experiment held; 1 a claim did not hold (a finding); 3 no claim
+  failed but an experiment could not run or made no claim (inconclusive). Exit code 2 (the
+  CLI's) is for input that cannot be used, found before the first experiment runs:
+  :func:`check_out_dir` and :func:`check_data`.
+- :func:`write_report` renders everything first, writes it into a temporary directory inside
+  the output directory and then moves ``report.html``, ``report.md`` and ``figures/`` into
+  place (restoring the previous ones if a move fails), so an interrupted run never leaves a
+  mix of two runs and ``figures/`` holds exactly this run's figures. Nothing else in the
+  output directory is touched.
 """
 
 from __future__ import annotations
@@ -14,22 +29,41 @@ import base64
 import html
 import io
 import math
+import os
 import platform
 import re
+import shutil
+import signal
+import tempfile
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from varprop._src.errors import InputError
 from varprop._src.experiments.base import (
     ExperimentResult,
     RunConfig,
+    failed_result,
     get,
     no_progress,
     registry,
     tqdm_progress,
 )
+
+#: Exit codes of ``varprop report`` / ``varprop experiment`` (2, bad input, is the CLI's).
+EXIT_HELD, EXIT_FINDING, EXIT_INCONCLUSIVE = 0, 1, 3
+
+#: What :func:`write_report` writes (and replaces) in the output directory; nothing else.
+REPORT_FILES = ("figures", "report.md", "report.html")
+
+#: Marks a ``figures/`` directory as written by :func:`write_report` (replaced wholesale).
+FIGURES_MARKER = ".varprop-figures"
+
+_STAGE_PREFIX = ".varprop-report-"
 
 
 @dataclass
@@ -45,7 +79,58 @@ class Report:
 
     @property
     def held(self) -> bool:
-        return bool(self.results) and all(r.held for r in self.results)
+        """True when every experiment ran, made claims, and every claim held."""
+        return self.exit_code == EXIT_HELD
+
+    @property
+    def n_claims(self) -> int:
+        return sum(len(r.claims) for r in self.results)
+
+    @property
+    def n_failed_claims(self) -> int:
+        """Claims that did not hold: findings."""
+        return sum(r.n_failed_claims for r in self.results)
+
+    @property
+    def not_run(self) -> list[ExperimentResult]:
+        """Experiments that raised, or returned without a claim: no verdict either way."""
+        return [r for r in self.results if not r.ran or not r.claims]
+
+    @property
+    def exit_code(self) -> int:
+        """0 every claim held; 1 a claim did not hold; 3 none failed but an experiment
+        could not run (or there was nothing to run).
+
+        Example:
+            >>> from varprop._src.experiments.base import Claim, ExperimentResult
+            >>> ok = ExperimentResult("a", "A", "", claims=[Claim("s", True, "e")])
+            >>> bad = ExperimentResult("b", "B", "", claims=[Claim("s", False, "e")])
+            >>> broken = ExperimentResult("c", "C", "", error="RuntimeError: boom")
+            >>> [Report(rs, True, 0, 0.0).exit_code for rs in ([ok], [ok, bad, broken], [ok, broken])]
+            [0, 1, 3]
+        """
+        if self.n_failed_claims:
+            return EXIT_FINDING
+        if not self.results or self.not_run:
+            return EXIT_INCONCLUSIVE
+        return EXIT_HELD
+
+    def verdict_line(self) -> str:
+        """One line for the terminal: what the exit code means for this run."""
+        n = len(self.results)
+        if self.n_failed_claims:
+            bad = [r.name for r in self.results if r.n_failed_claims]
+            return (
+                f"{self.n_failed_claims} of {self.n_claims} claims did NOT hold "
+                f"({', '.join(bad)})" + (self._not_run_text() if self.not_run else "")
+            )
+        if self.not_run:
+            return f"no claim failed, but inconclusive{self._not_run_text()}"
+        return f"all {self.n_claims} claims of {n} experiment{'s' * (n != 1)} held"
+
+    def _not_run_text(self) -> str:
+        parts = [f"{r.name} ({r.error or 'made no claim'})" for r in self.not_run]
+        return f"; {len(parts)} of {len(self.results)} could not run: " + "; ".join(parts)
 
 
 def run_report(
@@ -61,6 +146,9 @@ def run_report(
 
     With ``progress``, a bar over the experiments and one inside each long loop (tqdm on
     stderr; hidden when stderr is not a terminal).
+
+    An experiment that raises an exception (not ``KeyboardInterrupt``/``SystemExit``) is
+    recorded by :func:`~varprop._src.experiments.base.failed_result` and the others still run.
     """
     import jax
 
@@ -73,7 +161,7 @@ def run_report(
     )
     outer = tqdm_progress if progress else no_progress
     t0 = time.perf_counter()
-    results = [e.run(cfg) for e in outer(exps, total=len(exps), desc="experiments")]
+    results = [_run_one(e, cfg) for e in outer(exps, total=len(exps), desc="experiments")]
     meta = {
         "jax": jax.__version__,
         "backend": jax.default_backend(),
@@ -83,6 +171,123 @@ def run_report(
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
     return Report(results, quick, seed, time.perf_counter() - t0, command, meta)
+
+
+def _run_one(exp: Any, cfg: RunConfig) -> ExperimentResult:
+    t0 = time.perf_counter()
+    try:
+        return exp.run(cfg)
+    except Exception as exc:  # one broken experiment is reported, not fatal to the others
+        return failed_result(exp.name, exp.title, exc, time.perf_counter() - t0)
+
+
+# ------------------------------------------------------------------------ checks before a run
+
+
+def check_out_dir(out_dir: str | os.PathLike) -> Path:
+    """Check, before anything runs, that the report can be written to ``out_dir``.
+
+    It must be a directory or creatable (its nearest existing ancestor a directory), and
+    writable; ``report.html`` and ``report.md`` in it must not be directories; an existing
+    ``figures/`` must be one that varprop wrote (it is replaced by the next run's figures),
+    so that a user's own ``figures/`` is never deleted.
+
+    Raises:
+        InputError: ``kind="io"``, naming the path and what is wrong.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> d = pathlib.Path(tempfile.mkdtemp())
+        >>> check_out_dir(d / "new" / "report") == d / "new" / "report"
+        True
+        >>> (d / "f.txt").write_text("x")
+        1
+        >>> check_out_dir(d / "f.txt" / "sub")
+        Traceback (most recent call last):
+        ...
+        varprop._src.errors.InputError: --out ...: ... exists and is not a directory
+    """
+    out = Path(out_dir)
+    shown = repr(str(out_dir))
+    if out.exists() or out.is_symlink():
+        if not out.is_dir():
+            raise InputError(f"--out {shown} exists and is not a directory", kind="io")
+        writable_dir = out
+    else:
+        anc = out.absolute().parent
+        while not (anc.exists() or anc.is_symlink()):
+            anc = anc.parent
+        if not anc.is_dir():
+            raise InputError(
+                f"--out {shown} cannot be created: {str(anc)!r} exists and is not a directory",
+                kind="io",
+            )
+        writable_dir = anc
+    if not os.access(writable_dir, os.W_OK | os.X_OK):
+        what = "is" if writable_dir == out else f"cannot be created: {str(writable_dir)!r} is"
+        raise InputError(f"--out {shown} {what} not writable", kind="io")
+    for name in ("report.html", "report.md"):
+        if (out / name).is_dir():
+            raise InputError(
+                f"--out {shown}: {name} in it is a directory; the report writes a file there",
+                kind="io",
+            )
+    figs = out / "figures"
+    if (figs.exists() or figs.is_symlink()) and not _is_report_figures(figs):
+        raise InputError(
+            f"--out {shown}: it has a figures/ that varprop did not write (the report replaces "
+            "figures/ with its own); choose another --out or move that directory",
+            kind="io",
+        )
+    return out
+
+
+def _is_report_figures(figs: Path) -> bool:
+    """Whether ``figs`` is a figures directory written by :func:`write_report`: it holds the
+    marker, or (reports written before the marker) only ``<experiment>-<name>.png`` files."""
+    if figs.is_symlink() or not figs.is_dir():
+        return False
+    if (figs / FIGURES_MARKER).is_file():
+        return True
+    names = "|".join(re.escape(n) for n in registry())
+    pattern = re.compile(rf"(?:{names})-[A-Za-z0-9_.-]+\.png")
+    return all(p.is_file() and pattern.fullmatch(p.name) for p in figs.iterdir())
+
+
+def check_data(data_dir: str | os.PathLike | None = None) -> str:
+    """Read the experiments' data before the first one runs, so a bad data directory is an
+    error in a second rather than after minutes of experiments.
+
+    MNIST from ``data_dir``, else ``$VARPROP_MNIST_DIR``: when either is given it must hold
+    readable MNIST IDX files. When neither is, the documented fallback (scikit-learn's digits)
+    is loaded. Returns the data's one-line description.
+
+    Raises:
+        InputError: ``kind="data"``, naming the directory (and where it came from) and what
+            was expected.
+    """
+    from varprop._src.data import ENV_VAR, load_classification, load_digits_dataset
+
+    if data_dir is not None:
+        source, where = data_dir, f"--data-dir {str(data_dir)!r}"
+    else:
+        source = os.environ.get(ENV_VAR) or None
+        where = f"${ENV_VAR}={source!r}"
+    if source is not None and not Path(source).is_dir():
+        raise InputError(f"{where} is not a directory", kind="data")
+    try:
+        if source is None:
+            return load_digits_dataset().note
+        return load_classification(source, allow_fallback=False).note
+    except (OSError, ValueError, ImportError, EOFError) as e:  # InputError is a ValueError
+        msg = " ".join(str(e).split())
+        if source is None:
+            raise InputError(
+                f"no MNIST directory given and the fallback (scikit-learn's digits) could not "
+                f"be loaded: {type(e).__name__}: {msg}",
+                kind="data",
+            ) from None
+        raise InputError(f"{where}: {msg}", kind="data") from None
 
 
 # ----------------------------------------------------------------------------- formatting
@@ -120,8 +325,19 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
 
 
-def _verdict_word(held: bool) -> str:
-    return "held" if held else "did NOT hold"
+def _verdict_word(r: ExperimentResult) -> str:
+    if not r.ran:
+        return "could not run"
+    if not r.claims:
+        return "made no claim"
+    return "held" if r.held else "did NOT hold"
+
+
+def _not_run_text(r: ExperimentResult) -> str:
+    """The sentence a section shows instead of claims when the experiment has none."""
+    if not r.ran:
+        return f"This experiment could not run: {r.error}. It made no claims."
+    return "This experiment made no claims."
 
 
 # ------------------------------------------------------------------------------- markdown
@@ -139,9 +355,15 @@ def render_markdown(report: Report, figure_dir: str = "figures") -> str:
     ]
     for i, r in enumerate(report.results, 1):
         n_ok = sum(c.held for c in r.claims)
+        if r.claims and not r.held:
+            verdict = "❌ failed"
+        elif r.held:
+            verdict = "✅ held"
+        else:
+            verdict = "⚠️ could not run" if not r.ran else "⚠️ no claims"
         out.append(
             f"| {i} | [{r.title}](#{_slug(r.title)}) | {n_ok}/{len(r.claims)} | "
-            f"{'✅ held' if r.held else '❌ failed'} | {r.seconds:.1f} s |"
+            f"{verdict} | {r.seconds:.1f} s |"
         )
     for r in report.results:
         out += ["", f"## {r.title}", "", r.summary, ""]
@@ -158,6 +380,8 @@ def render_markdown(report: Report, figure_dir: str = "figures") -> str:
         out += ["**Claims:**", ""]
         for c in r.claims:
             out.append(f"- {'✅' if c.held else '❌'} {c.statement} — {c.evidence}")
+        if not r.claims:
+            out.append(f"**⚠️ {_not_run_text(r)}**")
         out.append("")
         for f in r.figures:
             out += [f"![{f.caption}]({figure_dir}/{r.name}-{f.name}.png)", "", f"*{f.caption}*", ""]
@@ -168,15 +392,22 @@ def render_markdown(report: Report, figure_dir: str = "figures") -> str:
 
 
 def _intro(report: Report) -> str:
-    n_claims = sum(len(r.claims) for r in report.results)
-    n_held = sum(c.held for r in report.results for c in r.claims)
+    n_claims = report.n_claims
+    n_held = n_claims - report.n_failed_claims
     mode = "quick" if report.quick else "full"
     env = ", ".join(f"{k} {v}" for k, v in report.meta.items())
     cmd = f" Command: `{report.command}`." if report.command else ""
+    not_run = [r.name for r in report.results if not r.ran]
+    broken = (
+        f" {len(not_run)} experiment{'s' * (len(not_run) != 1)} could not run "
+        f"({', '.join(not_run)}): inconclusive."
+        if not_run
+        else ""
+    )
     return (
         f"{len(report.results)} experiments ({mode} mode, seed {report.seed}): "
-        f"{n_held} of {n_claims} claims held. Total run time {report.seconds:.1f} s.{cmd} "
-        f"Environment: {env}."
+        f"{n_held} of {n_claims} claims held.{broken} Total run time {report.seconds:.1f} s."
+        f"{cmd} Environment: {env}."
     )
 
 
@@ -211,6 +442,8 @@ h1{font-size:1.7em}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-to
 table{border-collapse:collapse;margin:.6em 0}td,th{border:1px solid #ccc;padding:.25em .6em;
 text-align:left;vertical-align:top}th{background:#f4f4f4}
 .ok{color:#116611;font-weight:600}.bad{color:#aa1111;font-weight:600}
+.warn{color:#995500;font-weight:600}.error{background:#fde8e8;border-left:4px solid #aa1111;
+padding:.4em .8em}
 .law{margin:.3em 0 .3em 1em}.law svg{vertical-align:middle;max-width:100%}
 figure{display:inline-block;margin:.5em 1em .5em 0;max-width:100%}
 figure img{max-width:100%;border:1px solid #eee}figcaption{font-size:.9em;color:#444;max-width:640px}
@@ -234,7 +467,12 @@ def render_html(report: Report) -> str:
     ]
     for i, r in enumerate(report.results, 1):
         n_ok = sum(c.held for c in r.claims)
-        verdict = '<span class="ok">held</span>' if r.held else '<span class="bad">failed</span>'
+        if r.claims and not r.held:
+            verdict = '<span class="bad">failed</span>'
+        elif r.held:
+            verdict = '<span class="ok">held</span>'
+        else:
+            verdict = f'<span class="warn">{"could not run" if not r.ran else "no claims"}</span>'
         parts.append(
             f'<tr><td>{i}</td><td><a href="#{_slug(r.title)}">{e(r.title)}</a></td>'
             f"<td>{n_ok}/{len(r.claims)}</td><td>{verdict}</td><td>{r.seconds:.1f} s</td></tr>"
@@ -270,6 +508,8 @@ def render_html(report: Report) -> str:
             )
             parts.append(f"<li>{mark}: {e(c.statement)} — {e(c.evidence)}</li>")
         parts.append("</ul>")
+        if not r.claims:
+            parts.append(f'<p class="error">⚠ {e(_not_run_text(r))}</p>')
         for f in r.figures:
             data = base64.b64encode(f.png).decode("ascii")
             parts.append(
@@ -287,27 +527,93 @@ def _inline_code(text: str) -> str:
     return re.sub(r"`([^`]+)`", r"<code>\1</code>", text)
 
 
-def write_report(report: Report, out_dir: str | Path) -> tuple[Path, Path]:
+def write_report(report: Report, out_dir: str | os.PathLike) -> tuple[Path, Path]:
     """Write ``report.html`` (self-contained), ``report.md`` and ``figures/*.png``.
 
-    Returns the paths of the HTML and Markdown files.
+    Everything is rendered first, then written into a temporary directory inside
+    ``out_dir`` and moved into place: ``figures/`` (replaced as a whole, so it holds exactly
+    this run's figures), then ``report.md``, then ``report.html``. If a move fails, the
+    previous files are put back; SIGINT/SIGTERM/SIGHUP are held off during the moves. Other
+    files in ``out_dir`` are never touched. Returns the paths of the HTML and Markdown files.
+
+    Raises:
+        InputError: ``kind="io"``: ``out_dir`` is unusable (see :func:`check_out_dir`) or a
+            write failed (the message says which path and why).
     """
-    out = Path(out_dir)
-    figs = out / "figures"
-    figs.mkdir(parents=True, exist_ok=True)
-    for r in report.results:
-        for f in r.figures:
-            (figs / f"{r.name}-{f.name}.png").write_bytes(f.png)
-    md = out / "report.md"
-    md.write_text(render_markdown(report), encoding="utf-8")
-    page = out / "report.html"
-    page.write_text(render_html(report), encoding="utf-8")
-    return page, md
+    out = check_out_dir(out_dir)
+    md_text = render_markdown(report)
+    html_text = render_html(report)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        stage = Path(tempfile.mkdtemp(prefix=_STAGE_PREFIX, dir=out))
+    except OSError as e:
+        raise InputError(f"--out {str(out_dir)!r}: cannot write there: {e}", kind="io") from None
+    try:
+        figs = stage / "figures"
+        figs.mkdir()
+        (figs / FIGURES_MARKER).write_text(
+            "Written by varprop report: the next report replaces this directory.\n",
+            encoding="utf-8",
+        )
+        for r in report.results:
+            for f in r.figures:
+                (figs / f"{r.name}-{f.name}.png").write_bytes(f.png)
+        (stage / "report.md").write_text(md_text, encoding="utf-8")
+        (stage / "report.html").write_text(html_text, encoding="utf-8")
+        _move_into_place(stage, out)
+    except OSError as e:
+        raise InputError(
+            f"--out {str(out_dir)!r}: writing the report failed, the previous one is kept: {e}",
+            kind="io",
+        ) from None
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return out / "report.html", out / "report.md"
+
+
+def _move_into_place(stage: Path, out: Path) -> None:
+    """Move ``stage``'s :data:`REPORT_FILES` into ``out``; on any failure, undo."""
+    old = stage / "previous"
+    old.mkdir()
+    saved: list[str] = []
+    placed: list[str] = []
+    with _signals_held():
+        try:
+            for name in REPORT_FILES:
+                target = out / name
+                if target.exists() or target.is_symlink():
+                    os.replace(target, old / name)
+                    saved.append(name)
+                os.replace(stage / name, target)
+                placed.append(name)
+        except BaseException:
+            for name in reversed(placed):
+                os.replace(out / name, stage / name)
+            for name in reversed(saved):
+                os.replace(old / name, out / name)
+            raise
+
+
+@contextmanager
+def _signals_held() -> Iterator[None]:
+    """Hold SIGINT/SIGTERM/SIGHUP (delivered on exit) in the main thread on POSIX."""
+    sigs = {getattr(signal, n) for n in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, n)}
+    can = (
+        hasattr(signal, "pthread_sigmask") and threading.current_thread() is threading.main_thread()
+    )
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, sigs) if can else None
+    try:
+        yield
+    finally:
+        if previous is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def summary_text(r: ExperimentResult) -> str:
     """A plain-text summary of one experiment for the terminal."""
-    lines = [f"{r.title}: {_verdict_word(r.held)} ({r.seconds:.1f} s)", f"  {r.summary}"]
+    lines = [f"{r.title}: {_verdict_word(r)} ({r.seconds:.1f} s)", f"  {r.summary}"]
+    if not r.ran:
+        lines.append(f"  error: {r.error}")
     for law in r.laws:
         lines.append(f"  law  {law.label}: {law.text}")
     if r.rows:

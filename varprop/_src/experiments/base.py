@@ -7,14 +7,21 @@ the prediction and the measurement, draws its figures, and says whether each cla
 
 Experiments never print: long loops go through ``cfg.progress`` (a tqdm-like wrapper), and
 everything a reader needs is in the result.
+
+An experiment that raises is not a finding: the report records it with
+:func:`failed_result` (its ``error`` says the exception's type, message and where it was
+raised; it makes no claims) and runs the others. See :mod:`varprop._src.report` for the
+exit codes this leads to.
 """
 
 from __future__ import annotations
 
 import io
 import time
+import traceback
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -110,11 +117,54 @@ class ExperimentResult:
     notes: list[str] = field(default_factory=list)
     data: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
+    error: str = ""
 
     @property
     def held(self) -> bool:
         """True when the experiment made at least one claim and every claim held."""
         return bool(self.claims) and all(c.held for c in self.claims)
+
+    @property
+    def ran(self) -> bool:
+        """False when the experiment raised instead of returning (see :func:`failed_result`)."""
+        return not self.error
+
+    @property
+    def n_failed_claims(self) -> int:
+        """How many of its claims did not hold (a finding, unlike an error)."""
+        return sum(not c.held for c in self.claims)
+
+
+def failed_result(
+    name: str, title: str, exc: BaseException, seconds: float = 0.0
+) -> ExperimentResult:
+    """The result of an experiment that raised ``exc``: no claims, and ``error`` saying the
+    exception's type, message and the innermost frame it came from (one line). The full
+    traceback is kept in ``data["traceback"]``.
+
+    Example:
+        >>> try:
+        ...     1 / 0
+        ... except ZeroDivisionError as e:
+        ...     r = failed_result("demo", "Demo", e)
+        >>> r.ran, r.held, r.claims, r.error.split(" (at ")[0]
+        (False, False, [], 'ZeroDivisionError: division by zero')
+    """
+    message = " ".join(str(exc).split()) or "(no message)"
+    error = f"{type(exc).__name__}: {message}"
+    frames = traceback.extract_tb(exc.__traceback__)
+    if frames:
+        last = frames[-1]
+        error += f" (at {Path(last.filename).name}:{last.lineno} in {last.name})"
+    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    return ExperimentResult(
+        name=name,
+        title=title,
+        summary="This experiment could not run: it raised an exception before making its claims.",
+        data={"traceback": tb},
+        seconds=seconds,
+        error=error,
+    )
 
 
 @dataclass(frozen=True)
