@@ -20,7 +20,7 @@ def _np_summary(v):
     v = np.asarray(v, np.float64)
     per_unit = np.mean(v**2, axis=0)
     m = per_unit.mean()
-    return np.log(m), per_unit.var() / m**2, v.mean()
+    return np.log(m), per_unit.var(ddof=1) / m**2, v.mean()
 
 
 def test_probe_equals_numpy_reference():
@@ -67,7 +67,7 @@ def test_probe_equals_numpy_reference():
         if i < len(Ws) - 1:
             dphi2 = np.mean((1 - np.tanh(zs[i]) ** 2) ** 2)
             np.testing.assert_allclose(st.forward.dphi2[i], dphi2, rtol=1e-5)
-        np.testing.assert_allclose(st.forward.b_m2[i], np.mean(bs[i] ** 2), rtol=1e-5)
+        np.testing.assert_allclose(st.forward.b_lm2[i], np.log(np.mean(bs[i] ** 2)), rtol=1e-5)
     assert float(st.loss) == pytest.approx(float(np.sum(h * np.asarray(v, np.float64))), rel=1e-4)
 
 

@@ -54,13 +54,16 @@ def log_mean_square(v: Array, axis: Any = None) -> Array:
     return jnp.squeeze(out, axis=axis) if axis is not None else out.reshape(())
 
 
-def unit_log_moments(v: Array, *, ignore_nonfinite: bool = False) -> tuple[Array, Array, Array]:
+def unit_log_moments(
+    v: Array, *, ignore_nonfinite: bool = False, ddof: int = 0
+) -> tuple[Array, Array, Array]:
     """``(log m2, rel_unit_var, mean)`` of a ``(batch, units)`` array.
 
     - ``log m2``: log of the mean of ``v**2`` over all entries;
-    - ``rel_unit_var``: variance across units of the per-unit second moments over their
-      mean squared (0 when that mean is 0): the squared relative standard error of ``m2``
-      is this over the number of units;
+    - ``rel_unit_var``: variance across units of the per-unit second moments (with ``ddof``
+      delta degrees of freedom: 1 gives the unbiased estimate, NaN for a single unit) over
+      their mean squared (0 when that mean is 0): the squared relative standard error of
+      ``m2`` is this over the number of units;
     - ``mean``: the mean of ``v``.
 
     With ``ignore_nonfinite`` the non-finite entries count as zeros (the statistics of the
@@ -73,7 +76,12 @@ def unit_log_moments(v: Array, *, ignore_nonfinite: bool = False) -> tuple[Array
     per_unit = jnp.mean(u * u, axis=0)
     m = jnp.mean(per_unit)
     lm2 = jnp.log(m) + 2.0 * _LN2 * e
-    rv = jnp.where(m > 0, jnp.var(per_unit) / jnp.where(m > 0, m * m, 1.0), 0.0)
+    units = per_unit.shape[0]
+    if ddof and units <= ddof:
+        spread = jnp.full((), jnp.nan, jnp.float32)
+    else:
+        spread = jnp.var(per_unit) * (units / (units - ddof))
+    rv = jnp.where(m > 0, spread / jnp.where(m > 0, m * m, 1.0), 0.0)
     # 2**e in two halves, as in pow2_scale.
     e1 = jnp.floor(e / 2)
     mean = jnp.mean(u) * jnp.exp2(e1) * jnp.exp2(e - e1)

@@ -18,6 +18,7 @@ Nothing prints or raises inside jit.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -27,7 +28,7 @@ import jax.numpy as jnp
 
 from varprop._src.initializers import Initializer
 from varprop._src.laws import activations as A
-from varprop._src.moments import unit_log_moments
+from varprop._src.moments import _LN2, log_mean_square, pow2_scale, unit_log_moments
 from varprop._src.nn.activations import jax_activation
 from varprop._src.nn.normalization import batch_stats, normalize
 
@@ -44,34 +45,81 @@ NORM_EPSILON = {"batchnorm": 1e-5, "layernorm": 1e-6}
 #: matmuls are library calls either way.
 COMPILER_OPTIONS = {"xla_backend_optimization_level": "1"}
 
-#: Statistics a tap returns for a (batch, units) array: see :func:`_summary`.
-_N_SUMMARY = 4
+#: Layers narrower than this (in either dimension) carry the statistics of the small-sample
+#: law (see :func:`law_summary`): with few units the spread across units is not a usable
+#: standard error, and with a narrow contracted dimension the per-unit second moments are
+#: far from normal. Wider layers skip them (their Gram term costs as much as a matmul).
+NARROW_UNITS = 64
+
+#: Entries of a tap's summary vector (see :func:`law_summary`).
+SUMMARY_FIELDS = ("lm2", "rv", "finite", "mean", "lrs2", "gram", "diag", "meanfrac", "sumfrac")
+_N_SUMMARY = len(SUMMARY_FIELDS)
 
 
-def _summary(v: Array) -> Array:
+def _summary(v: Array, ddof: int = 0) -> Array:
     """``[log m2, rel_unit_var, all_finite, mean]`` of a ``(batch, units)`` array.
 
     ``log m2``, ``rel_unit_var`` and ``mean`` as :func:`varprop._src.moments.unit_log_moments`
     (``log m2`` is ``-inf`` when v is all zero); ``all_finite`` is 1.0 if every entry is.
     """
-    lm2, rv, mean = unit_log_moments(v)
+    lm2, rv, mean = unit_log_moments(v, ddof=ddof)
     finite = jnp.all(jnp.isfinite(v)).astype(jnp.float32)
     return jnp.stack([lm2, rv, finite, mean])
 
 
-@jax.custom_vjp
-def _tap(v: Array, carrier: Array) -> Array:
+def law_summary(v: Array, narrow: bool) -> Array:
+    r"""The tap summary of a ``(batch, units)`` array ``v`` that feeds a dense layer.
+
+    ``[log m2, rel_unit_var (ddof 1), all_finite, mean, log mean_b (sum_i v_bi)^2, gram,
+    diag, meanfrac, sumfrac]``. The last five are what the conditional law of the next
+    product ``v W`` needs (``docs/checker_statistics.md``). With :math:`V` the batch,
+    :math:`s = V\mathbf 1` its row sums and :math:`\|\cdot\|` Frobenius norms:
+
+    .. math::
+
+        \mathrm{gram} = \frac{\|V^\top V\|^2}{\|V\|^4},\quad
+        \mathrm{diag} = \frac{\sum_i (\sum_b v_{bi}^2)^2}{\|V\|^4},\quad
+        \mathrm{meanfrac} = \frac{\|V^\top \mathbf 1\|^2}{B\,\|V\|^2},\quad
+        \mathrm{sumfrac} = \frac{\|V^\top s\|^2}{\|V\|^2\|s\|^2}.
+
+    All are scale-free and computed on ``v`` scaled by a power of two, so they stay finite
+    while ``v`` does. ``narrow`` is static: when False the last four are NaN (not computed).
+    """
+    u, e = pow2_scale(v)
+    e = e.reshape(()).astype(jnp.float32)
+    base = _summary(v, ddof=1)
+    rows = jnp.sum(u, axis=1)
+    lrs2 = jnp.log(jnp.mean(rows * rows)) + 2.0 * _LN2 * e
+    if not narrow:
+        nan = jnp.full((4,), jnp.nan, jnp.float32)
+        return jnp.concatenate([base, lrs2[None], nan])
+    B, n = u.shape
+    total = jnp.sum(u * u)
+    safe = jnp.where(total > 0, total, 1.0)
+    gram_m = u @ u.T if B <= n else u.T @ u
+    gram = jnp.sum(gram_m * gram_m) / (safe * safe)
+    diag = jnp.sum(jnp.square(jnp.sum(u * u, axis=0))) / (safe * safe)
+    colsum = jnp.sum(u, axis=0)
+    meanfrac = jnp.sum(colsum * colsum) / (B * safe)
+    rs2 = jnp.sum(rows * rows)
+    proj = rows @ u
+    sumfrac = jnp.where(rs2 > 0, jnp.sum(proj * proj) / (safe * jnp.where(rs2 > 0, rs2, 1.0)), 0.0)
+    return jnp.concatenate([base, jnp.stack([lrs2, gram, diag, meanfrac, sumfrac])])
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _tap(v: Array, carrier: Array, narrow: bool) -> Array:
     del carrier
     return v
 
 
-def _tap_fwd(v, carrier):
-    del carrier
+def _tap_fwd(v, carrier, narrow):
+    del carrier, narrow
     return v, None
 
 
-def _tap_bwd(_, ct):
-    return ct, _summary(ct)
+def _tap_bwd(narrow, _, ct):
+    return ct, law_summary(ct, narrow)
 
 
 _tap.defvjp(_tap_fwd, _tap_bwd)
@@ -207,10 +255,22 @@ def forward(net: Network, params, x: Array) -> Array:
 
 
 class ForwardStats(NamedTuple):
-    """Per-layer forward statistics (each field has shape ``(L,)`` per seed)."""
+    """Per-layer forward statistics (each field has shape ``(L,)`` per seed).
+
+    Second moments are natural logs (``-inf`` for all zeros); ``*_rv`` are relative variances
+    across units of the per-unit second moments (ddof 1); ``x_gram``, ``x_diag``,
+    ``x_meanfrac``, ``x_sumfrac`` are the small-sample law's statistics of the layer's input
+    (:func:`law_summary`, NaN for layers at least :data:`NARROW_UNITS` wide).
+    """
 
     x_lm2: Array  # log E[x^2] of the layer's input
     x_rv: Array
+    x_lrs2: Array  # log mean over the batch of (sum_i x_i)^2
+    x_gram: Array
+    x_diag: Array
+    x_meanfrac: Array
+    x_sumfrac: Array
+    x_mean: Array
     z_lm2: Array  # log E[z^2] of the pre-activation
     z_rv: Array  # relative variance across units of per-unit E[z^2]
     z_finite: Array
@@ -218,15 +278,22 @@ class ForwardStats(NamedTuple):
     h_lm2: Array  # log E[h^2] after the activation (= z for the output layer)
     h_mean: Array
     dphi2: Array  # mean phi'(z)^2 (1 for the output layer)
-    b_m2: Array  # mean b^2
+    b_lm2: Array  # log mean b^2 (-inf without bias)
+    b_mean: Array  # mean b
 
 
 class BackwardStats(NamedTuple):
-    """Per-layer backward statistics (each field ``(L,)`` per seed)."""
+    """Per-layer backward statistics (each field ``(L,)`` per seed); ``gz_*`` of dL/dz as
+    in :class:`ForwardStats`'s ``x_*`` (dL/dz is what the backward product ``W dL/dz``
+    contracts), ``gx_*`` of the gradient reaching the layer's input."""
 
     gz_lm2: Array  # log E[(dL/dz)^2]
     gz_rv: Array
     gz_finite: Array
+    gz_lrs2: Array
+    gz_gram: Array
+    gz_diag: Array
+    gz_sumfrac: Array
     gx_lm2: Array  # log E[(dL/dx)^2] of the layer's input
     gx_rv: Array
     gx_finite: Array
@@ -258,22 +325,36 @@ def _normalize(z: Array, norm: str | None) -> Array:
 
 
 def _layer(h, W, b, cz, cx, act, last, norm=None):
-    x = _tap(h, cx)
+    narrow = min(W.shape) < NARROW_UNITS  # static
+    x = _tap(h, cx, False)
     z = x @ W.astype(x.dtype) + b.astype(x.dtype)[None, :]
-    z = _tap(z, cz)
+    z = _tap(z, cz, narrow)
     if last:
         out, dphi2 = z, jnp.float32(1.0)
     else:
         out, dphi = jax.jvp(act, (_normalize(z, norm),), (jnp.ones_like(z),))
         dphi2 = jnp.mean(jnp.square(dphi.astype(jnp.float32)))
-    sx, sz, sh = _summary(x), _summary(z), _summary(out)
-    fstats = (sx[0], sx[1], sz[0], sz[1], sz[2], sz[3], sh[0], sh[3], dphi2, jnp.mean(b * b))
+    sx, sz, sh = law_summary(x, narrow), _summary(z, ddof=1), _summary(out)
+    b32 = b.astype(jnp.float32)
+    fstats = (
+        *(sx[i] for i in (0, 1, 4, 5, 6, 7, 8, 3)),
+        sz[0],
+        sz[1],
+        sz[2],
+        sz[3],
+        sh[0],
+        sh[3],
+        dphi2,
+        log_mean_square(b32),
+        jnp.mean(b32),
+    )
     return out, fstats
 
 
 def network_loss(net: Network, params, x: Array, v: Array, carriers):
     """``sum(y * v)`` and the forward statistics; gradients w.r.t. ``carriers`` give the
-    backward statistics. ``carriers`` is a list (per segment) of ``(k, 2, 4)`` zeros."""
+    backward statistics. ``carriers`` is a list (per segment) of ``(k, 2, N)`` zeros, N the
+    length of :data:`SUMMARY_FIELDS`."""
     act = jax_activation(net.activation)
     h = x
     fs = []
@@ -316,14 +397,19 @@ def probe_params(net: Network, params, x: Array, v: Array) -> ProbeStats:
 
 
 def _stats(fwd: ForwardStats, g, loss) -> ProbeStats:
-    g = jnp.concatenate(g)  # (L, 2, 4): [:, 0] is dL/dz, [:, 1] is dL/dx
+    g = jnp.concatenate(g)  # (L, 2, N): [:, 0] is dL/dz, [:, 1] is dL/dx
+    gz, gx = g[:, 0], g[:, 1]
     bwd = BackwardStats(
-        gz_lm2=g[:, 0, 0],
-        gz_rv=g[:, 0, 1],
-        gz_finite=g[:, 0, 2],
-        gx_lm2=g[:, 1, 0],
-        gx_rv=g[:, 1, 1],
-        gx_finite=g[:, 1, 2],
+        gz_lm2=gz[:, 0],
+        gz_rv=gz[:, 1],
+        gz_finite=gz[:, 2],
+        gz_lrs2=gz[:, 4],
+        gz_gram=gz[:, 5],
+        gz_diag=gz[:, 6],
+        gz_sumfrac=gz[:, 8],
+        gx_lm2=gx[:, 0],
+        gx_rv=gx[:, 1],
+        gx_finite=gx[:, 2],
     )
     return ProbeStats(fwd, bwd, loss)
 
@@ -386,7 +472,7 @@ def make_probe(
         zs = jnp.einsum("bi,kio->bko", x_last, ws).reshape(batch, k_extra * nl)
         zs = zs + jnp.tile(b_last, k_extra)[None, :]
         z_real = x_last @ params[-1]["W"][0] + b_last[None, :]
-        pooled = _summary(jnp.concatenate([z_real, zs], axis=1))
+        pooled = _summary(jnp.concatenate([z_real, zs], axis=1), ddof=1)
         return stats._replace(output_redraw=pooled)
 
     if not any(_needs_own_program(k) for k in net.kernel_inits):
@@ -435,3 +521,43 @@ def make_plain_step(net: Network, batch: int):
         return jax.value_and_grad(lambda xx: jnp.sum(forward(net, params, xx) * v))(x)
 
     return jax.jit(jax.vmap(one))
+
+
+def estimate_probe_bytes(net: Network, batch: int, seeds: int) -> int:
+    """About how many bytes one round of the probe holds at its peak (host-side estimate).
+
+    Per seed: the kernels (float32) and their random bits, 8 bytes per weight; the
+    activations kept for the backward pass and the tapped copies, about 24 bytes per
+    value of every layer's input and output; the output layer's redraws.
+    """
+    weights = sum(net.widths[i] * net.widths[i + 1] for i in range(net.depth))
+    values = batch * sum(net.widths)
+    redraw = output_redraws(net) * net.widths[-2] * net.widths[-1]
+    return int(seeds * (8 * (weights + redraw) + 24 * values))
+
+
+def available_memory_bytes() -> int | None:
+    """Memory the probe may use: the device's limit on accelerators, else the host's
+    available memory (``/proc/meminfo``'s MemAvailable, or physical pages); ``None`` when
+    unknown."""
+    try:
+        dev = jax.devices()[0]
+        if dev.platform != "cpu":
+            stats = dev.memory_stats() or {}
+            if "bytes_limit" in stats:
+                return int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0))
+    except Exception:  # a backend without memory statistics
+        pass
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        import os
+
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
