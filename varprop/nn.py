@@ -7,32 +7,43 @@
 - Normalization: pure functions (:func:`batch_norm`, :func:`layer_norm`, ...) and thin
   NNX modules (:class:`BatchNorm`, ...) and Linen modules (``varprop.nn.linen.BatchNorm``,
   ...) over them.
+
+Names are imported on first use (PEP 562): ``import varprop.nn`` does not load Flax;
+``varprop.nn.MLP`` does.
 """
 
-from varprop._src.nn import norm_linen as linen
-from varprop._src.nn.activations import jax_activation
-from varprop._src.nn.mlp import (
-    MLP,
-    LinenMLP,
-    LinenProbe,
-    Probe,
-    linen_probe_statistics,
-    probe_statistics,
-)
-from varprop._src.nn.norm_nnx import BatchNorm, GroupNorm, InstanceNorm, LayerNorm, RMSNorm
-from varprop._src.nn.normalization import (
-    BatchNormResult,
-    Moments,
-    batch_norm,
-    batch_stats,
-    group_norm,
-    instance_norm,
-    layer_norm,
-    momentum_from_torch,
-    momentum_to_torch,
-    normalize,
-    rms_norm,
-)
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+#: Public name -> (module, attribute); attribute None: the name is that module itself.
+_LAZY: dict[str, tuple[str, str | None]] = {
+    "batch_norm": ("varprop._src.nn.normalization", "batch_norm"),
+    "batch_stats": ("varprop._src.nn.normalization", "batch_stats"),
+    "BatchNorm": ("varprop._src.nn.norm_nnx", "BatchNorm"),
+    "BatchNormResult": ("varprop._src.nn.normalization", "BatchNormResult"),
+    "group_norm": ("varprop._src.nn.normalization", "group_norm"),
+    "GroupNorm": ("varprop._src.nn.norm_nnx", "GroupNorm"),
+    "instance_norm": ("varprop._src.nn.normalization", "instance_norm"),
+    "InstanceNorm": ("varprop._src.nn.norm_nnx", "InstanceNorm"),
+    "jax_activation": ("varprop._src.nn.activations", "jax_activation"),
+    "layer_norm": ("varprop._src.nn.normalization", "layer_norm"),
+    "LayerNorm": ("varprop._src.nn.norm_nnx", "LayerNorm"),
+    "linen": ("varprop._src.nn.norm_linen", None),
+    "linen_probe_statistics": ("varprop._src.nn.mlp", "linen_probe_statistics"),
+    "LinenMLP": ("varprop._src.nn.mlp", "LinenMLP"),
+    "LinenProbe": ("varprop._src.nn.mlp", "LinenProbe"),
+    "MLP": ("varprop._src.nn.mlp", "MLP"),
+    "Moments": ("varprop._src.nn.normalization", "Moments"),
+    "momentum_from_torch": ("varprop._src.nn.normalization", "momentum_from_torch"),
+    "momentum_to_torch": ("varprop._src.nn.normalization", "momentum_to_torch"),
+    "normalize": ("varprop._src.nn.normalization", "normalize"),
+    "Probe": ("varprop._src.nn.mlp", "Probe"),
+    "probe_statistics": ("varprop._src.nn.mlp", "probe_statistics"),
+    "rms_norm": ("varprop._src.nn.normalization", "rms_norm"),
+    "RMSNorm": ("varprop._src.nn.norm_nnx", "RMSNorm"),
+}
 
 __all__ = [
     "MLP",
@@ -60,3 +71,52 @@ __all__ = [
     "probe_statistics",
     "rms_norm",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    try:
+        module, attr = _LAZY[name]
+    except KeyError:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+    value = importlib.import_module(module)
+    if attr is not None:
+        value = getattr(value, attr)
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+if TYPE_CHECKING:  # what pyright and IDEs see; nothing is imported at run time
+    from varprop._src.nn import norm_linen as linen
+    from varprop._src.nn.activations import jax_activation
+    from varprop._src.nn.mlp import (
+        MLP,
+        LinenMLP,
+        LinenProbe,
+        Probe,
+        linen_probe_statistics,
+        probe_statistics,
+    )
+    from varprop._src.nn.norm_nnx import (
+        BatchNorm,
+        GroupNorm,
+        InstanceNorm,
+        LayerNorm,
+        RMSNorm,
+    )
+    from varprop._src.nn.normalization import (
+        BatchNormResult,
+        Moments,
+        batch_norm,
+        batch_stats,
+        group_norm,
+        instance_norm,
+        layer_norm,
+        momentum_from_torch,
+        momentum_to_torch,
+        normalize,
+        rms_norm,
+    )

@@ -6,26 +6,81 @@ Subcommands:
     experiment  run one experiment reproducing a seed-note claim.
     report   run every experiment and write a self-contained HTML page and Markdown.
 
-Exit codes: ``check``: 0 the law agrees, 1 disagrees, 3 inconclusive; ``experiment`` and
-``report``: 0 every claim held, 1 one did not; every command: 2 usage
-error (unknown name, malformed value, missing data), with a message and no traceback.
+Exit codes: ``check``: 0 the law holds and the network is healthy, 1 the law disagrees, 3
+inconclusive, 4 the law holds but the network is degenerate (with ``--require-healthy`` also
+when a direction vanishes or explodes); ``experiment`` and ``report``: 0 every claim held, 1
+one did not; every command: 2 the input cannot be used (unknown name, malformed or
+out-of-range value, unreadable data, a run that cannot fit in memory) or an internal error,
+with one line on stderr and no traceback (``--debug`` shows the traceback of an internal
+error). Under ``--json`` (anywhere on the command line) an error is also printed on stdout
+as ``{"error": message, "kind": kind}``; ``kind`` is one of
+:data:`varprop._src.errors.KINDS` or ``"internal"``.
+
+The XLA compilation cache (:func:`enable_compilation_cache`) is on for ``varprop check``
+unless ``--no-cache`` is given.
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
+import itertools
+import json
+import os
+import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import NoReturn
+
+from varprop._src.errors import InputError
+
+#: The kind reported (exit 2) for an unexpected exception: a bug, not the user's input.
+INTERNAL = "internal"
+
+#: ``--widths`` may expand to at most this many layers (the scanned probe has been run at
+#: depth 10,000; a larger count is a typo, and expanding it would exhaust memory first).
+MAX_LAYERS = 100_000
+
+#: Seeds ``varprop check`` accepts: JAX's default (32-bit) ``jax.random.key`` maps a larger or
+#: negative seed onto one of these (``key(2**32) == key(0)``, ``key(-1) == key(2**32 - 1)``),
+#: and refuses anything outside int64 with an OverflowError.
+MAX_SEED = 2**32 - 1
+
+_COMMANDS = ("check", "derive", "experiment", "report")
 
 
-class _UsageError(Exception):
-    pass
+class _UsageError(InputError):
+    """A usage error (exit 2); ``varprop._src.cli_experiments`` raises it too."""
+
+    def __init__(self, message: str, kind: str = "usage") -> None:
+        super().__init__(message, kind)
+
+
+class _ParseError(Exception):
+    """argparse's own error (unknown option, bad choice, ...), raised instead of exiting."""
+
+    def __init__(self, prog: str, message: str) -> None:
+        super().__init__(message)
+        self.prog = prog
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose errors are raised (one line, exit 2, JSON under --json)
+    instead of printing the usage block and calling ``sys.exit``. Subparsers inherit it."""
+
+    def error(self, message: str) -> NoReturn:
+        raise _ParseError(self.prog, message)
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="varprop",
         description="Initialization you can prove: variance laws, derivations and checks.",
+        epilog=(
+            "Every command also takes --json (errors as one JSON object on stdout; check: the "
+            "result too) and --debug (the traceback of an internal error)."
+        ),
     )
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     c = sub.add_parser(
@@ -62,17 +117,24 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--batch", type=_positive_int, default=128, help="examples per seed (>= 2)")
     c.add_argument("--seeds", type=_positive_int, default=4, help="seeds per round (>= 2)")
     c.add_argument(
-        "--max-seeds", type=_positive_int, default=64, help="seed budget while inconclusive"
+        "--max-seeds",
+        type=_positive_int,
+        default=64,
+        help="seed budget while inconclusive (>= --seeds)",
     )
-    c.add_argument("--seed", type=int, default=0, help="base PRNG seed")
+    c.add_argument("--seed", type=_seed, default=0, help=f"base PRNG seed (0 to {MAX_SEED})")
     c.add_argument(
         "--tolerance",
-        type=float,
+        type=_number,
         default=0.1,
-        help="practical band: ratios within [1/(1+t), 1+t] agree",
+        help="practical band: ratios within [1/(1+t), 1+t] agree; 0 < t <= 1 (default 0.1)",
     )
     c.add_argument("--data", choices=("gaussian", "mnist"), default="gaussian")
-    c.add_argument("--data-dir", default=None, help="MNIST IDX directory (or $VARPROP_MNIST_DIR)")
+    c.add_argument(
+        "--data-dir",
+        default=None,
+        help="MNIST IDX directory, with --data mnist (or $VARPROP_MNIST_DIR)",
+    )
     c.add_argument(
         "--norm",
         choices=("none", "batchnorm", "layernorm"),
@@ -80,6 +142,19 @@ def _parser() -> argparse.ArgumentParser:
         help="normalization before each hidden activation (training mode; default none)",
     )
     c.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    c.add_argument(
+        "--require-healthy",
+        action="store_true",
+        help="exit 4 also when the law holds but a direction vanishes or explodes",
+    )
+    c.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="do not use the persistent XLA compilation cache ($VARPROP_CACHE_DIR, else "
+        "$XDG_CACHE_HOME/varprop/jax, else ~/.cache/varprop/jax)",
+    )
+    c.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    c.add_argument("--debug", action="store_true", help="show the traceback of an internal error")
 
     d = sub.add_parser(
         "derive",
@@ -150,61 +225,274 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _show(text: str, limit: int = 40) -> str:
+    """``repr`` of a command-line value, shortened for a one-line message."""
+    return repr(text if len(text) <= limit else text[: limit - 3] + "...")
+
+
+_ASCII_INT = re.compile(r"[+-]?[0-9]+")
+
+
+def _ascii_int(text: str) -> int | None:
+    """The integer in ``text`` when it is written in ASCII digits 0-9, else None.
+
+    ``int()`` and ``str.isdigit()`` also accept other scripts' digits (``'٣'``, ``'８'``) or
+    superscripts (``'²'.isdigit()`` is True); a command line takes only ASCII.
+
+    >>> _ascii_int("128"), _ascii_int(" -3 "), _ascii_int("٣"), _ascii_int("²"), _ascii_int("1e3")
+    (128, -3, None, None, None)
+    """
+    t = text.strip()
+    if not _ASCII_INT.fullmatch(t) or len(t) > 4000:  # int() refuses > 4300 digits
+        return None
+    return int(t)
+
+
 def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    v = _ascii_int(text)
+    if v is None:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {_show(text)}")
     if v < 1:
         raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {v}")
     return v
 
 
+def _seed(text: str) -> int:
+    v = _ascii_int(text)
+    if v is None:
+        raise argparse.ArgumentTypeError(
+            f"expected a whole number from 0 to {MAX_SEED}, got {_show(text)}"
+        )
+    if not 0 <= v <= MAX_SEED:
+        raise argparse.ArgumentTypeError(
+            f"expected 0 to {MAX_SEED}, got {v}; JAX's 32-bit PRNG keys repeat outside this "
+            "range (seed 2**32 draws what seed 0 draws)"
+        )
+    return v
+
+
+def _number(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {_show(text)}") from None
+
+
+def _spec(option: str, parse: Callable[[str], object], spec: str) -> object:
+    """Parse an ``--init``/``--act``-style SPEC, turning its errors into exit-2 errors."""
+    try:
+        return parse(spec)
+    except InputError:
+        raise
+    except (ValueError, TypeError, ArithmeticError) as e:
+        kind = "numerics" if isinstance(e, ArithmeticError) else "usage"
+        raise _UsageError(f"{option} {_show(spec)}: {e}", kind=kind) from None
+
+
 def _cmd_derive(args: argparse.Namespace) -> int:
     from varprop._src.laws import activations as A
+    from varprop._src.laws import derivation
     from varprop._src.laws.catalog import scheme_from_spec
-    from varprop._src.laws.derivation import derive
 
-    try:
-        scheme = scheme_from_spec(args.init)
-    except (ValueError, TypeError) as e:
-        raise _UsageError(f"--init: {e}") from None
-    try:
-        act = A.get_activation(args.act)
-    except (ValueError, TypeError) as e:
-        raise _UsageError(f"--act: {e}") from None
+    scheme = _spec("--init", scheme_from_spec, args.init)
+    act = _spec("--act", A.get_activation, args.act)
     if args.fan_out is not None and args.fan_in is None:
         raise _UsageError("--fan-out needs --fan-in too")
     try:
-        d = derive(scheme, act, args.fan_in, args.fan_out)
+        text = derivation.derive(scheme, act, args.fan_in, args.fan_out).render(args.format)  # type: ignore[arg-type]
+    except InputError:
+        raise
+    except ArithmeticError as e:
+        raise _UsageError(
+            f"cannot derive --init {args.init} with --act {args.act}: {type(e).__name__}: {e} "
+            "(a value outside what float64 can represent)",
+            kind="numerics",
+        ) from None
     except ValueError as e:
-        raise _UsageError(str(e)) from None
-    print(d.render(args.format))
+        raise _UsageError(f"--init {args.init} with --act {args.act}: {e}") from None
+    print(text)
     return 0
 
 
 def parse_widths(text: str) -> list[int]:
-    """``"784,256x20,10"`` -> ``[784, 256, ..., 256, 10]`` (20 hidden layers of 256)."""
-    out: list[int] = []
+    """``"784,256x20,10"`` -> ``[784, 256, ..., 256, 10]`` (20 hidden layers of 256).
+
+    Only ASCII digits are accepted, and at most :data:`MAX_LAYERS` layers.
+
+    >>> parse_widths("4,3x2,1")
+    [4, 3, 3, 1]
+    """
+    parts: list[tuple[int, int]] = []
     for part in text.split(","):
         part = part.strip()
         width, times = part, "1"
         if "x" in part:
             width, _, times = part.partition("x")
-        if not width.isdigit() or not times.isdigit() or int(width) < 1 or int(times) < 1:
+        w, n = _ascii_int(width), _ascii_int(times)
+        if w is None or n is None or w < 1 or n < 1 or not width.strip().isdigit():
             raise _UsageError(
-                f"--widths: bad entry {part!r} in {text!r}; expected WIDTH or WIDTHxCOUNT "
-                "with whole numbers >= 1, e.g. 784,256x20,10"
+                f"--widths: bad entry {_show(part)} in {_show(text, 80)}; expected WIDTH or "
+                "WIDTHxCOUNT with whole numbers >= 1 in ASCII digits, e.g. 784,256x20,10"
             )
-        out += [int(width)] * int(times)
+        parts.append((w, n))
+    layers = sum(n for _, n in parts) - 1
+    if layers > MAX_LAYERS:
+        raise _UsageError(f"--widths {_show(text, 80)}: at most {MAX_LAYERS} layers, got {layers}")
+    out = [w for w, n in parts for _ in range(n)]
     if len(out) < 2:
         raise _UsageError(f"--widths: need at least an input and an output width, got {text!r}")
     return out
 
 
-def _cmd_check(args: argparse.Namespace) -> int:
-    import math
+def _bytes(n: int) -> str:
+    """``3 * 2**30`` -> ``'3 GiB'``."""
+    units = ("B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB")
+    if n >= 1024 ** len(units):
+        return "more than 1 ZiB"
+    i = max(k for k in range(len(units)) if n >= 1024**k or k == 0)
+    return f"{n} B" if i == 0 else f"{n / 1024**i:.3g} {units[i]}"
 
+
+def _physical_memory() -> int | None:
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _check_fits(widths: list[int], batch: int, seeds: int, args: argparse.Namespace) -> None:
+    """Refuse (kind ``"resources"``) a run whose float32 kernels, activations and gradients
+    for one round of seeds alone exceed the machine's physical memory.
+
+    This is a lower bound (``check()`` makes the full estimate before compiling), so it never
+    refuses a run that fits; it exists so that absurd sizes fail at once with the sizes named.
+    """
+    total = _physical_memory()
+    if total is None:
+        return
+    kernels = 4 * seeds * sum(a * b for a, b in itertools.pairwise(widths))
+    acts = 2 * 4 * seeds * batch * sum(widths[1:])
+    if kernels + acts > total:
+        raise _UsageError(
+            f"--widths {args.widths} with --batch {batch} and --seeds {seeds} needs at least "
+            f"{_bytes(kernels + acts)} of memory per round ({_bytes(kernels)} of float32 "
+            f"kernels, {_bytes(acts)} of activations and gradients); this machine has "
+            f"{_bytes(total)}: use smaller --widths, --batch or --seeds",
+            kind="resources",
+        )
+
+
+# -- the persistent XLA compilation cache ---------------------------------------------------
+
+
+def default_cache_dir() -> Path:
+    """Where :func:`enable_compilation_cache` keeps compiled programs by default.
+
+    ``$VARPROP_CACHE_DIR`` if set, else ``$XDG_CACHE_HOME/varprop/jax`` (when that is an
+    absolute path), else ``~/.cache/varprop/jax``.
+
+    >>> import os
+    >>> default_cache_dir().parts[-2:] if "VARPROP_CACHE_DIR" not in os.environ else ("varprop", "jax")
+    ('varprop', 'jax')
+    """
+    env = os.environ.get("VARPROP_CACHE_DIR")
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg) if xdg and os.path.isabs(xdg) else Path.home() / ".cache"
+    return base / "varprop" / "jax"
+
+
+def enable_compilation_cache(path: str | os.PathLike | None = None) -> Path:
+    """Keep XLA-compiled programs on disk, so that a second process skips their compilation.
+
+    ``varprop check`` does this itself (``--no-cache`` turns it off); importing varprop never
+    changes JAX's configuration, so library users call this once, before their first
+    ``jit``, to get the same. Every program is cached, however fast it compiled or small it is
+    (the probe compiles as several programs of a few seconds each).
+
+    Args:
+        path: the cache directory (created if missing); default :func:`default_cache_dir`.
+
+    Returns:
+        The directory in use.
+
+    Raises:
+        InputError: (``kind="io"``) the directory cannot be created or written; JAX's
+            configuration is then left unchanged.
+
+    Example:
+        >>> import jax, tempfile, varprop
+        >>> d = varprop.enable_compilation_cache(tempfile.mkdtemp())
+        >>> jax.config.jax_compilation_cache_dir == str(d)
+        True
+        >>> jax.config.update("jax_compilation_cache_dir", None)  # off again
+    """
+    import tempfile
+
+    p = Path(path).expanduser() if path is not None else default_cache_dir()
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=p):
+            pass
+    except OSError as e:
+        raise InputError(
+            f"cannot use {str(p)!r} as the compilation cache: {e.strerror or e}", kind="io"
+        ) from None
+    import jax
+
+    try:  # a cache already opened at another directory is reopened at this one
+        from jax._src import compilation_cache as cc
+
+        if cc.is_initialized() and _jax_cache_dir() != str(p):
+            cc.reset_cache()
+    except (ImportError, AttributeError):  # pragma: no cover - private API moved
+        pass
+    jax.config.update("jax_compilation_cache_dir", str(p))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+    return p
+
+
+def _jax_cache_dir() -> str | None:
+    """JAX's ``jax_compilation_cache_dir`` setting (None when no cache is configured)."""
+    import jax
+
+    return getattr(jax.config, "jax_compilation_cache_dir", None)
+
+
+def _use_cache(args: argparse.Namespace) -> None:
+    """Turn the cache on for ``varprop check`` unless ``--no-cache`` or the caller (or
+    ``$JAX_COMPILATION_CACHE_DIR``) already chose a directory; warn and go on if unusable."""
+    if args.no_cache:
+        return
+
+    if _jax_cache_dir():
+        return
+    try:
+        enable_compilation_cache()
+    except InputError as e:
+        _warn(args.command, f"{e}; continuing without it")
+
+
+# -- check ---------------------------------------------------------------------------------------
+
+
+def _warn(command: str, message: str) -> None:
+    print(f"varprop {command}: warning: {_one_line(message)}", file=sys.stderr, flush=True)
+
+
+def _progress_printer(args: argparse.Namespace) -> Callable[[str], None] | None:
+    if args.quiet:
+        return None
+
+    def show(message: str) -> None:
+        print(f"varprop check: {_one_line(message)}", file=sys.stderr, flush=True)
+
+    return show
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
     from varprop._src.laws import activations as A
     from varprop._src.laws.catalog import scheme_from_spec
 
@@ -215,38 +503,52 @@ def _cmd_check(args: argparse.Namespace) -> int:
         ("--bias-init", args.bias_init),
     ):
         if spec is not None:
-            try:
-                scheme_from_spec(spec)
-            except (ValueError, TypeError) as e:
-                raise _UsageError(f"{opt}: {e}") from None
-    try:
-        A.get_activation(args.act)
-    except (ValueError, TypeError) as e:
-        raise _UsageError(f"--act: {e}") from None
+            _spec(opt, scheme_from_spec, spec)
+    _spec("--act", A.get_activation, args.act)
     if args.batch < 2:
         raise _UsageError(f"--batch must be >= 2, got {args.batch}")
     if args.seeds < 2:
         raise _UsageError(f"--seeds must be >= 2, got {args.seeds}")
+    if not 0 < args.tolerance <= 1:  # False for nan too
+        raise _UsageError(
+            f"--tolerance must be a number t with 0 < t <= 1 (ratios within [1/(1+t), 1+t] "
+            f"agree; a band wider than ±100% would make every verdict meaningless), got "
+            f"{args.tolerance}"
+        )
     if args.max_seeds < args.seeds:
-        raise _UsageError(f"--max-seeds must be >= --seeds ({args.seeds}), got {args.max_seeds}")
-    if not math.isfinite(args.tolerance) or args.tolerance <= 0:
-        raise _UsageError(f"--tolerance must be a finite number > 0, got {args.tolerance}")
+        raise _UsageError(
+            f"--max-seeds {args.max_seeds} is below --seeds {args.seeds}; the budget must "
+            "allow at least one round"
+        )
+    if args.data_dir is not None and args.data != "mnist":
+        raise _UsageError(
+            f"--data-dir is only read with --data mnist (got --data {args.data}); add "
+            "--data mnist or drop --data-dir"
+        )
+    _check_fits(widths, args.batch, args.seeds, args)
     data = None
     if args.data == "mnist":
         from varprop._src.data import DataNotFoundError, standardized_mnist
 
         try:
             data = standardized_mnist(args.data_dir)
-        except (DataNotFoundError, ValueError) as e:
-            raise _UsageError(f"--data mnist: {e}") from None
+        except DataNotFoundError as e:
+            raise _UsageError(f"--data mnist: {e}", kind="data") from None
+        except InputError as e:
+            raise _UsageError(f"--data mnist: {e}", kind=e.kind) from None
         if widths[0] != data.shape[1]:
             raise _UsageError(
                 f"--widths: MNIST has {data.shape[1]} inputs, the first width is {widths[0]}"
             )
-    from varprop._src.check import check
+    _use_cache(args)
+    from varprop._src import check as C
 
+    kwargs: dict[str, object] = {}
+    progress = _progress_printer(args)
+    if progress is not None and "progress" in inspect.signature(C.check).parameters:
+        kwargs["progress"] = progress
     try:
-        r = check(
+        r = C.check(
             widths,
             args.act,
             args.init,
@@ -259,11 +561,25 @@ def _cmd_check(args: argparse.Namespace) -> int:
             tolerance=args.tolerance,
             data=data,
             norm=None if args.norm == "none" else args.norm,
+            **kwargs,  # type: ignore[arg-type]
         )
-    except ValueError as e:
+    except InputError:
+        raise
+    except ValueError as e:  # check()'s own argument checks, before it raised InputError
         raise _UsageError(str(e)) from None
+    except MemoryError as e:
+        raise _UsageError(
+            f"out of memory: {e}; use smaller --widths, --batch or --seeds", kind="resources"
+        ) from None
+    except Exception as e:
+        if "RESOURCE_EXHAUSTED" not in str(e):
+            raise
+        raise _UsageError(
+            f"out of memory: {_one_line(str(e))[:300]}; use smaller --widths, --batch or --seeds",
+            kind="resources",
+        ) from None
     print(r.to_json() if args.json else r.summary())
-    return {"agrees": 0, "disagrees": 1, "inconclusive": 3}[r.verdict]
+    return r.exit_code(args.require_healthy)
 
 
 def _cmd_experiments(args: argparse.Namespace) -> int:
@@ -272,24 +588,76 @@ def _cmd_experiments(args: argparse.Namespace) -> int:
     return run_experiments_command(args)
 
 
+# -- main: dispatch and the error contract ---------------------------------------------------------
+
+
+def _one_line(message: str) -> str:
+    return re.sub(r"\s*\n\s*", " ", message.strip())
+
+
+def _global_flags(argv: list[str]) -> tuple[list[str], bool, bool]:
+    """Take ``--json`` and ``--debug`` from anywhere before ``--``: they decide how errors are
+    reported, so they must work even when the rest of the command line does not parse."""
+    end = argv.index("--") if "--" in argv else len(argv)
+    head, tail = argv[:end], argv[end:]
+    rest = [a for a in head if a not in ("--json", "--debug")]
+    return rest + tail, "--json" in head, "--debug" in head
+
+
+def _fail(prog: str, message: str, kind: str, json_mode: bool, label: str = "error: ") -> int:
+    message = _one_line(message)
+    print(f"{prog}: {label}{message}", file=sys.stderr, flush=True)
+    if json_mode:
+        print(json.dumps({"error": message, "kind": kind}), flush=True)
+    return 2
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``varprop`` command line; returns the exit code (see the module docstring)."""
+    raw = list(sys.argv[1:] if argv is None else argv)
+    argv_, json_mode, debug = _global_flags(raw)
+    command = next((a for a in argv_ if a in _COMMANDS), None)
+    prog = f"varprop {command}" if command else "varprop"
     parser = _parser()
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args = parser.parse_args(argv)
-    args.argv = argv
-    if args.command is None:
-        parser.print_help()
-        return 0
     try:
+        args = parser.parse_args(argv_)
+        args.argv = raw
+        args.json = json_mode
+        args.debug = debug
+        if args.command is None:
+            parser.print_help()
+            return 0
         return {
             "check": _cmd_check,
             "derive": _cmd_derive,
             "experiment": _cmd_experiments,
             "report": _cmd_experiments,
         }[args.command](args)
-    except _UsageError as e:
-        print(f"varprop {args.command}: error: {e}", file=sys.stderr)
-        return 2
+    except _ParseError as e:
+        return _fail(e.prog, str(e), "usage", json_mode)
+    except InputError as e:
+        return _fail(prog, str(e), e.kind, json_mode)
+    except FileNotFoundError as e:
+        from varprop._src.data import DataNotFoundError
+
+        if not isinstance(e, DataNotFoundError) or debug:
+            return _internal(prog, e, json_mode, debug)
+        return _fail(prog, str(e), "data", json_mode)
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr, flush=True)
+        return 130
+    except Exception as e:
+        return _internal(prog, e, json_mode, debug)
+
+
+def _internal(prog: str, e: Exception, json_mode: bool, debug: bool) -> int:
+    if debug:
+        raise e
+    message = (
+        f"internal error: {type(e).__name__}: {_one_line(str(e))} "
+        "(rerun with --debug for the traceback)"
+    )
+    return _fail(prog, message, INTERNAL, json_mode, label="")
 
 
 if __name__ == "__main__":  # pragma: no cover
