@@ -359,6 +359,27 @@ def test_unwritable_cache_dir_warns_and_continues(capsys, patch_check, monkeypat
     assert str(blocker / "jax") in lines[0] and "without it" in lines[0]
 
 
+def test_cache_is_on_during_the_run_and_restored_after(capsys, patch_check, monkeypatch, tmp_path):
+    import jax
+
+    monkeypatch.delenv("VARPROP_CACHE_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    before = jax.config.jax_compilation_cache_dir
+    assert before is None
+    seen = []
+
+    def check(*a, **k):
+        seen.append(jax.config.jax_compilation_cache_dir)
+        return FakeResult((0, 0))
+
+    patch_check(check)
+    assert run(capsys, ["check", "--widths", "8,8,4", "--max-seeds", "4"])[0] == 0
+    assert seen == [str(tmp_path / "varprop" / "jax")]
+    assert jax.config.jax_compilation_cache_dir is None
+    assert run(capsys, ["check", *SMALL])[0] == 0  # --no-cache
+    assert seen[-1] is None
+
+
 def test_enable_compilation_cache_refuses_unwritable_dir(tmp_path):
     import varprop
 

@@ -31,7 +31,7 @@ import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from varprop._src.errors import InputError
 
@@ -461,18 +461,42 @@ def _jax_cache_dir() -> str | None:
     return getattr(jax.config, "jax_compilation_cache_dir", None)
 
 
-def _use_cache(args: argparse.Namespace) -> None:
-    """Turn the cache on for ``varprop check`` unless ``--no-cache`` or the caller (or
-    ``$JAX_COMPILATION_CACHE_DIR``) already chose a directory; warn and go on if unusable."""
-    if args.no_cache:
-        return
+_CACHE_OPTIONS = (
+    "jax_compilation_cache_dir",
+    "jax_persistent_cache_min_compile_time_secs",
+    "jax_persistent_cache_min_entry_size_bytes",
+)
 
-    if _jax_cache_dir():
-        return
+
+def _use_cache(args: argparse.Namespace) -> Callable[[], None] | None:
+    """Turn the cache on for one ``varprop check`` unless ``--no-cache`` or the caller (or
+    ``$JAX_COMPILATION_CACHE_DIR``) already chose a directory; warn and go on if unusable.
+
+    Returns a function that puts JAX's settings back as they were (so that ``main()`` called
+    in a program or a test leaves no cache switched on behind it), or None.
+    """
+    if args.no_cache or _jax_cache_dir():
+        return None
+    import jax
+
+    before = {name: getattr(jax.config, name) for name in _CACHE_OPTIONS}
     try:
         enable_compilation_cache()
     except InputError as e:
         _warn(args.command, f"{e}; continuing without it")
+        return None
+
+    def restore() -> None:
+        for name, value in before.items():
+            jax.config.update(name, value)
+        try:
+            from jax._src import compilation_cache as cc
+
+            cc.reset_cache()
+        except (ImportError, AttributeError):  # pragma: no cover - private API moved
+            pass
+
+    return restore
 
 
 # -- check ---------------------------------------------------------------------------------------
@@ -540,7 +564,18 @@ def _cmd_check(args: argparse.Namespace) -> int:
             raise _UsageError(
                 f"--widths: MNIST has {data.shape[1]} inputs, the first width is {widths[0]}"
             )
-    _use_cache(args)
+    restore_cache = _use_cache(args)
+    try:
+        r = _run_check(args, widths, data)
+    finally:
+        if restore_cache is not None:
+            restore_cache()
+    print(r.to_json() if args.json else r.summary())
+    return r.exit_code(args.require_healthy)
+
+
+def _run_check(args: argparse.Namespace, widths: list[int], data: Any) -> Any:
+    """Call ``check()`` with the CLI's arguments, turning its input errors into exit 2."""
     from varprop._src import check as C
 
     kwargs: dict[str, object] = {}
@@ -578,8 +613,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
             f"out of memory: {_one_line(str(e))[:300]}; use smaller --widths, --batch or --seeds",
             kind="resources",
         ) from None
-    print(r.to_json() if args.json else r.summary())
-    return r.exit_code(args.require_healthy)
+    return r
 
 
 def _cmd_experiments(args: argparse.Namespace) -> int:
