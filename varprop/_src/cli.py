@@ -31,7 +31,7 @@ import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 from varprop._src.errors import InputError
 
@@ -48,6 +48,7 @@ MAX_LAYERS = 100_000
 MAX_SEED = 2**32 - 1
 
 _COMMANDS = ("check", "derive", "experiment", "report")
+_T = TypeVar("_T")
 
 
 class _UsageError(InputError):
@@ -231,6 +232,7 @@ def _show(text: str, limit: int = 40) -> str:
 
 
 _ASCII_INT = re.compile(r"[+-]?[0-9]+")
+_DIGITS = re.compile(r"[0-9]+")
 
 
 def _ascii_int(text: str) -> int | None:
@@ -278,7 +280,7 @@ def _number(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number, got {_show(text)}") from None
 
 
-def _spec(option: str, parse: Callable[[str], object], spec: str) -> object:
+def _spec(option: str, parse: Callable[[str], _T], spec: str) -> _T:
     """Parse an ``--init``/``--act``-style SPEC, turning its errors into exit-2 errors."""
     try:
         return parse(spec)
@@ -299,7 +301,7 @@ def _cmd_derive(args: argparse.Namespace) -> int:
     if args.fan_out is not None and args.fan_in is None:
         raise _UsageError("--fan-out needs --fan-in too")
     try:
-        text = derivation.derive(scheme, act, args.fan_in, args.fan_out).render(args.format)  # type: ignore[arg-type]
+        text = derivation.derive(scheme, act, args.fan_in, args.fan_out).render(args.format)
     except InputError:
         raise
     except ArithmeticError as e:
@@ -328,8 +330,9 @@ def parse_widths(text: str) -> list[int]:
         width, times = part, "1"
         if "x" in part:
             width, _, times = part.partition("x")
-        w, n = _ascii_int(width), _ascii_int(times)
-        if w is None or n is None or w < 1 or n < 1 or not width.strip().isdigit():
+        w = _ascii_int(width) if _DIGITS.fullmatch(width.strip()) else None
+        n = _ascii_int(times) if _DIGITS.fullmatch(times.strip()) else None
+        if w is None or n is None or w < 1 or n < 1:
             raise _UsageError(
                 f"--widths: bad entry {_show(part)} in {_show(text, 80)}; expected WIDTH or "
                 "WIDTHxCOUNT with whole numbers >= 1 in ASCII digits, e.g. 784,256x20,10"
