@@ -470,7 +470,7 @@ def test_unknown_and_bad_params():
         A.get_activation("elu:alpha=0.5", alpha=0.5)
 
 
-@pytest.mark.parametrize("q", [0.0, -1.0, float("nan"), float("inf"), -1e-300])
+@pytest.mark.parametrize("q", [-1.0, float("nan"), float("inf"), -1e-300])
 def test_bad_q(q):
     with pytest.raises(ValueError, match=rf"q .*got {q!r}"):
         A.activation_moments("relu", q)
