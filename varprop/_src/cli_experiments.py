@@ -39,15 +39,18 @@ def run_experiments_command(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from varprop._src import report as R
-    from varprop._src.experiments.base import registry
 
-    reg = registry()
+    if args.command == "experiment" and args.list:
+        for e in _registry().values():
+            print(f"{e.name:22s} {e.title}")
+        return 0
+    # --out and the data first: they need no experiment module loaded (a second, not four).
+    if args.out is not None:
+        R.check_out_dir(args.out)
+    R.check_data(args.data_dir)
+    reg = _registry()
     allowed = ", ".join(reg)
     if args.command == "experiment":
-        if args.list:
-            for e in reg.values():
-                print(f"{e.name:22s} {e.title}")
-            return 0
         if args.name is None:
             raise InputError(f"give an experiment NAME or --list; allowed: {allowed}")
         names = [args.name]
@@ -63,9 +66,6 @@ def _run(args: argparse.Namespace) -> int:
     for n in names or []:
         if n not in reg:
             raise InputError(f"unknown experiment {n!r}; allowed: {allowed}")
-    if args.out is not None:
-        R.check_out_dir(args.out)
-    R.check_data(args.data_dir)
     rep = R.run_report(
         names,
         quick=args.quick,
@@ -84,3 +84,9 @@ def _run(args: argparse.Namespace) -> int:
         print(f"wrote {page} and {md} ({rep.seconds:.1f} s)")
     print(rep.verdict_line())
     return rep.exit_code
+
+
+def _registry() -> dict:
+    from varprop._src.experiments.base import registry
+
+    return registry()
