@@ -188,7 +188,11 @@ class CheckResult:
             )
         out.append(
             f"First non-finite layer: measured {self.first_nonfinite_layer}, "
-            f"predicted {self.predicted_nonfinite_layer}."
+            f"predicted {self.predicted_nonfinite_layer}; first layer flushed to zero: "
+            f"measured {self.first_underflow_layer}, predicted {self.predicted_underflow_layer}."
+        )
+        out.append(
+            "Network: degenerate (see the diagnosis)." if self.degenerate else "Network: healthy."
         )
         if self.diagnosis:
             out.append("Diagnosis:")
@@ -489,6 +493,8 @@ def _rows(net, laws: list[_Law], pred, st, tol, alpha, batch, tests):
                 meas_log, relvar, units = f.z_lm2[:, i], f.z_rv[:, i], n_out
                 gram, diag = f.x_gram[:, i], f.x_diag[:, i]
                 sumfrac, meanfrac = f.x_sumfrac[:, i], f.x_meanfrac[:, i]
+                crossfrac = f.x_crossfrac[:, i]
+                sign_mu_b = np.sign(law.mean * f.b_mean[:, i])
                 if redraw:
                     # The output layer's kernel redrawn on its saved input (see make_probe).
                     meas_log, relvar = st.output_redraw[:, 0], st.output_redraw[:, 1]
@@ -501,6 +507,7 @@ def _rows(net, laws: list[_Law], pred, st, tol, alpha, batch, tests):
                 meas_log, relvar, units = b.gx_lm2[:, i], b.gx_rv[:, i], n_in
                 gram, diag = b.gz_gram[:, i], b.gz_diag[:, i]
                 sumfrac, meanfrac = b.gz_sumfrac[:, i], np.zeros_like(gram)
+                crossfrac = sign_mu_b = np.zeros_like(gram)
                 e2e_pred, e2e_meas = pred.g[i], np.exp(b.gz_lm2[:, i])
                 n_values = n_in
             # Where float32 gives out, as the conditional law predicts (module docstring).
@@ -555,6 +562,8 @@ def _rows(net, laws: list[_Law], pred, st, tol, alpha, batch, tests):
                     sumfrac[usable][keep],
                     fb[usable][keep],
                     meanfrac[usable][keep],
+                    crossfrac[usable][keep],
+                    sign_mu_b[usable][keep],
                 )
                 iv = chi2_interval(r, rv0 / units, alpha, tests)
                 row.test = "small-sample law"
@@ -596,6 +605,11 @@ def _rows(net, laws: list[_Law], pred, st, tol, alpha, batch, tests):
                     row.note = f"{what}: about {seeds_needed} seeds needed for the ±{tol:.0%} band"
                 else:
                     row.note = f"{what}: too narrow to test"
+            elif row.verdict == "inconclusive":
+                row.note = (
+                    f"interval [{row.ratio_low:.3g}, {row.ratio_high:.3g}] overlaps the edge "
+                    f"of the ±{tol:.0%} band; more seeds would narrow it"
+                )
     return rows
 
 
@@ -605,9 +619,17 @@ def _first_nonfinite(f) -> int | None:
     return min(firsts) if firsts else None
 
 
-def _first_underflow(f) -> int | None:
-    """The first layer whose output is exactly zero in some seed while its input is not."""
-    bad = np.isneginf(f.z_lm2) & np.isfinite(f.x_lm2) & np.isneginf(f.b_lm2)
+def _first_underflow(f, net) -> int | None:
+    """The first layer whose output is exactly zero in some seed while its input and its
+    weights are not (zero weights are degenerate, not an underflow)."""
+    W = net.widths
+    nonzero = np.array(
+        [
+            k.scheme.variance((W[i], W[i + 1])) > 0 or k.scheme.mean((W[i], W[i + 1])) != 0
+            for i, k in enumerate(net.kernel_inits)
+        ]
+    )
+    bad = np.isneginf(f.z_lm2) & np.isfinite(f.x_lm2) & np.isneginf(f.b_lm2) & nonzero[None, :]
     firsts = [int(np.argmax(row)) + 1 for row in bad if row.any()]
     return min(firsts) if firsts else None
 
@@ -882,9 +904,10 @@ def check(
             break
     assert stats is not None
     first_nf = _first_nonfinite(stats.forward)
-    first_uf = _first_underflow(stats.forward)
+    first_uf = _first_underflow(stats.forward, net)
     health = _health(rows, pred, depth, net, stats, first_nf, first_uf)
     diagnosis = _diagnose(rows, net, expected, pred, first_nf, first_uf, stats, tolerance)
+    diagnosis += [f"degenerate: {d}" for d in health["degenerate"]]
     config = {
         "widths": list(widths),
         "activation": activation,
@@ -1007,4 +1030,22 @@ def assert_agrees(*args, **kwargs) -> CheckResult:
     r = check(*args, **kwargs)
     if r.verdict != "agrees":
         raise AssertionError(f"variance law {r.verdict}:\n{r.summary()}")
+    return r
+
+
+def assert_healthy(*args, require_healthy: bool = True, **kwargs) -> CheckResult:
+    """Run :func:`check` and raise ``AssertionError`` with the table unless the law agrees
+    *and* the network is healthy: not degenerate (zero or constant weights, identical units,
+    all-zero activations or gradients, values leaving float32) and, with
+    ``require_healthy`` (the default here), neither vanishing nor exploding.
+
+    For users' own tests: ``varprop.assert_healthy([784, 256, 256, 10], "relu", "he_normal")``.
+    """
+    r = check(*args, **kwargs)
+    code = r.exit_code(require_healthy)
+    if code != 0:
+        what = {1: "the variance law disagrees", 3: "the check is inconclusive"}.get(
+            code, "the network is degenerate or its signal vanishes or explodes"
+        )
+        raise AssertionError(f"{what}:\n{r.summary()}")
     return r

@@ -52,7 +52,18 @@ COMPILER_OPTIONS = {"xla_backend_optimization_level": "1"}
 NARROW_UNITS = 64
 
 #: Entries of a tap's summary vector (see :func:`law_summary`).
-SUMMARY_FIELDS = ("lm2", "rv", "finite", "mean", "lrs2", "gram", "diag", "meanfrac", "sumfrac")
+SUMMARY_FIELDS = (
+    "lm2",
+    "rv",
+    "finite",
+    "mean",
+    "lrs2",
+    "gram",
+    "diag",
+    "meanfrac",
+    "sumfrac",
+    "crossfrac",
+)
 _N_SUMMARY = len(SUMMARY_FIELDS)
 
 
@@ -80,10 +91,12 @@ def law_summary(v: Array, narrow: bool) -> Array:
         \mathrm{gram} = \frac{\|V^\top V\|^2}{\|V\|^4},\quad
         \mathrm{diag} = \frac{\sum_i (\sum_b v_{bi}^2)^2}{\|V\|^4},\quad
         \mathrm{meanfrac} = \frac{\|V^\top \mathbf 1\|^2}{B\,\|V\|^2},\quad
-        \mathrm{sumfrac} = \frac{\|V^\top s\|^2}{\|V\|^2\|s\|^2}.
+        \mathrm{sumfrac} = \frac{\|V^\top s\|^2}{\|V\|^2\|s\|^2},\quad
+        \mathrm{crossfrac} = \frac{(V^\top s)\cdot(V^\top \mathbf 1)}
+        {\|V\|^2\,\|s\|\sqrt{B}}.
 
     All are scale-free and computed on ``v`` scaled by a power of two, so they stay finite
-    while ``v`` does. ``narrow`` is static: when False the last four are NaN (not computed).
+    while ``v`` does. ``narrow`` is static: when False the last five are NaN (not computed).
     """
     u, e = pow2_scale(v)
     e = e.reshape(()).astype(jnp.float32)
@@ -91,7 +104,7 @@ def law_summary(v: Array, narrow: bool) -> Array:
     rows = jnp.sum(u, axis=1)
     lrs2 = jnp.log(jnp.mean(rows * rows)) + 2.0 * _LN2 * e
     if not narrow:
-        nan = jnp.full((4,), jnp.nan, jnp.float32)
+        nan = jnp.full((5,), jnp.nan, jnp.float32)
         return jnp.concatenate([base, lrs2[None], nan])
     B, n = u.shape
     total = jnp.sum(u * u)
@@ -103,8 +116,13 @@ def law_summary(v: Array, narrow: bool) -> Array:
     meanfrac = jnp.sum(colsum * colsum) / (B * safe)
     rs2 = jnp.sum(rows * rows)
     proj = rows @ u
-    sumfrac = jnp.where(rs2 > 0, jnp.sum(proj * proj) / (safe * jnp.where(rs2 > 0, rs2, 1.0)), 0.0)
-    return jnp.concatenate([base, jnp.stack([lrs2, gram, diag, meanfrac, sumfrac])])
+    safe_rs2 = jnp.where(rs2 > 0, rs2, 1.0)
+    sumfrac = jnp.where(rs2 > 0, jnp.sum(proj * proj) / (safe * safe_rs2), 0.0)
+    crossfrac = jnp.where(
+        rs2 > 0, jnp.sum(proj * colsum) / (safe * jnp.sqrt(safe_rs2) * jnp.sqrt(B * 1.0)), 0.0
+    )
+    stats = jnp.stack([lrs2, gram, diag, meanfrac, sumfrac, crossfrac])
+    return jnp.concatenate([base, stats])
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
@@ -270,6 +288,7 @@ class ForwardStats(NamedTuple):
     x_diag: Array
     x_meanfrac: Array
     x_sumfrac: Array
+    x_crossfrac: Array
     x_mean: Array
     z_lm2: Array  # log E[z^2] of the pre-activation
     z_rv: Array  # relative variance across units of per-unit E[z^2]
@@ -337,7 +356,7 @@ def _layer(h, W, b, cz, cx, act, last, norm=None):
     sx, sz, sh = law_summary(x, narrow), _summary(z, ddof=1), _summary(out)
     b32 = b.astype(jnp.float32)
     fstats = (
-        *(sx[i] for i in (0, 1, 4, 5, 6, 7, 8, 3)),
+        *(sx[i] for i in (0, 1, 4, 5, 6, 7, 8, 9, 3)),
         sz[0],
         sz[1],
         sz[2],

@@ -114,9 +114,12 @@ def law_relvar(
     sumfrac: np.ndarray | float = 0.0,
     frac_b: np.ndarray | float = 0.0,
     meanfrac: np.ndarray | float = 0.0,
+    crossfrac: np.ndarray | float = 0.0,
+    sign_mu_b: np.ndarray | float = 0.0,
 ) -> np.ndarray:
     """The relative variance of one unit's second moment given the input (module
-    docstring), for i.i.d. weights with the given kurtosis; clipped at 0 below.
+    docstring), for i.i.d. weights with the given kurtosis; clipped at 0 below. Terms of
+    third order in the weights (their skewness) are left out: zero for symmetric schemes.
 
     >>> float(law_relvar(np.array(1.0), np.array(1.0), 3.0, np.array(1.0)))  # chi2_1
     2.0
@@ -125,6 +128,8 @@ def law_relvar(
     v = fw**2 * (2 * np.asarray(gram) + (kurtosis - 3) * np.asarray(diag))
     v = v + 4 * fw * np.asarray(frac_mu) * np.asarray(sumfrac)
     v = v + 4 * fw * np.asarray(frac_b) * np.asarray(meanfrac)
+    cross = np.sqrt(np.asarray(frac_mu) * np.asarray(frac_b)) * np.asarray(crossfrac)
+    v = v + 8 * np.asarray(sign_mu_b) * fw * cross
     return np.maximum(v, 0.0)
 
 
