@@ -388,3 +388,93 @@ def test_docstring_examples(module):
 
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
     assert result.attempted >= 1 and result.failed == 0
+
+
+def test_out_dot_keeps_everything_else(fakes, tmp_path, monkeypatch):
+    """``--out .`` in a directory of the user's: only report.html, report.md, figures/."""
+    name = fakes.add("fake_ok")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "README.md").write_text("mine")
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "a.py").write_text("x = 1")
+    (tmp_path / ".hidden").write_text("h")
+    for _ in range(2):
+        assert report(Path("."), name) == 0
+    assert sorted(os.listdir(tmp_path)) == [
+        ".hidden",
+        "README.md",
+        "figures",
+        "report.html",
+        "report.md",
+        "src",
+    ]
+    assert (tmp_path / "README.md").read_text() == "mine"
+    assert (tmp_path / "src" / "a.py").read_text() == "x = 1"
+
+
+@pytest.mark.parametrize(
+    "argv, kind",
+    [
+        (["--out", "__FILE__"], "io"),
+        (["--out", "__TMP__", "--data-dir", "__TMP__"], "data"),
+        (["--out", "__TMP__", "--only", ","], "usage"),
+    ],
+)
+def test_errors_under_json_name_their_kind(fakes, tmp_path, capsys, argv, kind):
+    import json
+
+    f = tmp_path / "file.txt"
+    f.write_text("x")
+    argv = [str(f) if a == "__FILE__" else str(tmp_path) if a == "__TMP__" else a for a in argv]
+    assert main(["report", "--json", *argv]) == 2
+    obj = json.loads(capsys.readouterr().out)
+    assert obj["kind"] == kind and obj["error"]
+    assert fakes.calls == []
+
+
+def test_signals_are_held_while_the_report_is_written(fakes, tmp_path, monkeypatch):
+    """A SIGINT that arrives while the files are written takes effect once they are in place."""
+    import signal
+
+    name = fakes.add("fake_ok")
+    rep = R.run_report([name], progress=False)
+    real = R._stage_and_move
+
+    def interrupted(*a, **k):
+        os.kill(os.getpid(), signal.SIGINT)  # held: delivered when writing is done
+        return real(*a, **k)
+
+    monkeypatch.setattr(R, "_stage_and_move", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        R.write_report(rep, tmp_path)
+    assert sorted(os.listdir(tmp_path)) == ["figures", "report.html", "report.md"]
+
+
+def test_sigterm_while_the_report_is_written_terminates_after_it(tmp_path):
+    """SIGTERM's default action (terminate) is carried out once the files are in place."""
+    import signal
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(
+        f"""
+        import os, signal
+        from varprop._src import report as R
+        from varprop._src.experiments.base import Claim, ExperimentResult, Figure
+        res = ExperimentResult("x", "X", "s", claims=[Claim("c", True, "e")],
+                               figures=[Figure("f", "cap", b"png")])
+        real = R._stage_and_move
+        def terminated(*a, **k):
+            os.kill(os.getpid(), signal.SIGTERM)
+            return real(*a, **k)
+        R._stage_and_move = terminated
+        R.write_report(R.Report([res], True, 0, 0.0), {str(tmp_path)!r})
+        print("not reached")
+        """
+    )
+    p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert p.returncode == -signal.SIGTERM, p.stderr
+    assert "not reached" not in p.stdout
+    assert sorted(os.listdir(tmp_path)) == ["figures", "report.html", "report.md"]
+    assert (tmp_path / "figures" / "x-f.png").read_bytes() == b"png"

@@ -21,20 +21,17 @@ from __future__ import annotations
 import argparse
 import sys
 
-from varprop._src.cli import _UsageError
 from varprop._src.errors import InputError
 
 
 def run_experiments_command(args: argparse.Namespace) -> int:
     """Run the ``experiment`` or ``report`` command; returns its exit code.
 
-    Input errors (:class:`~varprop._src.errors.InputError`) leave as the CLI's usage error,
-    which prints one line and exits 2.
+    Input that cannot be used raises :class:`~varprop._src.errors.InputError` (``kind``
+    ``"usage"``, ``"io"`` for ``--out``, ``"data"`` for the data), which the CLI prints as one
+    line (a JSON object under ``--json``) with exit code 2.
     """
-    try:
-        return _run(args)
-    except InputError as e:
-        raise _UsageError(" ".join(str(e).split())) from None
+    return _run(args)
 
 
 def _run(args: argparse.Namespace) -> int:

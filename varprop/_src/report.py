@@ -533,8 +533,10 @@ def write_report(report: Report, out_dir: str | os.PathLike) -> tuple[Path, Path
     Everything is rendered first, then written into a temporary directory inside
     ``out_dir`` and moved into place: ``figures/`` (replaced as a whole, so it holds exactly
     this run's figures), then ``report.md``, then ``report.html``. If a move fails, the
-    previous files are put back; SIGINT/SIGTERM/SIGHUP are held off during the moves. Other
-    files in ``out_dir`` are never touched. Returns the paths of the HTML and Markdown files.
+    previous files are put back. SIGINT/SIGTERM/SIGHUP are held off while the files are
+    written and moved (they take effect when it is done), so only a SIGKILL or a power cut
+    can leave the temporary directory (``.varprop-report-*``) behind. Other files in
+    ``out_dir`` are never touched. Returns the paths of the HTML and Markdown files.
 
     Raises:
         InputError: ``kind="io"``: ``out_dir`` is unusable (see :func:`check_out_dir`) or a
@@ -543,32 +545,39 @@ def write_report(report: Report, out_dir: str | os.PathLike) -> tuple[Path, Path
     out = check_out_dir(out_dir)
     md_text = render_markdown(report)
     html_text = render_html(report)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        stage = Path(tempfile.mkdtemp(prefix=_STAGE_PREFIX, dir=out))
-    except OSError as e:
-        raise InputError(f"--out {str(out_dir)!r}: cannot write there: {e}", kind="io") from None
-    try:
-        figs = stage / "figures"
-        figs.mkdir()
-        (figs / FIGURES_MARKER).write_text(
-            "Written by varprop report: the next report replaces this directory.\n",
-            encoding="utf-8",
-        )
-        for r in report.results:
-            for f in r.figures:
-                (figs / f"{r.name}-{f.name}.png").write_bytes(f.png)
-        (stage / "report.md").write_text(md_text, encoding="utf-8")
-        (stage / "report.html").write_text(html_text, encoding="utf-8")
-        _move_into_place(stage, out)
-    except OSError as e:
-        raise InputError(
-            f"--out {str(out_dir)!r}: writing the report failed, the previous one is kept: {e}",
-            kind="io",
-        ) from None
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
+    with _signals_held():  # a few file writes: no Ctrl-C leaves a staging directory behind
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            stage = Path(tempfile.mkdtemp(prefix=_STAGE_PREFIX, dir=out))
+        except OSError as e:
+            msg = f"--out {str(out_dir)!r}: cannot write there: {e}"
+            raise InputError(msg, kind="io") from None
+        try:
+            _stage_and_move(report, md_text, html_text, stage, out)
+        except OSError as e:
+            raise InputError(
+                f"--out {str(out_dir)!r}: writing the report failed, the previous one is kept: {e}",
+                kind="io",
+            ) from None
+        finally:
+            shutil.rmtree(stage, ignore_errors=True)
     return out / "report.html", out / "report.md"
+
+
+def _stage_and_move(report: Report, md_text: str, html_text: str, stage: Path, out: Path) -> None:
+    """Write the report into ``stage``, then move it into ``out``."""
+    figs = stage / "figures"
+    figs.mkdir()
+    (figs / FIGURES_MARKER).write_text(
+        "Written by varprop report: the next report replaces this directory.\n",
+        encoding="utf-8",
+    )
+    for r in report.results:
+        for f in r.figures:
+            (figs / f"{r.name}-{f.name}.png").write_bytes(f.png)
+    (stage / "report.md").write_text(md_text, encoding="utf-8")
+    (stage / "report.html").write_text(html_text, encoding="utf-8")
+    _move_into_place(stage, out)
 
 
 def _move_into_place(stage: Path, out: Path) -> None:
@@ -596,17 +605,32 @@ def _move_into_place(stage: Path, out: Path) -> None:
 
 @contextmanager
 def _signals_held() -> Iterator[None]:
-    """Hold SIGINT/SIGTERM/SIGHUP (delivered on exit) in the main thread on POSIX."""
-    sigs = {getattr(signal, n) for n in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, n)}
-    can = (
-        hasattr(signal, "pthread_sigmask") and threading.current_thread() is threading.main_thread()
-    )
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, sigs) if can else None
+    """Hold SIGINT/SIGTERM/SIGHUP until the block is done, then act on them as before.
+
+    Python-level handlers that record the signal, not ``pthread_sigmask``: the mask is per
+    thread, and JAX's threads would take the signal. Only the main thread can set handlers;
+    elsewhere this does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous: dict[int, Any] = {}
+    for name in ("SIGINT", "SIGTERM", "SIGHUP"):
+        sig = getattr(signal, name, None)
+        if sig is not None:
+            previous[sig] = signal.signal(sig, lambda s, frame: caught.append(s))
     try:
         yield
     finally:
-        if previous is not None:
-            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        for sig in dict.fromkeys(caught):
+            handler = previous[sig]
+            if callable(handler):
+                handler(sig, None)  # SIGINT: KeyboardInterrupt, now
+            elif handler == signal.SIG_DFL:
+                os.kill(os.getpid(), sig)  # the default action (terminate), now
 
 
 def summary_text(r: ExperimentResult) -> str:
