@@ -377,3 +377,122 @@ def test_docstring_examples(module):
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0
     assert result.failed == 0
+
+
+# ---------------------------------------------------------------------------------------
+# Edge cases: epsilon = 0, an empty mask, bad epsilon (InputError)
+# ---------------------------------------------------------------------------------------
+
+from varprop._src.errors import InputError  # noqa: E402
+
+CONST = jnp.full(X2, 3.0)
+
+
+def _core_fns(**kw):
+    """Every pure normalization as f(x) (bias 0.5 where the layer has one)."""
+    b = jnp.full(8, 0.5)
+    return {
+        "batch_norm": lambda x: (
+            N.batch_norm(x, None, b, jnp.zeros(8), jnp.ones(8), train=True, **kw).y
+        ),
+        "layer_norm": lambda x: N.layer_norm(x, None, b, **kw),
+        "rms_norm": lambda x: N.rms_norm(x, None, **kw) + 0.5,
+        "group_norm": lambda x: N.group_norm(x, None, b, num_groups=2, **kw),
+        "instance_norm": lambda x: N.instance_norm(x[:, None, :], None, b, **kw)[:, 0, :],
+    }
+
+
+@pytest.mark.parametrize("name", list(_core_fns()))
+def test_zero_epsilon_zero_variance_gives_bias(name):
+    """ε = 0 on a constant group (all-zero for RMSNorm): output β, finite gradient."""
+    f = _core_fns(epsilon=0.0)[name]
+    x = jnp.zeros(X2) if name == "rms_norm" else CONST
+    y = f(x)
+    np.testing.assert_array_equal(np.asarray(y), 0.5)
+    g = jax.grad(lambda v: jnp.sum(f(v) * jnp.arange(8.0)[None, :]))(x)
+    assert bool(jnp.all(jnp.isfinite(g)))
+
+
+@pytest.mark.parametrize("name", list(_core_fns()))
+def test_zero_epsilon_normalizes_exactly(name):
+    """ε = 0 on a non-degenerate batch: the usual result (no change from the guard)."""
+    x = normal(X2, loc=1.0)
+    np.testing.assert_allclose(
+        _core_fns(epsilon=0.0)[name](x), _core_fns(epsilon=1e-30)[name](x), rtol=1e-6
+    )
+
+
+@pytest.mark.parametrize("name", list(_core_fns()))
+def test_all_false_mask_is_an_input_error(name):
+    f = _core_fns(mask=jnp.zeros(X2, bool))[name]
+    if name == "instance_norm":
+        f = _core_fns(mask=jnp.zeros((16, 1, 8), bool))[name]
+    with pytest.raises(InputError, match=r"mask \(shape .*\) is all False.*allowed"):
+        f(normal(X2))
+
+
+def test_all_false_mask_under_jit_is_defined():
+    """Traced masks cannot be inspected: the group is output as β, running stats kept."""
+    x = normal(X2, loc=2.0)
+    b = jnp.full(8, 0.5)
+    rm, rv = jnp.full(8, 0.25), jnp.full(8, 2.0)
+
+    @jax.jit
+    def run(x, m):
+        return N.batch_norm(x, None, b, rm, rv, train=True, mask=m)
+
+    out = run(x, jnp.zeros(X2, bool))
+    np.testing.assert_array_equal(np.asarray(out.y), 0.5)
+    np.testing.assert_array_equal(np.asarray(out.running_mean), 0.25)
+    np.testing.assert_array_equal(np.asarray(out.running_var), 2.0)
+    ln = jax.jit(lambda x, m: N.layer_norm(x, None, b, mask=m))(x, jnp.zeros(X2, bool))
+    np.testing.assert_array_equal(np.asarray(ln), 0.5)
+
+
+def test_feature_without_valid_element_gives_bias():
+    """One feature fully masked, the others valid: that feature is β, the others as usual."""
+    x = normal(X2, loc=2.0)
+    b = jnp.full(8, 0.5)
+    mask = jnp.broadcast_to(jnp.arange(8) != 3, X2)
+    out = N.batch_norm(x, None, b, jnp.zeros(8), jnp.ones(8), train=True, mask=mask)
+    np.testing.assert_array_equal(np.asarray(out.y[:, 3]), 0.5)
+    ref = N.batch_norm(x, None, b, jnp.zeros(8), jnp.ones(8), train=True).y
+    np.testing.assert_allclose(out.y[:, :3], ref[:, :3], rtol=1e-6)
+    assert float(out.running_mean[3]) == 0.0 and float(out.running_var[3]) == 1.0
+
+
+@pytest.mark.parametrize("bad", [-1e-5, float("nan"), float("inf"), "1e-5", None, True])
+def test_bad_epsilon_is_input_error_everywhere(bad):
+    x = normal(X2)
+    for f in _core_fns(epsilon=bad).values():
+        with pytest.raises(InputError, match="epsilon must be a finite number >= 0"):
+            f(x)
+    for cls in ALL_NNX:
+        with pytest.raises(InputError, match="epsilon must be a finite number >= 0"):
+            cls(8, epsilon=bad, rngs=nnx.Rngs(0))
+    for cls in ALL_LINEN:
+        with pytest.raises(InputError, match="epsilon must be a finite number >= 0"):
+            cls(epsilon=bad)
+
+
+def test_modules_zero_epsilon_and_empty_mask():
+    x = CONST
+    bn = VN.BatchNorm(8, epsilon=0.0, rngs=nnx.Rngs(0))
+    np.testing.assert_array_equal(np.asarray(bn(x)), 0.0)  # β = 0 at init
+    ln = VN.LayerNorm(8, epsilon=0.0, rngs=nnx.Rngs(0))
+    np.testing.assert_array_equal(np.asarray(ln(x)), 0.0)
+    with pytest.raises(InputError, match="all False"):
+        VN.BatchNorm(8, rngs=nnx.Rngs(0))(normal(X2), mask=jnp.zeros(X2, bool))
+    with pytest.raises(InputError, match="all False"):
+        VN.LayerNorm(8, rngs=nnx.Rngs(0))(normal(X2), mask=jnp.zeros(X2, bool))
+    lbn = VL.BatchNorm(use_running_average=False, epsilon=0.0)
+    v = lbn.init(jax.random.key(0), x)
+    y, _ = lbn.apply(v, x, mutable=["batch_stats"])
+    np.testing.assert_array_equal(np.asarray(y), 0.0)
+    with pytest.raises(InputError, match="all False"):
+        lbn.apply(v, normal(X2), mask=jnp.zeros(X2, bool), mutable=["batch_stats"])
+    lln = VL.LayerNorm(epsilon=0.0)
+    vl = lln.init(jax.random.key(0), x)
+    np.testing.assert_array_equal(np.asarray(lln.apply(vl, x)), 0.0)
+    with pytest.raises(InputError, match="all False"):
+        lln.apply(vl, normal(X2), mask=jnp.zeros(X2, bool))

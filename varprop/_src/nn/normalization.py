@@ -51,8 +51,14 @@ Numerical choices (each one deliberate):
    the statistics; the output is still computed for every element. Counts are per
    feature, so each feature may have its own number of valid elements. A feature with no
    valid element gets mean 0 and variance 0 (the count is clipped at 1 in the
-   divisions) instead of 0/0 = NaN, and BatchNorm leaves its running statistics
-   unchanged.
+   divisions) instead of 0/0 = NaN, its elements are normalized to 0 (output β, not
+   x/√ε), and BatchNorm leaves its running statistics unchanged. A concrete mask that is
+   all False raises ``InputError`` (under ``jit`` it cannot be inspected and the defined
+   result applies).
+8. **ε = 0.** Allowed. Where σ² + ε = 0 (a constant group, or an all-zero one for
+   RMSNorm) the normalized value is defined as 0, so the output is β, instead of
+   0·∞ = NaN; the gradient there is finite too (the square root is taken of a safe
+   value). Negative, NaN or infinite ε raises ``InputError``.
 6. **Across devices** (``axis_name``, inside ``shard_map`` or ``pmap``): exact global
    statistics, count-weighted. The per-device counts and sums are combined with one
    ``psum``; the stable path then sums the squared deviations *from the global mean* with
@@ -83,6 +89,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+
+from varprop._src.errors import InputError
 
 Axes = int | Sequence[int]
 Algorithm = Literal["stable", "fast"]
@@ -138,11 +146,44 @@ def _is_number(v: object) -> bool:
 
 
 def check_epsilon(epsilon: object) -> None:
-    """Raise ``ValueError`` unless ``epsilon`` is a finite number ≥ 0 (traced values pass)."""
-    if _is_number(epsilon) and not (math.isfinite(epsilon) and epsilon >= 0):  # type: ignore[arg-type]
-        raise ValueError(
+    """Raise ``InputError`` unless ``epsilon`` is a finite number ≥ 0 (JAX arrays pass).
+
+    ``epsilon = 0`` is allowed; a group with zero variance then normalizes to 0 (output β)
+    instead of 0/0 (see :func:`normalize`).
+    """
+    if isinstance(epsilon, jax.Array):
+        return  # traced or device values: checked by the caller if at all
+    if not _is_number(epsilon):
+        raise InputError(
+            f"epsilon must be a finite number >= 0 (a Python or NumPy real); got "
+            f"epsilon={epsilon!r} of type {type(epsilon).__name__}"
+        )
+    if not (math.isfinite(epsilon) and epsilon >= 0):  # type: ignore[arg-type]
+        raise InputError(
             f"epsilon must be a finite number >= 0 (it is added to the variance before the "
             f"square root); got epsilon={epsilon!r}"
+        )
+
+
+def check_mask_not_empty(mask: object) -> None:
+    """Raise ``InputError`` if a concrete ``mask`` selects no element at all.
+
+    A traced mask (under ``jit``) cannot be inspected; then the defined result applies:
+    every group without a valid element is normalized to 0 (output β) and BatchNorm keeps
+    its running statistics.
+    """
+    if mask is None:
+        return
+    try:
+        arr = np.asarray(mask)
+    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
+        return
+    if not arr.any():
+        shape = arr.shape
+        raise InputError(
+            f"mask (shape {shape}) is all False: no element enters the statistics, so there "
+            "is no mean or variance to normalize with; allowed: a mask with at least one True "
+            "element, or mask=None (a feature group without one is output as beta)"
         )
 
 
@@ -399,8 +440,13 @@ def normalize(
     reduction_axes: Axes,
     feature_axes: Axes,
     dtype=None,
+    count: jax.Array | None = None,
 ) -> jax.Array:
     r"""``y = (x − mean) · rsqrt(var + ε) · scale + bias``.
+
+    Where ``var + ε == 0`` or ``count == 0`` (a group with no valid element) the factor
+    rsqrt is replaced by 0, so those elements come out as ``bias`` (β) instead of NaN or
+    x/√ε.
 
     Args:
         x: input array.
@@ -412,6 +458,8 @@ def normalize(
         reduction_axes: the axes the statistics were reduced over.
         feature_axes: the axes ``scale`` and ``bias`` are indexed by.
         dtype: output dtype; default the promotion of ``x``, ``scale`` and ``bias``.
+        count: optional number of valid elements behind each statistic (shape of
+            ``mean``); groups with count 0 are output as ``bias``.
 
     Returns:
         The normalized array, shape of ``x``.
@@ -442,7 +490,12 @@ def normalize(
     out_dtype = dtype if dtype is not None else _float_dtype(x.dtype, *pdts)
     cdt = _float_dtype(x.dtype, mean.dtype, var.dtype, *pdts, jnp.float32)
     y = x.astype(cdt) - mean.astype(cdt).reshape(stats_shape)
-    mul = lax.rsqrt(var.astype(cdt).reshape(stats_shape) + epsilon)
+    denom = var.astype(cdt).reshape(stats_shape) + epsilon
+    ok = denom > 0
+    if count is not None:
+        ok = ok & (jnp.asarray(count).reshape(stats_shape) > 0)
+    # rsqrt of a safe value, then 0 where undefined: finite values and finite gradients.
+    mul = jnp.where(ok, lax.rsqrt(jnp.where(ok, denom, 1)), 0)
     if scale is not None:
         mul = mul * scale.astype(cdt)
     y = y * mul
@@ -609,6 +662,8 @@ def batch_norm(
         return BatchNormResult(y, running_mean, running_var, step)
 
     _check_batch_size(x.shape, raxes, axis_name, allow_single_example)
+    if axis_name is None:
+        check_mask_not_empty(mask)
     stats = batch_stats(x, raxes, mask=mask, axis_name=axis_name, algorithm=algorithm)
     sdt = stats.mean.dtype
     batch_var = stats.var
@@ -641,6 +696,7 @@ def batch_norm(
         reduction_axes=raxes,
         feature_axes=faxes,
         dtype=dtype,
+        count=None if mask is None else stats.count,
     )
     return BatchNormResult(y, new_mean, new_var, new_step)
 
@@ -680,6 +736,8 @@ def layer_norm(
         [-1.3416, -0.4472, 0.4472, 1.3416]
     """
     check_epsilon(epsilon)
+    if axis_name is None:
+        check_mask_not_empty(mask)
     x = jnp.asarray(x)
     m = batch_stats(
         x,
@@ -699,6 +757,7 @@ def layer_norm(
         reduction_axes=reduction_axes,
         feature_axes=feature_axes,
         dtype=dtype,
+        count=None if mask is None else m.count,
     )
 
 
@@ -726,6 +785,8 @@ def rms_norm(
         [0.84853, 1.13137]
     """
     check_epsilon(epsilon)
+    if axis_name is None:
+        check_mask_not_empty(mask)
     x = jnp.asarray(x)
     m = batch_stats(
         x, reduction_axes, mask=mask, axis_name=axis_name, use_mean=False, dtype=_stats_dtype(dtype)
@@ -740,6 +801,7 @@ def rms_norm(
         reduction_axes=reduction_axes,
         feature_axes=feature_axes,
         dtype=dtype,
+        count=None if mask is None else m.count,
     )
 
 
@@ -789,6 +851,8 @@ def group_norm(
         )
     group_size = channels // num_groups
     gshape = (*x.shape[:-1], num_groups, group_size)
+    if axis_name is None:
+        check_mask_not_empty(mask)
     gmask = None if mask is None else _broadcast_mask(mask, x.shape).reshape(gshape)
     m = batch_stats(
         x.reshape(gshape),
@@ -810,6 +874,7 @@ def group_norm(
         reduction_axes=raxes[:-1],
         feature_axes=-1,
         dtype=dtype,
+        count=None if mask is None else jnp.repeat(m.count, group_size, axis=-1),
     )
 
 
