@@ -122,15 +122,16 @@ class Report:
             bad = [r.name for r in self.results if r.n_failed_claims]
             return (
                 f"{self.n_failed_claims} of {self.n_claims} claims did NOT hold "
-                f"({', '.join(bad)})" + (self._not_run_text() if self.not_run else "")
+                f"({', '.join(bad)})" + (self._not_run_text("; ") if self.not_run else "")
             )
         if self.not_run:
-            return f"no claim failed, but inconclusive{self._not_run_text()}"
+            return f"inconclusive: no claim failed{self._not_run_text(', but ')}"
         return f"all {self.n_claims} claims of {n} experiment{'s' * (n != 1)} held"
 
-    def _not_run_text(self) -> str:
+    def _not_run_text(self, lead: str) -> str:
         parts = [f"{r.name} ({r.error or 'made no claim'})" for r in self.not_run]
-        return f"; {len(parts)} of {len(self.results)} could not run: " + "; ".join(parts)
+        n = len(self.results)
+        return f"{lead}{len(parts)} of {n} experiments could not run: " + "; ".join(parts)
 
 
 def run_report(
