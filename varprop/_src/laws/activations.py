@@ -88,6 +88,7 @@ import scipy.integrate
 import sympy as sp
 from numpy.polynomial.hermite_e import hermegauss
 
+from varprop._src.errors import InputError
 from varprop._src.laws import symbols as S
 from varprop._src.spec import parse_spec
 
@@ -228,6 +229,23 @@ def _nonnegative(v: float) -> str | None:
     return None if v >= 0 else "must be >= 0"
 
 
+#: Largest |slope| (leaky_relu) or alpha (elu) accepted: the moments grow like its square
+#: (E[leaky_relu(z)^2] = q (1 + a^2) / 2), which must stay a float64 at every q the laws use.
+MAX_PARAMETER = 1e150
+
+
+def _bounded(check: Callable[[float], str | None]) -> Callable[[float], str | None]:
+    def inner(v: float) -> str | None:
+        if abs(v) > MAX_PARAMETER:
+            return (
+                f"is outside [-{MAX_PARAMETER:g}, {MAX_PARAMETER:g}] (the moments grow like its "
+                "square and would overflow float64)"
+            )
+        return check(v)
+
+    return inner
+
+
 @dataclass(frozen=True)
 class _Entry:
     name: str
@@ -293,7 +311,7 @@ _BUILTINS: dict[str, _Entry] = {
             lambda: Activation("linear", (), _x, (), True, True, "identity, phi(x) = x"),
         ),
         _Entry("relu", {}, _relu),
-        _Entry("leaky_relu", {"negative_slope": _Param(0.01, _any_finite)}, _leaky_relu),
+        _Entry("leaky_relu", {"negative_slope": _Param(0.01, _bounded(_any_finite))}, _leaky_relu),
         _Entry(
             "abs",
             {},
@@ -329,7 +347,7 @@ _BUILTINS: dict[str, _Entry] = {
                 "alpha = 1.6733... (Klambauer et al. 2017)",
             ),
         ),
-        _Entry("elu", {"alpha": _Param(1.0, _nonnegative)}, _elu),
+        _Entry("elu", {"alpha": _Param(1.0, _bounded(_nonnegative))}, _elu),
         _Entry(
             "softplus",
             {},
@@ -417,7 +435,10 @@ def get_activation(name: str | Activation, **params: float) -> Activation:
         v = _check_number(f"{entry.name} parameter {k}", params.get(k, spec.default))
         problem = spec.check(v)
         if problem:
-            raise ValueError(f"{entry.name} parameter {k} {problem}, got {v!r}")
+            msg = f"{entry.name} parameter {k} {problem}, got {v!r}"
+            if "overflow" in problem:
+                raise InputError(msg, kind="numerics")
+            raise ValueError(msg)
         values.append((k, v))
     return _make(entry.name, tuple(values))
 

@@ -26,6 +26,7 @@ from varprop._src.laws.schemes import (
     Scheme,
     check_distribution,
     check_positive,
+    exact_number,
     fan_denominator,
     truncated_normal_moments,
 )
@@ -123,7 +124,7 @@ def constant(value: float = 1.0) -> Scheme:
     return Scheme(
         name="constant",
         variance_expr=sp.Integer(0),
-        parameters={S.value: sp.nsimplify(value)},
+        parameters={S.value: exact_number(value)},
         mean_expr=S.value,
         distribution="constant",
         uses_fans=False,

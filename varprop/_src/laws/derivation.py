@@ -14,8 +14,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+import mpmath
 import sympy as sp
 
+from varprop._src.errors import InputError
 from varprop._src.laws import activations as A
 from varprop._src.laws import layers as Ly
 from varprop._src.laws import symbols as S
@@ -47,6 +49,9 @@ class Derivation:
     backward_factor: float = math.nan
     forward_health: str = ""
     backward_health: str = ""
+    #: The factors as exact SymPy numbers (for factors beyond float64: 5e-601).
+    forward_factor_exact: sp.Expr | None = None
+    backward_factor_exact: sp.Expr | None = None
 
     def render(self, fmt: str = "text") -> str:
         if fmt not in FORMATS:
@@ -104,7 +109,7 @@ def derive(
         eqs.append((vw, scheme.law))
     if sub and scheme.uses_fans and scheme.distribution not in ("orthogonal", "delta_orthogonal"):
         eqs.append((vw, sp.nsimplify(scheme.law.subs(sub))))
-    params = ", ".join(f"{k} = {v}" for k, v in scheme.parameters.items())
+    params = ", ".join(f"{k} = {_compact(v)}" for k, v in scheme.parameters.items())
     d.steps.append(
         Step(
             "Weight variance",
@@ -235,26 +240,37 @@ def derive(
         g_eqs.append((sp.Symbol("g_conventional"), sp.Float(g_conv, 10)))
     d.steps.append(Step("Gain", A.gain_comparison(act), tuple(g_eqs)))
 
-    # 6. Depth.
-    ff = float(f.forward.subs(sub or {S.fan_out: S.fan_in}).subs(S.fan_in, fan_in or 1))
-    fb = float(f.backward.subs(sub or {S.fan_out: S.fan_in}).subs(S.fan_in, fan_in or 1))
+    # 6. Depth. The factors stay exact SymPy numbers (a std of 1e-300 gives 1e-600, which
+    # no float holds); floats are taken only for the record and the classification.
+    widths_sub = sub or {S.fan_out: S.fan_in}
+    ff_e = sp.sympify(f.forward.subs(widths_sub).subs(S.fan_in, fan_in or 1))
+    fb_e = sp.sympify(f.backward.subs(widths_sub).subs(S.fan_in, fan_in or 1))
+    ff, fb = _as_float(ff_e), _as_float(fb_e)
     d.forward_factor, d.backward_factor = ff, fb
+    d.forward_factor_exact, d.backward_factor_exact = ff_e, fb_e
     if act.homogeneous or mu != 0:
         # With E[w] != 0 the mean-field map of centred pre-activations does not apply: the
         # q = 1 factors (the first layer's law) are classified instead.
         d.forward_health = Ly.classify_factor(ff, 1e-12)
         d.backward_health = Ly.classify_factor(fb, 1e-12)
         lines = [
-            _depth_sentence("Forward", ff, d.forward_health),
-            _depth_sentence("Backward", fb, d.backward_health),
+            _depth_sentence("Forward", ff_e, d.forward_health),
+            _depth_sentence("Backward", fb_e, d.backward_health),
         ]
     else:
         # The factor depends on q: iterate the mean-field map instead of powering it.
-        n_vw = float(
-            (S.fan_in * Ly.weight_variance(scheme))
-            .subs(sub or {S.fan_out: S.fan_in})
-            .subs(S.fan_in, fan_in or 1)
+        n_vw_e = sp.sympify(
+            (S.fan_in * Ly.weight_variance(scheme)).subs(widths_sub).subs(S.fan_in, fan_in or 1)
         )
+        n_vw = _as_float(n_vw_e)
+        if not (MEAN_FIELD_RANGE[0] <= n_vw <= MEAN_FIELD_RANGE[1]):
+            raise InputError(
+                f"n_in Var(w) = {_num_exact(n_vw_e)} for {scheme.name} is outside "
+                f"[{MEAN_FIELD_RANGE[0]:g}, {MEAN_FIELD_RANGE[1]:g}], the range where the "
+                f"mean-field map of {act.name} (not homogeneous) is iterated in float64; "
+                "allowed: a scheme and widths with n_in Var(w) in that range",
+                kind="numerics",
+            )
         fp = Ly.mean_field_fixed_point(act, n_vw)
         if math.isinf(fp.q_star):
             d.forward_health = "exploding"
@@ -292,14 +308,45 @@ def _tidy(e: sp.Expr) -> sp.Expr:
     return sp.nsimplify(e)
 
 
-def _depth_sentence(direction: str, factor: float, health: str) -> str:
+#: n_in Var(w) for which the mean-field map of a non-homogeneous activation is iterated.
+MEAN_FIELD_RANGE = (1e-300, 1e300)
+
+
+def _as_float(e: sp.Expr) -> float:
+    """float(e), with 0.0 / inf for exact numbers beyond float64 instead of an error."""
+    try:
+        return float(e)
+    except OverflowError:
+        return math.inf if e.is_positive else -math.inf
+
+
+def _num_exact(e: sp.Expr) -> str:
+    """6 significant digits of an exact number, also beyond float64 (5e-601)."""
+    v = _as_float(e)
+    if v != 0 and math.isfinite(v):
+        return _num(v)
+    return mpmath.nstr(mpmath.mpf(sp.Float(e, 20)._mpf_), 6)
+
+
+def _depth_sentence(direction: str, factor: sp.Expr, health: str) -> str:
     if health == "preserved":
         return f"{direction}: factor 1, the second moment is preserved at any depth."
     kind, layer = Ly.float32_limit_layer(factor)
+    x = _num_exact(factor)
     return (
-        f"{direction}: factor {_num(factor)} per layer, {health} "
-        f"(x{_num(factor)}^L after L layers; from E = 1, float32 {kind}s at layer {layer})."
+        f"{direction}: factor {x} per layer, {health} "
+        f"(x{x}^L after L layers; from E = 1, float32 {kind}s at layer {layer})."
     )
+
+
+def _compact(e):
+    """Rationals with more than 12 digits shown as 10-digit floats (1/10**600 -> 1.0e-600)."""
+    if not isinstance(e, sp.Basic):
+        return e
+    big = {
+        r: sp.Float(r, 10) for r in e.atoms(sp.Rational) if max(abs(int(r.p)), int(r.q)) > 10**12
+    }
+    return e.xreplace(big) if big else e
 
 
 # -- rendering -----------------------------------------------------------------------------
@@ -315,19 +362,17 @@ def _render_text(d: Derivation) -> str:
         out.append(f"{i}. {st.title}")
         out.append(f"   {st.text}")
         for lhs, rhs in st.equations:
-            out.append(f"     {_lhs(lhs)} = {sp.sstr(rhs)}")
+            out.append(f"     {_lhs(lhs)} = {sp.sstr(_compact(rhs))}")
         out.append("")
     show = d.activation.homogeneous
-    fwd = d.forward_health + (
-        f" (x{_num(d.forward_factor)} per layer)"
-        if show and d.forward_health not in ("preserved", "degenerate")
-        else ""
-    )
-    bwd = d.backward_health + (
-        f" (x{_num(d.backward_factor)} per layer)"
-        if show and d.backward_health not in ("preserved", "degenerate")
-        else ""
-    )
+
+    def per_layer(health: str, value: float, exact: sp.Expr | None) -> str:
+        if not show or health in ("preserved", "degenerate"):
+            return health
+        return f"{health} (x{_num(value) if exact is None else _num_exact(exact)} per layer)"
+
+    fwd = per_layer(d.forward_health, d.forward_factor, d.forward_factor_exact)
+    bwd = per_layer(d.backward_health, d.backward_factor, d.backward_factor_exact)
     out.append(f"Verdict: forward {fwd}, backward {bwd}.")
     return "\n".join(out)
 
@@ -344,7 +389,7 @@ def _render_markdown(d: Derivation) -> str:
         out.append(st.text)
         out.append("")
         for lhs, rhs in st.equations:
-            out.append(f"$$ {_tex_lhs(lhs)} = {latex(rhs)} $$")
+            out.append(f"$$ {_tex_lhs(lhs)} = {latex(_compact(rhs))} $$")
         out.append("")
     out.append(f"**Forward:** {d.forward_health}. **Backward:** {d.backward_health}.")
     return "\n".join(out)
@@ -361,7 +406,9 @@ def _render_latex(d: Derivation) -> str:
         if st.equations:
             out.append(r"\begin{align*}")
             out.append(
-                " \\\\\n".join(f"{_tex_lhs(lhs)} &= {latex(rhs)}" for lhs, rhs in st.equations)
+                " \\\\\n".join(
+                    f"{_tex_lhs(lhs)} &= {latex(_compact(rhs))}" for lhs, rhs in st.equations
+                )
             )
             out.append(r"\end{align*}")
     out.append(rf"\paragraph{{Verdict}} forward {d.forward_health}, backward {d.backward_health}.")

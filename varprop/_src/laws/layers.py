@@ -315,26 +315,84 @@ def classify_factor(factor: float, tol: float = 1e-9) -> str:
     return "vanishing" if factor < 1.0 else "exploding"
 
 
-def float32_limit_layer(factor: float, q0: float = 1.0) -> tuple[str, int | None]:
-    """For a constant per-layer factor on E[z^2], the first layer whose values leave float32.
+#: Half the smallest positive float32 subnormal (2^-150): a result below it rounds to 0
+#: where subnormals are kept (NumPy). XLA on CPU flushes results below FLOAT32_TINY to 0.
+FLOAT32_SUBNORMAL_FLOOR = 2.0**-150
 
-    Values of typical size sqrt(q_L) = sqrt(q0 factor^L) overflow when they pass the largest
-    float32 (3.4e38) and underflow when they fall below the smallest normal one (1.2e-38).
+
+def _ln(v: float | sp.Expr, what: str) -> float:
+    """Natural log of a positive float or exact SymPy number (no underflow, no overflow)."""
+    if isinstance(v, sp.Basic):
+        e = sp.sympify(v)
+        if not (e.is_number and e.is_positive and e.is_finite):
+            raise ValueError(f"{what} must be finite and > 0, got {e}")
+        return float(sp.log(e).evalf(30))
+    x = float(v)
+    if not (math.isfinite(x) and x > 0):
+        raise ValueError(f"{what} must be finite and > 0, got {v}")
+    return math.log(x)
+
+
+def float32_limit_layer(
+    factor: float | sp.Expr,
+    q0: float | sp.Expr = 1.0,
+    *,
+    count: int | None = None,
+    floor: float = FLOAT32_TINY,
+    ceiling: float = FLOAT32_MAX,
+) -> tuple[str, int | None]:
+    r"""For a constant per-layer factor f on E[z^2], the first layer whose values leave float32.
+
+    The second moment after L layers is :math:`q_L = q_0 f^L`. Its values reach out to
+    :math:`c\sqrt{q_L}` with
+
+    .. math:: c^2 = 2 \ln(\text{count}) \quad(\text{count} = B \cdot n
+              \text{ values in the layer; } c^2 = 1 \text{ when count is None}),
+
+    the leading-order expected maximum of count Gaussians of variance q_L (the
+    extreme-value factor: about 4.7 for B n = 128 x 512). So
+
+    .. math::
+
+        \text{overflow (first inf)}: \ L > \frac{2\ln(\text{ceiling}) - \ln q_0 - \ln c^2}
+        {\ln f}\ (f > 1), \qquad
+        \text{underflow (all 0)}: \ L > \frac{2\ln(\text{floor}) - \ln q_0 - \ln c^2}
+        {\ln f}\ (f < 1),
+
+    the first integer L above the bound. Overflow comes when the *largest* value passes
+    3.4e38, so the factor makes it earlier; every value is 0 only when the largest is below
+    the floor, so it makes underflow later. ``floor`` is the smallest value that survives:
+    FLOAT32_TINY = 1.2e-38 where results below the smallest normal are flushed to zero (XLA
+    on CPU) or FLOAT32_SUBNORMAL_FLOOR = 2^-150 = 7.0e-46 with gradual underflow (NumPy).
+    Without ``count`` the rule is the one for the typical value :math:`\sqrt{q_L}`.
+
+    ``factor`` and ``q0`` may be exact SymPy numbers (1e-600 or 1e600 are fine: only their
+    logarithms are used).
 
     Returns:
         ``("overflow", L)``, ``("underflow", L)`` or ``("none", None)`` when factor is 1.
+
+    Example:
+        >>> float32_limit_layer(512.0)                     # N(0, 1) weights, width 512
+        ('overflow', 29)
+        >>> float32_limit_layer(512.0, count=128 * 512)    # the largest of 128 x 512 values
+        ('overflow', 28)
+        >>> float32_limit_layer(64 * 1e-12, count=128 * 64)  # N(0, 1e-12), width 64
+        ('underflow', 8)
     """
-    if factor <= 0 or not math.isfinite(factor):
-        raise ValueError(f"factor must be finite and > 0, got {factor}")
-    if factor == 1.0:
+    ln_f = _ln(factor, "factor")
+    ln_q0 = _ln(q0, "q0")
+    if count is not None and (isinstance(count, bool) or not isinstance(count, int) or count < 1):
+        raise ValueError(f"count must be an int >= 1 (batch x width), got {count!r}")
+    ln_c2 = math.log(max(2.0 * math.log(count), 1.0)) if count else 0.0
+    if ln_f == 0.0:
         return "none", None
-    if factor > 1.0:
-        target = 2 * math.log(FLOAT32_MAX)
-        kind = "overflow"
+    if ln_f > 0:
+        target, kind = 2 * math.log(ceiling), "overflow"
     else:
-        target = 2 * math.log(FLOAT32_TINY)
-        kind = "underflow"
-    return kind, max(1, math.ceil((target - math.log(q0)) / math.log(factor)))
+        target, kind = 2 * math.log(floor), "underflow"
+    bound = (target - ln_q0 - ln_c2) / ln_f
+    return kind, max(1, math.floor(bound) + 1)
 
 
 @dataclass(frozen=True)

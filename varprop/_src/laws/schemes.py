@@ -46,6 +46,8 @@ TRUNCATION_DIGITS = 30
 #: it the mass of the interval is below float64's normal range, and no float sampler can
 #: draw from it.
 TRUNCATION_MAX_BOUND = 37.0
+#: Narrowest truncation accepted: Var = m_2 - m_1^2 cancels about log10(1/width^2) digits.
+TRUNCATION_MIN_WIDTH = 1e-6
 
 
 def _check_bounds(lower: object, upper: object) -> tuple[float, float]:
@@ -67,6 +69,13 @@ def _check_bounds(lower: object, upper: object) -> tuple[float, float]:
         out.append(float(v))
     if not out[0] < out[1]:
         raise InputError(f"truncated_normal needs lower < upper, got lower={lower}, upper={upper}")
+    if out[1] - out[0] < TRUNCATION_MIN_WIDTH:
+        raise InputError(
+            f"truncation [{lower!r}, {upper!r}] is narrower than {TRUNCATION_MIN_WIDTH:g}: its "
+            "variance (width^2/12) would be lost to cancellation; allowed: upper - lower >= "
+            f"{TRUNCATION_MIN_WIDTH:g}",
+            kind="numerics",
+        )
     return out[0], out[1]
 
 
@@ -151,8 +160,8 @@ def truncated_normal_moments(lower: float = -2.0, upper: float = 2.0) -> dict[st
         0.9774376644
     """
     lo, hi = _check_bounds(lower, upper)
-    if lo == -hi:
-        return _truncated_symmetric(sp.nsimplify(hi))
+    if lo == -hi and hi >= 0.1:  # narrower: 1 - 2 b phi(b) / Z cancels in float64
+        return _truncated_symmetric(exact_number(hi))
     return _truncated_numeric(lo, hi)
 
 
@@ -409,8 +418,25 @@ class Scheme:
         return fan_in, fan_out, rows, cols
 
     def variance(self, shape: Sequence[int]) -> float:
-        """Numeric ``Var(w)`` for ``shape`` (the value the sampler draws with)."""
-        v = float(self._variance_fn(*self.shape_values(shape)))
+        """Numeric ``Var(w)`` for ``shape`` (the value the sampler draws with).
+
+        Raises:
+            InputError: (kind ``numerics``) Var(w) beyond the largest float64 (1.8e308).
+        """
+        try:
+            v = float(self._variance_fn(*self.shape_values(shape)))
+        except OverflowError:
+            v = math.inf
+        if v == math.inf:
+            from varprop._src.errors import InputError
+
+            values = dict(zip(_SHAPE_SYMBOLS, self.shape_values(shape), strict=True))
+            exact = sp.Float(self.law.subs(values), 4)
+            raise InputError(
+                f"scheme {self.name!r} gives Var(w) = {exact} for shape {tuple(shape)}, beyond "
+                "float64; allowed: Var(w) <= 1.8e308 (a std up to 1.3e154)",
+                kind="numerics",
+            )
         if not math.isfinite(v) or v < 0:
             raise ValueError(f"scheme {self.name!r} gives variance {v} for shape {tuple(shape)}")
         return v
@@ -493,6 +519,19 @@ def check_distribution(distribution: str) -> str:
     return distribution
 
 
+def exact_number(v: float | int) -> sp.Expr:
+    """A float as an exact SymPy number: a recognisable one (0.01 -> 1/100, 1.4142... ->
+    sqrt(2)) when ``nsimplify`` finds it, otherwise the decimal typed (``nsimplify`` alone
+    turns 1e-300 into 0)."""
+    if isinstance(v, int):
+        return sp.Integer(v)
+    nice = sp.nsimplify(v, rational=False)
+    exact = nice.is_number and nice.is_finite and not nice.has(sp.Float)
+    if exact and float(nice) == v and (nice != 0 or v == 0):
+        return nice
+    return sp.Rational(repr(float(v)))
+
+
 def check_positive(name: str, v: object) -> sp.Expr:
     """A positive finite number (int, float or SymPy), returned as an exact SymPy number."""
     if isinstance(v, bool) or not isinstance(v, (int, float, sp.Expr)):
@@ -500,4 +539,4 @@ def check_positive(name: str, v: object) -> sp.Expr:
     e = sp.sympify(v)
     if not e.is_number or not e.is_real or not math.isfinite(float(e)) or float(e) <= 0:
         raise ValueError(f"{name} must be a finite number > 0, got {v!r}")
-    return sp.nsimplify(e, rational=False) if isinstance(v, float) else e
+    return exact_number(v) if isinstance(v, float) else e
