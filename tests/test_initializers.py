@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from scipy import integrate, stats
 
 import varprop
 from varprop import initializers as I
@@ -20,48 +21,93 @@ from varprop import initializers as I
 Z = 5.0
 KEY = jax.random.key(20261123)
 
-# (builder, shape): every sampling initializer, on shapes whose fans differ.
+
+def _tn(lo=-2.0, hi=2.0):
+    """(mean, variance, kurtosis) of N(0, 1) truncated to [lo, hi], from scipy."""
+    d = stats.truncnorm(lo, hi)
+    return float(d.mean()), float(d.var()), float(d.stats(moments="k")) + 3.0
+
+
+def _tanh_m2():
+    """E[tanh(z)^2], z ~ N(0, 1), by scipy quad (0.394294...)."""
+    f = lambda z: math.tanh(z) ** 2 * math.exp(-z * z / 2) / math.sqrt(2 * math.pi)  # noqa: E731
+    return integrate.quad(f, -math.inf, math.inf, epsabs=0, epsrel=1e-13)[0]
+
+
+# (builder, shape, E[w], Var(w), kurtosis): every sampling initializer, on shapes whose fans
+# differ, with the law written out here from the papers, not read from the scheme:
+# He et al. 2015: Var = g^2/n_in (g^2 = 2 for ReLU, 2/(1 + a^2) leaky, 1/E[tanh^2] tanh);
+# Glorot & Bengio 2010: 2/(n_in + n_out); LeCun 1998: 1/n_in; uniform U[-s, s): s^2/3;
+# Fixup (Zhang et al. 2019): g^2 L^(-1/(m-1))/n_in; truncated normal: scipy.stats.truncnorm.
+_TN = _tn()
+_TN13 = _tn(-1.0, 3.0)
 SAMPLED = [
-    (I.normal(0.01), (400, 300)),
-    (I.normal(1.0), (400, 300)),
-    (I.uniform(0.5), (400, 300)),
-    (I.truncated_normal(0.3), (400, 300)),
-    (I.truncated_normal(1.0, -1.0, 3.0), (400, 300)),
-    (I.variance_scaling(2.0, "fan_in", "normal"), (400, 300)),
-    (I.variance_scaling(0.5, "fan_out", "truncated_normal"), (400, 300)),
-    (I.variance_scaling(1.0, "fan_avg", "uniform"), (400, 300)),
-    (I.variance_scaling(3.0, "fan_geo_avg", "truncated_normal"), (400, 300)),
-    (I.variance_scaling(1.0, "fan_in", "normal", in_axis=0, out_axis=1), (300, 400)),
-    (I.glorot_normal(), (400, 300)),
-    (I.glorot_uniform(), (400, 300)),
-    (I.xavier_fan_in_normal(), (400, 300)),
-    (I.xavier_fan_in_uniform(), (400, 300)),
-    (I.lecun_normal(), (400, 300)),
-    (I.lecun_uniform(), (400, 300)),
-    (I.he_normal(), (400, 300)),
-    (I.he_uniform(), (400, 300)),
-    (I.he_normal(mode="fan_out"), (400, 300)),
-    (I.he_normal(gain=1.7), (400, 300)),
-    (I.he_normal(gain="tanh"), (400, 300)),
-    (I.he_uniform(gain="leaky_relu:negative_slope=0.2"), (400, 300)),
-    (I.he_normal(), (3, 3, 32, 64)),
-    (I.fixup(depth=16, layers_per_branch=2), (400, 300)),
-    (I.fixup(depth=100, layers_per_branch=3, gain=1.0), (400, 300)),
+    (I.normal(0.01), (400, 300), 0.0, 1e-4, 3.0),
+    (I.normal(1.0), (400, 300), 0.0, 1.0, 3.0),
+    (I.uniform(0.5), (400, 300), 0.0, 0.25 / 3, 1.8),
+    (I.truncated_normal(0.3), (400, 300), 0.0, 0.09 * _TN[1], _TN[2]),
+    (I.truncated_normal(1.0, -1.0, 3.0), (400, 300), _TN13[0], _TN13[1], _TN13[2]),
+    (I.variance_scaling(2.0, "fan_in", "normal"), (400, 300), 0.0, 2 / 400, 3.0),
+    (I.variance_scaling(0.5, "fan_out", "truncated_normal"), (400, 300), 0.0, 0.5 / 300, _TN[2]),
+    (I.variance_scaling(1.0, "fan_avg", "uniform"), (400, 300), 0.0, 1 / 350, 1.8),
+    (
+        I.variance_scaling(3.0, "fan_geo_avg", "truncated_normal"),
+        (400, 300),
+        0.0,
+        3 / math.sqrt(400 * 300),
+        _TN[2],
+    ),
+    (
+        I.variance_scaling(1.0, "fan_in", "normal", in_axis=0, out_axis=1),
+        (300, 400),
+        0.0,
+        1 / 300,
+        3.0,
+    ),
+    (I.glorot_normal(), (400, 300), 0.0, 2 / 700, 3.0),
+    (I.glorot_uniform(), (400, 300), 0.0, 2 / 700, 1.8),
+    (I.xavier_fan_in_normal(), (400, 300), 0.0, 1 / 400, 3.0),
+    (I.xavier_fan_in_uniform(), (400, 300), 0.0, 1 / 400, 1.8),
+    (I.lecun_normal(), (400, 300), 0.0, 1 / 400, 3.0),
+    (I.lecun_uniform(), (400, 300), 0.0, 1 / 400, 1.8),
+    (I.he_normal(), (400, 300), 0.0, 2 / 400, 3.0),
+    (I.he_uniform(), (400, 300), 0.0, 2 / 400, 1.8),
+    (I.he_normal(mode="fan_out"), (400, 300), 0.0, 2 / 300, 3.0),
+    (I.he_normal(gain=1.7), (400, 300), 0.0, 1.7**2 / 400, 3.0),
+    (I.he_normal(gain="tanh"), (400, 300), 0.0, 1 / (_tanh_m2() * 400), 3.0),
+    (
+        I.he_uniform(gain="leaky_relu:negative_slope=0.2"),
+        (400, 300),
+        0.0,
+        2 / (1.04 * 400),
+        1.8,
+    ),
+    (I.he_normal(), (3, 3, 32, 64), 0.0, 2 / (9 * 32), 3.0),
+    (I.fixup(depth=16, layers_per_branch=2), (400, 300), 0.0, 2 / 16 / 400, 3.0),
+    (
+        I.fixup(depth=100, layers_per_branch=3, gain=1.0),
+        (400, 300),
+        0.0,
+        100**-0.5 / 400,
+        3.0,
+    ),
 ]
 
 
 def _ids(params):
-    return [f"{init!r}-{shape}" for init, shape in params]
+    return [f"{p[0]!r}-{p[1]}" for p in params]
 
 
-@pytest.mark.parametrize(("init", "shape"), SAMPLED, ids=_ids(SAMPLED))
-def test_sampled_moments_match_law(init, shape):
+@pytest.mark.parametrize(("init", "shape", "mean", "var", "kurt"), SAMPLED, ids=_ids(SAMPLED))
+def test_sampled_moments_match_law(init, shape, mean, var, kurt):
     s = init.scheme
+    # The scheme's law is the textbook one ...
+    assert s.variance(shape) == pytest.approx(var, rel=1e-12)
+    assert s.mean(shape) == pytest.approx(mean, rel=1e-12, abs=1e-15)
+    # ... and the draws follow it.
     w = np.asarray(init(KEY, shape, jnp.float32), dtype=np.float64)
     assert w.shape == shape
     n = w.size
-    var, mean = s.variance(shape), s.mean(shape)
-    kurt = float(s.kurtosis)
     # Mean: standard error sqrt(var / N).
     assert abs(w.mean() - mean) <= Z * math.sqrt(var / n)
     # Central second moment around the known mean: s.e. var * sqrt((k - 1) / N).
@@ -69,7 +115,7 @@ def test_sampled_moments_match_law(init, shape):
     assert abs(m2 / var - 1.0) <= Z * math.sqrt((kurt - 1.0) / n)
 
 
-@pytest.mark.parametrize(("init", "shape"), SAMPLED, ids=_ids(SAMPLED))
+@pytest.mark.parametrize(("init", "shape"), [p[:2] for p in SAMPLED], ids=_ids(SAMPLED))
 def test_bounds_hold(init, shape):
     s = init.scheme
     bound = s.bound(shape)
@@ -202,7 +248,7 @@ def test_dropin_flax_nnx_linear():
     )
     k = np.asarray(layer.kernel[...], dtype=np.float64)
     assert k.shape == (784, 256)
-    var = I.he_normal().scheme.variance((784, 256))
+    var = 2 / 784  # He et al. 2015: Var(w) = 2 / n_in for ReLU (not read from the scheme)
     assert abs(np.mean(k**2) / var - 1) <= Z * math.sqrt(2 / k.size)
     assert not np.asarray(layer.bias[...]).any()
 

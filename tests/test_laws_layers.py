@@ -1,5 +1,6 @@
 """Layer laws, depth helpers, the derivation and `varprop derive`."""
 
+import math
 import re
 import subprocess
 import sys
@@ -72,12 +73,31 @@ def test_classify():
     assert laws.classify_factor(2.0) == "exploding"
 
 
+def _gauss_mean(h, q):
+    """E[h(z)], z ~ N(0, q), by scipy quad in t = z / sqrt(q) (independent of varprop)."""
+    import scipy.integrate as si
+
+    f = lambda t: h(math.sqrt(q) * t) * math.exp(-t * t / 2)  # noqa: E731
+    halves = (
+        si.quad(f, a, b, epsabs=0, epsrel=1e-13)[0] for a, b in ((-math.inf, 0), (0, math.inf))
+    )
+    return sum(halves) / math.sqrt(2 * math.pi)
+
+
 def test_mean_field_fixed_point_tanh():
-    # tanh with sigma_w^2 = 2 has a non-zero fixed point q* solving q = 2 E[tanh(sqrt(q) z)^2].
+    # tanh with sigma_w^2 = 2 has a non-zero fixed point q* solving q = 2 E[tanh(sqrt(q) z)^2]
+    # (Poole et al. 2016): solved here with scipy quad + brentq, not with varprop's moments.
+    from scipy.optimize import brentq
+
+    def gap(q):
+        return 2.0 * _gauss_mean(lambda z: math.tanh(z) ** 2, q) - q
+
+    q_ref = brentq(gap, 0.1, 2.0, xtol=1e-14, rtol=1e-14)
+    chi_ref = 2.0 * _gauss_mean(lambda z: (1.0 - math.tanh(z) ** 2) ** 2, q_ref)  # sech^4
     fp = laws.mean_field_fixed_point("tanh", 2.0)
-    assert fp.q_star > 0.1
-    m2 = laws.activation_moments("tanh", fp.q_star).second_moment
-    assert 2.0 * m2 == pytest.approx(fp.q_star, rel=1e-9)
+    assert fp.q_star == pytest.approx(q_ref, rel=1e-8)
+    assert fp.chi == pytest.approx(chi_ref, rel=1e-8)
+    assert chi_ref > 1  # chaotic phase: sigma_w^2 = 2 > 1, sigma_b = 0 (Poole et al. 2016)
     # Below sigma_w^2 = 1 the only fixed point is 0.
     assert laws.mean_field_fixed_point("tanh", 0.5).q_star < 1e-100
 

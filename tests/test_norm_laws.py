@@ -66,6 +66,71 @@ def test_symbolic_proof_of_scale_invariance():
     assert proof.holds
 
 
+def _np_bn(z, g, b, e):
+    """Training-mode BatchNorm of one feature, written out in NumPy (biased variance)."""
+    z = np.asarray(z, np.float64)
+    mu = z.mean()
+    return g * (z - mu) / np.sqrt(np.mean((z - mu) ** 2) + e) + b
+
+
+def test_proof_evidence_is_batchnorm_and_its_residuals_vanish():
+    """Checks the proof's evidence, not its booleans: a proof that just returned True (or
+    residuals of 0 for the wrong expressions) fails here."""
+    proof = L.prove_scale_invariance(3)
+    zs = proof.batch
+    assert len(zs) == 3 and len(proof.bn_plain) == len(proof.bn_scaled) == 3
+    # 1. The expressions are BatchNorm of z and of alpha*z: compare with NumPy at random
+    #    points (values of order 1, so a relative 1e-12 means they agree).
+    rng = np.random.default_rng(7)
+    syms = (*zs, L.alpha, L.gamma, L.beta, L.epsilon)
+    plain = sp.lambdify(syms, list(proof.bn_plain))
+    scaled = sp.lambdify(syms, list(proof.bn_scaled))
+    for _ in range(5):
+        z = rng.normal(size=3)
+        a, g, b = rng.uniform(0.1, 5), rng.normal(), rng.normal()
+        for e in (0.0, 0.3):
+            args = (*z, a, g, b, e)
+            np.testing.assert_allclose(plain(*args), _np_bn(z, g, b, e), rtol=1e-12)
+            np.testing.assert_allclose(scaled(*args), _np_bn(a * z, g, b, e), rtol=1e-12)
+            diff = np.asarray(scaled(*args)) - np.asarray(plain(*args))
+            if e == 0.0:
+                assert np.max(np.abs(diff)) <= 1e-12 * (abs(g) + 1)
+            else:  # negative control: with epsilon > 0 the scale matters
+                assert np.max(np.abs(diff)) > 1e-6 * abs(g)
+    # 2. The residuals are exactly 0 ...
+    for res in (proof.invariance_residuals, proof.deviation_residuals):
+        assert len(res) == 3 and all(r == 0 for r in res)
+    assert len(proof.gradient_residuals) == 2 and all(r == 0 for r in proof.gradient_residuals)
+    # ... and the test re-derives the first from the evidence (exact zero at epsilon = 0,
+    # not zero at symbolic epsilon).
+    d0 = (proof.bn_scaled[0] - proof.bn_plain[0]).subs(L.epsilon, 0)
+    assert d0.has(L.alpha) and sp.simplify(d0) == 0
+    assert sp.simplify(proof.bn_scaled[0] - proof.bn_plain[0]) != 0
+    # 3. The gradients are those of L = sum_i c_i BN(w1 x_i1 + w2 x_i2)_i (gamma 1, beta 0,
+    #    epsilon 0): central differences of the NumPy loss at random W, and at alpha*W.
+    point = {str(k): float(v) for k, v in proof.point}
+    xs = [(point[f"x{i}_1"], point[f"x{i}_2"]) for i in (1, 2, 3)]
+    cs = [point[f"c{i}"] for i in (1, 2, 3)]
+
+    def loss(w1, w2):
+        z = np.array([w1 * x1 + w2 * x2 for x1, x2 in xs])
+        return float(np.dot(cs, _np_bn(z, 1.0, 0.0, 0.0)))
+
+    w1s, w2s = sp.symbols("w1 w2", real=True)
+    gp = sp.lambdify((w1s, w2s, L.alpha), list(proof.gradient_plain))
+    ga = sp.lambdify((w1s, w2s, L.alpha), list(proof.gradient_scaled))
+    h = 1e-6
+    for _ in range(3):
+        w1, w2, a = rng.normal(), rng.normal(), rng.uniform(0.2, 4)
+        for (u1, u2), got in (((w1, w2), gp(w1, w2, a)), ((a * w1, a * w2), ga(w1, w2, a))):
+            fd = [
+                (loss(u1 + h, u2) - loss(u1 - h, u2)) / (2 * h),
+                (loss(u1, u2 + h) - loss(u1, u2 - h)) / (2 * h),
+            ]
+            np.testing.assert_allclose(got, fd, rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(np.asarray(ga(w1, w2, a)) * a, gp(w1, w2, a), rtol=1e-10)
+
+
 def test_symbolic_proof_can_fail():
     """Negative controls: the same machinery does not 'prove' false statements."""
     zs = list(sp.symbols("z1:4", real=True))

@@ -167,6 +167,19 @@ class ScaleInvarianceProof:
     invariant_when_eps_zero: bool
     deviation_law_holds: bool
     gradient_scales_inverse: bool
+    #: The evidence, so that a check need not trust the booleans: the symbolic batch z_i,
+    #: BN(z)_i and BN(αz)_i with symbolic γ, β, ε (before any simplification), the
+    #: simplified residuals (exactly 0 when the statements hold), and the gradients
+    #: ∂L/∂(w1, w2) at W and at αW on the rational batch ``point`` (x_i1, x_i2, c_i).
+    batch: tuple[sp.Symbol, ...] = ()
+    bn_plain: tuple[sp.Expr, ...] = ()
+    bn_scaled: tuple[sp.Expr, ...] = ()
+    invariance_residuals: tuple[sp.Expr, ...] = ()
+    deviation_residuals: tuple[sp.Expr, ...] = ()
+    gradient_plain: tuple[sp.Expr, ...] = ()
+    gradient_scaled: tuple[sp.Expr, ...] = ()
+    gradient_residuals: tuple[sp.Expr, ...] = ()
+    point: tuple[tuple[sp.Symbol, sp.Expr], ...] = ()
 
     @property
     def holds(self) -> bool:
@@ -193,20 +206,22 @@ def prove_scale_invariance(n: int = 3) -> ScaleInvarianceProof:
     # A non-constant batch: the variance is positive (the ε = 0 layer is defined).
     az = [alpha * z for z in zs]
 
-    ys0 = _bn_batch(zs, gamma, beta, 0)
-    ya0 = _bn_batch(az, gamma, beta, 0)
-    inv = all(sp.simplify(a - b) == 0 for a, b in zip(ya0, ys0, strict=True))
+    ys = _bn_batch(zs, gamma, beta, epsilon)
+    ya = _bn_batch(az, gamma, beta, epsilon)
+    ys0 = [y.subs(epsilon, 0) for y in ys]
+    ya0 = [y.subs(epsilon, 0) for y in ya]
+    inv_res = tuple(sp.simplify(a - b) for a, b in zip(ya0, ys0, strict=True))
+    inv = all(r_ == 0 for r_ in inv_res)
 
     # For ε > 0: BN(αz) − β = r·(BN(z) − β), with r from the *variance* of z.
     mu = sp.Add(*zs) / n
     v = sp.Add(*[(z - mu) ** 2 for z in zs]) / n
     r = scale_deviation_ratio(alpha, v, epsilon)
-    ys = _bn_batch(zs, gamma, beta, epsilon)
-    ya = _bn_batch(az, gamma, beta, epsilon)
-    dev = all(
-        sp.simplify(sp.factor(ya_i - beta - r * (ys_i - beta))) == 0
+    dev_res = tuple(
+        sp.simplify(sp.factor(ya_i - beta - r * (ys_i - beta)))
         for ya_i, ys_i in zip(ya, ys, strict=True)
     )
+    dev = all(r_ == 0 for r_ in dev_res)
 
     # Gradient: z_i = w1 x_i1 + w2 x_i2, L = Σ c_i BN(z)_i, ε = 0.
     w1, w2 = sp.symbols("w1 w2", real=True)
@@ -229,11 +244,27 @@ def prove_scale_invariance(n: int = 3) -> ScaleInvarianceProof:
         point[x2] = sp.Rational((i * i) % 5 - 2)
     for i, c in enumerate(cs):
         point[c] = sp.Rational(2 * i - 1, 3)
-    grad_ok = all(
-        sp.simplify((a - gradient_scale_factor() * b).subs(point)) == 0
-        for a, b in zip(at_aw, at_w, strict=True)
+    g_w = tuple(g.subs(point) for g in at_w)
+    g_aw = tuple(g.subs(point) for g in at_aw)
+    grad_res = tuple(
+        sp.simplify(a - gradient_scale_factor() * b) for a, b in zip(g_aw, g_w, strict=True)
     )
-    return ScaleInvarianceProof(n, inv, dev, grad_ok)
+    grad_ok = all(r_ == 0 for r_ in grad_res)
+    return ScaleInvarianceProof(
+        n,
+        inv,
+        dev,
+        grad_ok,
+        batch=tuple(zs),
+        bn_plain=tuple(ys),
+        bn_scaled=tuple(ya),
+        invariance_residuals=inv_res,
+        deviation_residuals=dev_res,
+        gradient_plain=g_w,
+        gradient_scaled=g_aw,
+        gradient_residuals=grad_res,
+        point=tuple(point.items()),
+    )
 
 
 def eval_mode_affine(
