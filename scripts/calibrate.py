@@ -2,16 +2,20 @@
 
 Run alone (no tests or other jobs on the machine):
 
-    python scripts/calibrate.py [--configs 200] [--power-trials 100] [--out calibrate.json]
+    python scripts/calibrate.py [--grid wide|narrow] [--configs 200] [--power-trials 100]
+                                [--out calibrate.json]
 
 A longer FPR run can be split: ``--start 200 --configs 167 --power-trials 0 --out b.json``
 continues the sequence of configurations (each with its own seed) where a first run of 200
 stopped, and ``--combine a.json b.json`` prints the pooled FPR of such runs (they must not
 overlap).
 
-- FPR: correct configurations (scheme x activation x depth up to 50 x width 64-1024, each with
-  its own base seed); a false positive is a "disagrees" verdict. Its confidence interval is
-  Clopper-Pearson (exact binomial).
+- FPR: correct configurations, each with its own base seed; a false positive is a
+  "disagrees" verdict. Its confidence interval is Clopper-Pearson (exact binomial).
+  ``--grid wide`` (default): scheme x activation x depth up to 50 x width 64-1024.
+  ``--grid narrow``: linear/relu/tanh schemes x narrow shapes (widths 1-32, depths 2-5,
+  bottlenecks of 1-8 units inside 32- and 64-wide nets) x batches 2-32, checked with the
+  default seed budget.
 - Power: Var(w) 1.2x the He law in every layer (``variance_scaling:scale=2.4``) of a
   10-layer, 256-wide ReLU net checked against ``he_normal``; power is the fraction of
   "disagrees" verdicts.
@@ -22,12 +26,12 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import math
 import time
 from pathlib import Path
 
-from scipy import stats
-
 from varprop._src.check import check
+from varprop._src.stats import clopper_pearson
 
 CORRECT = [
     ("he_normal", "relu"),
@@ -42,12 +46,48 @@ CORRECT = [
 DEPTHS = (2, 5, 10, 20, 50)
 WIDTHS = (64, 128, 256, 512, 1024)
 
+NARROW_SCHEMES = [
+    ("he_normal", "relu"),
+    ("he_uniform", "relu"),
+    ("glorot_normal", "tanh"),
+    ("glorot_uniform", "tanh"),
+    ("glorot_normal", "linear"),
+    ("lecun_uniform", "linear"),
+]
+NARROW_SHAPES = [
+    *([w] * (d + 1) for w in (1, 2, 3, 4, 8, 16, 32) for d in (2, 3, 5)),
+    *([64, 64, b, 64, 10] for b in (1, 2, 4, 8)),
+    *([32, b, 32] for b in (1, 2, 4, 8)),
+    [8, 32, 8, 4],
+    [1, 16, 1],
+    [16, 1, 16, 1],
+    [64, 2, 64, 10],
+]
+NARROW_BATCHES = (2, 4, 8, 16, 32)
 
-def clopper_pearson(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
-    a = (1 - level) / 2
-    lo = 0.0 if k == 0 else float(stats.beta.ppf(a, k, n - k + 1))
-    hi = 1.0 if k == n else float(stats.beta.ppf(1 - a, k + 1, n - k))
-    return lo, hi
+
+def grid_configs(grid: str, start: int, count: int) -> list[tuple[str, str, list[int], int, int]]:
+    """``(init, act, widths, batch, seed)`` of configurations ``start .. start + count - 1``.
+
+    A stride coprime to the grid's size spreads any prefix over schemes, shapes and batches.
+    """
+    if grid == "wide":
+        cells = [
+            (init, act, [width] * depth + [10], 128)
+            for (init, act), depth, width in itertools.product(CORRECT, DEPTHS, WIDTHS)
+        ]
+        stride = 37
+    else:
+        cells = [
+            (init, act, list(shape), batch)
+            for (init, act), shape, batch in itertools.product(
+                NARROW_SCHEMES, NARROW_SHAPES, NARROW_BATCHES
+            )
+        ]
+        stride = 101
+    if math.gcd(stride, len(cells)) != 1:
+        raise SystemExit(f"stride {stride} is not coprime to the grid size {len(cells)}")
+    return [cells[(i * stride) % len(cells)] + (i,) for i in range(start, start + count)]
 
 
 def _write(path: str, out: dict) -> None:
@@ -93,6 +133,7 @@ def run_power(trials: int, out: dict, t0: float) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--grid", choices=("wide", "narrow"), default="wide")
     ap.add_argument("--configs", type=int, default=200)
     ap.add_argument("--power-trials", type=int, default=100)
     ap.add_argument("--out", default="calibrate.json")
@@ -105,25 +146,29 @@ def main() -> None:
     if args.start < 0 or args.configs < 1 or args.power_trials < 0:
         ap.error("--start and --power-trials must be >= 0 and --configs >= 1")
     t0 = time.perf_counter()
-    out: dict = {"power": None, "fpr": None, "complete": False, "start": args.start}
+    out: dict = {
+        "grid": args.grid,
+        "power": None,
+        "fpr": None,
+        "complete": False,
+        "start": args.start,
+    }
 
     if args.power_trials:
         run_power(args.power_trials, out, t0)
         _write(args.out, out)
 
-    grid = list(itertools.product(CORRECT, DEPTHS, WIDTHS))
-    # A stride coprime to the grid size spreads any prefix over schemes, depths and widths.
-    configs = [
-        grid[(i * 37) % len(grid)] + (i,) for i in range(args.start, args.start + args.configs)
-    ]
+    configs = grid_configs(args.grid, args.start, args.configs)
     verdicts: dict[str, int] = {"agrees": 0, "disagrees": 0, "inconclusive": 0}
     false = []
-    for n, ((init, act), depth, width, seed) in enumerate(configs, 1):
-        widths = [width] * depth + [10]
-        r = check(widths, act, init, seed=seed, max_seeds=32)
+    for n, (init, act, widths, batch, seed) in enumerate(configs, 1):
+        if args.grid == "wide":
+            r = check(widths, act, init, seed=seed, max_seeds=32)
+        else:
+            r = check(widths, act, init, seed=seed, batch=batch)
         verdicts[r.verdict] += 1
         if r.verdict == "disagrees":
-            false.append({"init": init, "act": act, "depth": depth, "width": width, "seed": seed})
+            false.append({"init": init, "act": act, "widths": widths, "batch": batch, "seed": seed})
         k = verdicts["disagrees"]
         out["fpr"] = {
             "false": k,

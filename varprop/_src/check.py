@@ -427,25 +427,17 @@ def _expected_law(scheme: Scheme, shape: tuple[int, int]) -> _Law:
     return _Law(float(scheme.variance(shape)), float(scheme.mean(shape)), kurt)
 
 
-def _conditional(direction, i, law: _Law, n_in, n_out, f, b):
-    """Per-seed log prediction given the layer's actual input and the shares of it that
-    come from Var(w), E[w] and the bias (forward: z = x W + b; backward: dL/dx = W dL/dz)."""
+def _combine(law: _Law, fan: int, v_lm2, v_lrs2, b_lm2=None, cross=None):
+    """Per-seed log prediction of a product's mean second moment given its input, and the
+    shares of it from Var(w), E[w] and the bias: for z = v W + b,
+    E_W[mean z^2] = fan Var(w) mean v^2 + E[w]^2 mean_b (sum_i v_bi)^2 + mean b^2 + cross
+    (``docs/checker_statistics.md``); ``fan`` is the contracted dimension."""
     with np.errstate(divide="ignore", invalid="ignore"):
         log_mu2 = 2 * np.log(abs(law.mean)) if law.mean != 0 else -np.inf
-        if direction == "forward":
-            pw = np.log(n_in * law.var) + f.x_lm2[:, i] if law.var > 0 else -np.inf + f.x_lm2[:, i]
-            pmu = log_mu2 + f.x_lrs2[:, i]
-            pb = f.b_lm2[:, i]
-            cross = 2 * law.mean * n_in * f.x_mean[:, i] * f.b_mean[:, i]
-        else:
-            pw = (
-                np.log(n_out * law.var) + b.gz_lm2[:, i]
-                if law.var > 0
-                else -np.inf + b.gz_lm2[:, i]
-            )
-            pmu = log_mu2 + b.gz_lrs2[:, i]
-            pb = np.full_like(pw, -np.inf)
-            cross = np.zeros_like(pw)
+        pw = (np.log(fan * law.var) if law.var > 0 else -np.inf) + v_lm2
+        pmu = log_mu2 + v_lrs2
+        pb = np.full_like(pw, -np.inf) if b_lm2 is None else b_lm2
+        cross = np.zeros_like(pw) if cross is None else cross
         top = np.maximum(np.maximum(pw, pmu), pb)
         top = np.where(np.isfinite(top), top, 0.0)
         lin = np.exp(pw - top) + np.exp(pmu - top) + np.exp(pb - top) + cross * np.exp(-top)
@@ -472,7 +464,24 @@ def look_schedule(seeds: int, max_seeds: int) -> list[int]:
     return looks
 
 
-def _rows(net, laws: list[_Law], pred, st, tol, alpha, batch, tests):
+def look_alpha_shares(looks: int) -> list[float]:
+    """How the family-wise level is spent over the looks (weighted Bonferroni: the shares
+    sum to 1): half at the first look, where most checks end, the rest equally over the
+    later ones.
+
+    >>> look_alpha_shares(1), look_alpha_shares(3)
+    ([1.0], [0.5, 0.25, 0.25])
+    """
+    if looks == 1:
+        return [1.0]
+    return [0.5] + [0.5 / (looks - 1)] * (looks - 1)
+
+
+def _rows(net, laws: list[_Law], pred, st, tol, alpha, batch, alpha_last):
+    """The rows of one look: ``alpha`` is this look's share of the family-wise level (its
+    intervals are Bonferroni-corrected over the layers of a direction), ``alpha_last`` the
+    last look's, which decides how many seeds a narrow row would need."""
+    tests = net.depth
     f, b = st.forward, st.backward
     W = net.widths
     L = net.depth
@@ -485,23 +494,47 @@ def _rows(net, laws: list[_Law], pred, st, tol, alpha, batch, tests):
         for i in range(L):
             n_in, n_out = W[i], W[i + 1]
             law = laws[i]
-            pred_log, (fw, fmu, fb) = _conditional(direction, i, law, n_in, n_out, f, b)
             redraw = direction == "forward" and i == L - 1 and st.output_redraw is not None
             if direction == "forward":
+                cross = 2 * law.mean * n_in * f.x_mean[:, i] * f.b_mean[:, i]
+                pred_log, (fw, _, _) = _combine(
+                    law, n_in, f.x_lm2[:, i], f.x_lrs2[:, i], f.b_lm2[:, i], cross
+                )
+                # The test itself uses the batch-centered z = (x - mean_b x) W: the bias
+                # drops out and the batch's common direction, which dominates the variance
+                # of deep layers' inputs, is removed. A batch of identical rows has nothing
+                # left after centering: those seeds use z itself.
+                centered = np.isfinite(f.xc_lm2[:, i])
+                test_log_c, (fw_c, fmu_c, _) = _combine(law, n_in, f.xc_lm2[:, i], f.xc_lrs2[:, i])
+                _, (fw_u, fmu_u, fb_u) = _combine(
+                    law, n_in, f.x_lm2[:, i], f.x_lrs2[:, i], f.b_lm2[:, i], cross
+                )
+                test_log = np.where(centered, test_log_c, pred_log)
+                tfw = np.where(centered, fw_c, fw_u)
+                tfmu = np.where(centered, fmu_c, fmu_u)
+                tfb = np.where(centered, 0.0, fb_u)
                 inputs_ok = np.isfinite(f.x_lm2[:, i]) | np.isneginf(f.x_lm2[:, i])
                 out_finite = f.z_finite[:, i] > 0
-                meas_log, relvar, units = f.z_lm2[:, i], f.z_rv[:, i], n_out
-                gram, diag = f.x_gram[:, i], f.x_diag[:, i]
-                sumfrac, meanfrac = f.x_sumfrac[:, i], f.x_meanfrac[:, i]
-                crossfrac = f.x_crossfrac[:, i]
+                meas_log = np.where(centered, f.zc_lm2[:, i], f.z_lm2[:, i])
+                relvar = np.where(centered, f.zc_rv[:, i], f.z_rv[:, i])
+                units = n_out
+                gram = np.where(centered, f.xc_gram[:, i], f.x_gram[:, i])
+                diag = np.where(centered, f.xc_diag[:, i], f.x_diag[:, i])
+                sumfrac = np.where(centered, f.xc_sumfrac[:, i], f.x_sumfrac[:, i])
+                meanfrac = np.where(centered, 0.0, f.x_meanfrac[:, i])
+                crossfrac = np.where(centered, 0.0, f.x_crossfrac[:, i])
                 sign_mu_b = np.sign(law.mean * f.b_mean[:, i])
                 if redraw:
                     # The output layer's kernel redrawn on its saved input (see make_probe).
-                    meas_log, relvar = st.output_redraw[:, 0], st.output_redraw[:, 1]
+                    red = st.output_redraw
+                    meas_log = np.where(centered, red[:, 1, 0], red[:, 0, 0])
+                    relvar = np.where(centered, red[:, 1, 1], red[:, 0, 1])
                     units = n_out * (1 + output_redraws(net))
                 e2e_pred, e2e_meas = pred.q[i], np.exp(f.z_lm2[:, i])
                 n_values = n_out
             else:
+                pred_log, (fw, fmu, _) = _combine(law, n_out, b.gz_lm2[:, i], b.gz_lrs2[:, i])
+                test_log, tfw, tfmu, tfb = pred_log, fw, fmu, np.zeros_like(fw)
                 inputs_ok = fwd_ok & (b.gz_finite[:, i] > 0)
                 out_finite = b.gx_finite[:, i] > 0
                 meas_log, relvar, units = b.gx_lm2[:, i], b.gx_rv[:, i], n_in
@@ -535,7 +568,7 @@ def _rows(net, laws: list[_Law], pred, st, tol, alpha, batch, tests):
                     else "the law puts this layer's values at float32's limit"
                 )
                 continue
-            ml, pl = meas_log[usable], pred_log[usable]
+            ml, pl = meas_log[usable], test_log[usable]
             if np.any(~out_finite[usable]):
                 row.verdict = "disagrees"
                 row.note = "non-finite values where the law predicts finite ones"
@@ -557,10 +590,10 @@ def _rows(net, laws: list[_Law], pred, st, tol, alpha, batch, tests):
                     gram[usable][keep],
                     diag[usable][keep],
                     law.kurtosis,
-                    fw[usable][keep],
-                    fmu[usable][keep],
+                    tfw[usable][keep],
+                    tfmu[usable][keep],
                     sumfrac[usable][keep],
-                    fb[usable][keep],
+                    tfb[usable][keep],
                     meanfrac[usable][keep],
                     crossfrac[usable][keep],
                     sign_mu_b[usable][keep],
@@ -589,7 +622,7 @@ def _rows(net, laws: list[_Law], pred, st, tol, alpha, batch, tests):
                     )
                     continue
             if row.verdict == "inconclusive" and row.test == "small-sample law":
-                need = chi2_dof_needed(tol, alpha, tests)
+                need = chi2_dof_needed(tol, alpha_last, tests)
                 n_seeds = max(int(np.sum(keep)), 1)
                 per_seed = iv.dof / n_seeds
                 seeds_needed = math.ceil(need / per_seed) if per_seed > 0 else math.inf
@@ -808,7 +841,7 @@ def check(
     *,
     expect: InitArg | None = None,
     bias_init: InitArg | None = None,
-    batch: int = 128,
+    batch: int = 64,
     seeds: int = 4,
     max_seeds: int = 64,
     seed: int = 0,
@@ -874,7 +907,7 @@ def check(
     data_arg = None if data is None else jax.numpy.asarray(data)
     base = jax.random.key(seed)
     looks = look_schedule(seeds, max_seeds)
-    tests = depth * len(looks)  # Bonferroni over the layers of a direction and the looks
+    shares = look_alpha_shares(len(looks))
     stats = None
     rnd = 0
     total = 0
@@ -889,7 +922,8 @@ def check(
             if progress is not None:
                 progress(f"round {rnd}: {total} seeds")
             continue
-        rows = _rows(net, laws, pred, stats, tolerance, alpha, batch, tests)
+        share = shares[looks.index(total)]
+        rows = _rows(net, laws, pred, stats, tolerance, alpha * share, batch, alpha * shares[-1])
         verdict = _overall(rows)
         open_rows = [r for r in rows if r.verdict == "inconclusive"]
         if progress is not None:

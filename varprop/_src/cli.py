@@ -115,7 +115,9 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument(
         "--bias-init", default=None, metavar="SPEC", help="bias initializer (default: no bias)"
     )
-    c.add_argument("--batch", type=_positive_int, default=128, help="examples per seed (>= 2)")
+    c.add_argument(
+        "--batch", type=_positive_int, default=64, help="examples per seed (>= 2; default 64)"
+    )
     c.add_argument("--seeds", type=_positive_int, default=4, help="seeds per round (>= 2)")
     c.add_argument(
         "--max-seeds",

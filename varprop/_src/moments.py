@@ -55,7 +55,7 @@ def log_mean_square(v: Array, axis: Any = None) -> Array:
 
 
 def unit_log_moments(
-    v: Array, *, ignore_nonfinite: bool = False, ddof: int = 0
+    v: Array, *, ignore_nonfinite: bool = False, ddof: int = 0, center: bool = False
 ) -> tuple[Array, Array, Array]:
     """``(log m2, rel_unit_var, mean)`` of a ``(batch, units)`` array.
 
@@ -67,11 +67,15 @@ def unit_log_moments(
     - ``mean``: the mean of ``v``.
 
     With ``ignore_nonfinite`` the non-finite entries count as zeros (the statistics of the
-    finite part); otherwise they make the results non-finite.
+    finite part); otherwise they make the results non-finite. With ``center`` the second
+    moments are of ``v`` minus its mean over the batch (axis 0), per unit; centering is done
+    after the power-of-two scaling, so it cannot overflow.
     """
     u, e = pow2_scale(v)
     if ignore_nonfinite:
         u = jnp.where(jnp.isfinite(u), u, 0.0)
+    if center:
+        u = u - jnp.mean(u, axis=0, keepdims=True)
     e = e.reshape(()).astype(jnp.float32)
     per_unit = jnp.mean(u * u, axis=0)
     m = jnp.mean(per_unit)

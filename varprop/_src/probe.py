@@ -67,18 +67,18 @@ SUMMARY_FIELDS = (
 _N_SUMMARY = len(SUMMARY_FIELDS)
 
 
-def _summary(v: Array, ddof: int = 0) -> Array:
+def _summary(v: Array, ddof: int = 0, center: bool = False) -> Array:
     """``[log m2, rel_unit_var, all_finite, mean]`` of a ``(batch, units)`` array.
 
     ``log m2``, ``rel_unit_var`` and ``mean`` as :func:`varprop._src.moments.unit_log_moments`
     (``log m2`` is ``-inf`` when v is all zero); ``all_finite`` is 1.0 if every entry is.
     """
-    lm2, rv, mean = unit_log_moments(v, ddof=ddof)
+    lm2, rv, mean = unit_log_moments(v, ddof=ddof, center=center)
     finite = jnp.all(jnp.isfinite(v)).astype(jnp.float32)
     return jnp.stack([lm2, rv, finite, mean])
 
 
-def law_summary(v: Array, narrow: bool) -> Array:
+def law_summary(v: Array, narrow: bool, center: bool = False) -> Array:
     r"""The tap summary of a ``(batch, units)`` array ``v`` that feeds a dense layer.
 
     ``[log m2, rel_unit_var (ddof 1), all_finite, mean, log mean_b (sum_i v_bi)^2, gram,
@@ -97,10 +97,14 @@ def law_summary(v: Array, narrow: bool) -> Array:
 
     All are scale-free and computed on ``v`` scaled by a power of two, so they stay finite
     while ``v`` does. ``narrow`` is static: when False the last five are NaN (not computed).
+    With ``center`` (static) every statistic is of ``v`` minus its batch mean (after the
+    scaling; ``mean`` is then 0).
     """
     u, e = pow2_scale(v)
     e = e.reshape(()).astype(jnp.float32)
-    base = _summary(v, ddof=1)
+    base = _summary(v, ddof=1, center=center)
+    if center:
+        u = u - jnp.mean(u, axis=0, keepdims=True)
     rows = jnp.sum(u, axis=1)
     lrs2 = jnp.log(jnp.mean(rows * rows)) + 2.0 * _LN2 * e
     if not narrow:
@@ -290,10 +294,17 @@ class ForwardStats(NamedTuple):
     x_sumfrac: Array
     x_crossfrac: Array
     x_mean: Array
+    xc_lm2: Array  # the same of the batch-centered input x - mean_b x
+    xc_lrs2: Array
+    xc_gram: Array
+    xc_diag: Array
+    xc_sumfrac: Array
     z_lm2: Array  # log E[z^2] of the pre-activation
     z_rv: Array  # relative variance across units of per-unit E[z^2]
     z_finite: Array
     z_mean: Array
+    zc_lm2: Array  # log E[(z - mean_b z)^2], the batch-centered pre-activation
+    zc_rv: Array
     h_lm2: Array  # log E[h^2] after the activation (= z for the output layer)
     h_mean: Array
     dphi2: Array  # mean phi'(z)^2 (1 for the output layer)
@@ -324,6 +335,7 @@ class ProbeStats(NamedTuple):
     loss: Array
     #: Summary of the output layer's z pooled with ``redraws`` extra draws of its kernel on
     #: the same input (``None`` when no redraws): more units for a narrow output layer.
+    #: Shape ``(2, 4)`` per seed: row 0 of z, row 1 of the batch-centered z.
     output_redraw: Array | None = None
 
 
@@ -354,13 +366,17 @@ def _layer(h, W, b, cz, cx, act, last, norm=None):
         out, dphi = jax.jvp(act, (_normalize(z, norm),), (jnp.ones_like(z),))
         dphi2 = jnp.mean(jnp.square(dphi.astype(jnp.float32)))
     sx, sz, sh = law_summary(x, narrow), _summary(z, ddof=1), _summary(out)
+    sxc, szc = law_summary(x, narrow, center=True), _summary(z, ddof=1, center=True)
     b32 = b.astype(jnp.float32)
     fstats = (
         *(sx[i] for i in (0, 1, 4, 5, 6, 7, 8, 9, 3)),
+        *(sxc[i] for i in (0, 4, 5, 6, 8)),
         sz[0],
         sz[1],
         sz[2],
         sz[3],
+        szc[0],
+        szc[1],
         sh[0],
         sh[3],
         dphi2,
@@ -440,7 +456,7 @@ def _draw_inputs(key: Array, batch: int, width: int, spec_mean, spec_std, data):
     return jnp.take(data, idx, axis=0).astype(jnp.float32)
 
 
-def output_redraws(net: Network, target_units: int = 256) -> int:
+def output_redraws(net: Network, target_units: int = 1024) -> int:
     """Extra kernel draws for the output layer so that about ``target_units`` units carry
     its forward test (0 when the layer is already that wide or the input is the data)."""
     if net.depth < 2:
@@ -491,7 +507,8 @@ def make_probe(
         zs = jnp.einsum("bi,kio->bko", x_last, ws).reshape(batch, k_extra * nl)
         zs = zs + jnp.tile(b_last, k_extra)[None, :]
         z_real = x_last @ params[-1]["W"][0] + b_last[None, :]
-        pooled = _summary(jnp.concatenate([z_real, zs], axis=1), ddof=1)
+        all_z = jnp.concatenate([z_real, zs], axis=1)
+        pooled = jnp.stack([_summary(all_z, ddof=1), _summary(all_z, ddof=1, center=True)])
         return stats._replace(output_redraw=pooled)
 
     if not any(_needs_own_program(k) for k in net.kernel_inits):
