@@ -1,6 +1,12 @@
-"""Strict JAX settings for the whole suite (as far as Flax and optax run under them)."""
+"""Strict JAX settings for the whole suite (as far as Flax and optax run under them); the
+CLI's compilation cache goes to a temporary directory, not the user's."""
+
+import os
+import tempfile
 
 import jax
+
+os.environ.setdefault("VARPROP_CACHE_DIR", tempfile.mkdtemp(prefix="varprop-test-cache-"))
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
 jax.config.update("jax_numpy_dtype_promotion", "strict")

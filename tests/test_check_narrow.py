@@ -153,11 +153,9 @@ def test_require_healthy_turns_vanishing_into_exit_4():
 
 
 def test_assert_healthy_raises_on_a_degenerate_network():
-    from varprop._src.check import assert_healthy
-
     with pytest.raises(AssertionError, match="degenerate"):
-        assert_healthy([8, 8, 4], "relu", "ones", seeds=2, max_seeds=2)
-    r = assert_healthy([32, 32, 32, 8], "relu", "he_normal", seeds=4, seed=1)
+        varprop.assert_healthy([8, 8, 4], "relu", "ones", seeds=2, max_seeds=2)
+    r = varprop.assert_healthy([32, 32, 32, 8], "relu", "he_normal", seeds=4, seed=1)
     assert r.verdict == "agrees"
 
 

@@ -26,6 +26,7 @@ _LAZY = {
     "CheckResult": "varprop._src.check",
     "LayerRow": "varprop._src.check",
     "assert_agrees": "varprop._src.check",
+    "assert_healthy": "varprop._src.check",
     "check": "varprop._src.check",
     "enable_compilation_cache": "varprop._src.cli",
     "Initializer": "varprop._src.initializers",
@@ -42,6 +43,7 @@ __all__ = [
     "LayerRow",
     "Scheme",
     "assert_agrees",
+    "assert_healthy",
     "check",
     "enable_compilation_cache",
     "initializers",
@@ -69,7 +71,7 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # what pyright and IDEs see; nothing is imported at run time
     from varprop import initializers, laws, nn
-    from varprop._src.check import CheckResult, LayerRow, assert_agrees, check
+    from varprop._src.check import CheckResult, LayerRow, assert_agrees, assert_healthy, check
     from varprop._src.cli import enable_compilation_cache
     from varprop._src.initializers import Initializer, scheme_of
     from varprop._src.laws.schemes import Scheme

@@ -989,8 +989,9 @@ def _cached_probe(net, batch: int, mean: float, std: float):
     return _PROBES[key]
 
 
-#: The seeds ``jax.random.key`` accepts (a C long).
-SEED_RANGE = (-(2**63), 2**63 - 1)
+#: The seeds that give distinct runs: ``jax.random.key`` takes a C long but, with JAX's
+#: default 32-bit mode, ``key(2**32) == key(0)`` and ``key(-1) == key(2**32 - 1)``.
+SEED_RANGE = (0, 2**32 - 1)
 
 
 def _validate(widths, batch, seeds, max_seeds, tolerance, alpha, mean, std, data, seed=0):

@@ -9,7 +9,8 @@ Subcommands:
 Exit codes: ``check``: 0 the law holds and the network is healthy, 1 the law disagrees, 3
 inconclusive, 4 the law holds but the network is degenerate (with ``--require-healthy`` also
 when a direction vanishes or explodes); ``experiment`` and ``report``: 0 every claim held, 1
-one did not; every command: 2 the input cannot be used (unknown name, malformed or
+one did not, 3 none failed but an experiment could not run; every command: 141 when the
+reader closes the output pipe early (as for a process killed by SIGPIPE), 2 the input cannot be used (unknown name, malformed or
 out-of-range value, unreadable data, a run that cannot fit in memory) or an internal error,
 with one line on stderr and no traceback (``--debug`` shows the traceback of an internal
 error). Under ``--json`` (anywhere on the command line) an error is also printed on stdout
@@ -214,7 +215,7 @@ def _parser() -> argparse.ArgumentParser:
         e.add_argument(
             "--quick", action="store_true", help="smaller runs (the whole report in minutes)"
         )
-        e.add_argument("--seed", type=int, default=0, help="base PRNG seed")
+        e.add_argument("--seed", type=_seed, default=0, help=f"base PRNG seed (0 to {MAX_SEED})")
         e.add_argument(
             "--data-dir",
             default=None,
@@ -685,6 +686,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr, flush=True)
         return 130
+    except BrokenPipeError:
+        # The reader closed the pipe (``varprop experiment --list | head``): end quietly with
+        # the status a shell reports for a process killed by SIGPIPE, and keep Python from
+        # complaining when it flushes stdout at exit.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
     except Exception as e:
         return _internal(prog, e, json_mode, debug)
 
