@@ -1,0 +1,106 @@
+"""scripts/bench_check.py: its pure helpers on fixed numbers (nothing is timed or run)."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+_PATH = Path(__file__).resolve().parents[1] / "scripts" / "bench_check.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_check", _PATH)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_median_and_ratio(bench):
+    assert bench.median([3.0, 1.0, 2.0]) == 2.0
+    assert bench.median([4.0, 1.0, 3.0, 2.0]) == 2.5
+    assert bench.median([0.7]) == 0.7
+    with pytest.raises(ValueError):
+        bench.median([])
+    assert bench.ratio(0.77, 1.54) == pytest.approx(0.5)
+    assert bench.ratio(1.0, 0.0) is None
+    assert bench.ratio(None, 1.0) is None
+    assert bench.ratio(1.0, None) is None
+
+
+def test_fmt_and_parse_list(bench):
+    assert bench.fmt(1.23456) == "1.235"
+    assert bench.fmt(427.5231, 2) == "427.52"
+    assert bench.fmt(None) == "—"
+    assert bench.parse_list("10, 50,,100") == [10, 50, 100]
+    assert bench.parse_list("plain,verdict", str) == ["plain", "verdict"]
+    assert bench.parse_list("") == []
+
+
+def test_markdown_table(bench):
+    table = bench.markdown_table(["a", "b"], [["x", "1"], ["y", "22"]])
+    assert table.splitlines() == ["| a | b |", "|---|---:|", "| x | 1 |", "| y | 22 |"]
+    with pytest.raises(ValueError):
+        bench.markdown_table(["a", "b"], [["only one"]])
+
+
+def test_plain_and_compile_tables(bench):
+    rows = [{"width": 512, "depth": 50, "plain_s": 0.42752, "check_s": 0.47595, "ratio": 1.11328}]
+    assert bench.plain_table(rows).splitlines()[-1] == "| 512 | 50 | 427.52 | 475.95 | 1.113 |"
+    crow = [{"depth": 100, "compile_s": 3.551, "ratio_to_first": 1.0}]
+    assert bench.compile_table(crow).splitlines()[-1] == "| 100 | 3.55 | 1.00 |"
+
+
+def _verdict_section(anyinit):
+    return {
+        "varprop": {
+            "version": "0.1.0",
+            "batch": 64,
+            "times_s": [0.8, 0.7, 0.9],
+            "median_s": 0.8,
+            "seeds": [12, 16, 12],
+            "verdicts": ["agrees", "agrees", "inconclusive"],
+        },
+        "anyinit": anyinit,
+        "ratios": {"varprop/anyinit_analytic": 0.8 / 1.6} if "modes" in anyinit else {},
+    }
+
+
+def test_verdict_table_side_by_side(bench):
+    anyinit = {
+        "version": "0.4.0",
+        "batch": 1024,
+        "modes": {
+            "analytic": {
+                "times_s": [1.6, 1.5, 1.7],
+                "median_s": 1.6,
+                "healthy": [True, True, False],
+                "forward_passes": [1, 1, 1],
+            }
+        },
+    }
+    lines = bench.verdict_table(_verdict_section(anyinit)).splitlines()
+    assert lines[0].startswith("| library |") and lines[0].endswith("| varprop / this |")
+    assert len(lines) == 4
+    assert lines[2].startswith("| varprop 0.1.0 |")
+    assert "| 3 | 0.800 | seeds 12, 16, 12; agrees ×2, inconclusive ×1 | 1.000 |" in lines[2]
+    assert lines[3].startswith("| anyinit 0.4.0 analytic |")
+    assert "| 3 | 1.600 | healthy ×2, unhealthy ×1; forward passes 1 ×3 | 0.500 |" in lines[3]
+
+
+def test_verdict_table_without_anyinit(bench):
+    lines = bench.verdict_table(_verdict_section({"skipped": "import failed"})).splitlines()
+    assert len(lines) == 4
+    assert lines[3] == "| anyinit | skipped: import failed | 0 | — | — | — |"
+
+
+def test_merge_keeps_sections_not_rerun(bench):
+    old = {"format": bench.FORMAT, "plain": {"rows": [1]}, "verdict": {"old": True}}
+    new = {"verdict": {"old": False}}
+    merged = bench.merge(old, new)
+    assert merged == {"format": bench.FORMAT, "plain": {"rows": [1]}, "verdict": {"old": False}}
+    # A file of the earlier format (no "format" key) is replaced, not merged.
+    legacy = {"ratio": [], "compile": [], "verdict": None, "batch": 128}
+    assert bench.merge(legacy, new) == {"format": bench.FORMAT, "verdict": {"old": False}}
+    assert bench.merge(None, new) == {"format": bench.FORMAT, "verdict": {"old": False}}
