@@ -289,6 +289,8 @@ def predict(
     m1_prev = math.sqrt(max(input_m2 - (input_m2 if input_var is None else input_var), 0.0))
     v_prev = input_m2 if input_var is None else input_var  # batch variance of the input
     dphi2 = np.ones(L)
+    dphi1 = np.zeros(L)  # E[phi'(z)], needed only with a weights' mean
+    has_mean = bool(np.any(mu != 0))
     back = np.ones(L)  # extra backward factor of the normalization
     for i in range(L):
         n = widths[i]
@@ -303,7 +305,12 @@ def predict(
             qa = s2 / (s2 + eps) if s2 > 0 else 0.0
             n_removed = batch if norm == "batchnorm" else widths[i + 1]
             back[i] = (1 - 2 / n_removed) / (s2 + eps)
-        if act.homogeneous:
+        m_z = mu[i] * n * m1_prev
+        if has_mean and norm is None and math.isfinite(q[i]) and q[i] > m_z**2:
+            # The weights' mean gives z a common mean: z ~ N(m_z, q - m_z^2).
+            m1_prev, m2_prev, dphi2[i], dphi1[i] = _noncentered_moments(act, m_z, q[i] - m_z**2)
+            v_prev = m2_prev - m1_prev**2
+        elif act.homogeneous:
             m1 = A.activation_moments(act, 1.0)
             m2_prev, dphi2[i] = m1.second_moment * qa, m1.grad_second_moment
             v_prev = (m1.second_moment - m1.mean**2) * qa
@@ -316,9 +323,16 @@ def predict(
             m2_prev = dphi2[i] = v_prev = m1_prev = 0.0
     g = np.zeros(L)
     g[L - 1] = 1.0
+    t2 = float(widths[L])  # E[(sum_j dL/dz_j)^2] of the output layer: v has i.i.d. entries
     for i in range(L - 2, -1, -1):
         # Layer i+1 maps widths[i+1] -> widths[i+2]; its fan_out carries the gradient back.
-        g[i] = back[i] * dphi2[i] * widths[i + 2] * var[i + 1] * g[i + 1]
+        # dL/dh_k = sum_j w_kj g_j: E = Var(w) n_out E[g^2] + mu^2 E[(sum_j g_j)^2], and with
+        # a mean every unit shares the term mu sum_j g_j (independence otherwise assumed).
+        n_next, n_here = widths[i + 2], widths[i + 1]
+        shared = mu[i + 1] ** 2 * t2
+        delta2 = var[i + 1] * n_next * g[i + 1] + shared
+        g[i] = back[i] * dphi2[i] * delta2
+        t2 = n_here * g[i] + n_here * (n_here - 1) * (back[i] * dphi1[i] ** 2 * shared)
     nonfinite = underflow = None
     for i in range(L):
         if q[i] == 0:
@@ -335,6 +349,24 @@ def predict(
     ff = _geo_factor(q[_hidden_stack(L)])
     fb = _geo_factor(g[_hidden_stack(L)][::-1])
     return Prediction(q, g, var, nonfinite, ff, fb, underflow)
+
+
+def _noncentered_moments(act, mean: float, var: float, points: int = 96):
+    """``(E[phi(z)], E[phi(z)^2], E[phi'(z)^2], E[phi'(z)])`` for z ~ N(mean, var), by Gauss-Hermite
+    quadrature (probabilists' weights), for the mean-field prediction of schemes with a
+    non-zero mean."""
+    nodes, weights = np.polynomial.hermite_e.hermegauss(points)
+    weights = weights / weights.sum()
+    z = mean + math.sqrt(var) * nodes
+    with np.errstate(over="ignore", invalid="ignore"):
+        phi = np.broadcast_to(np.asarray(act.numpy_fn()(z), np.float64), z.shape)
+        dphi = np.broadcast_to(np.asarray(act.numpy_grad()(z), np.float64), z.shape)
+    return (
+        float(weights @ phi),
+        float(weights @ phi**2),
+        float(weights @ dphi**2),
+        float(weights @ dphi),
+    )
 
 
 def _hidden_stack(L: int) -> slice:
