@@ -236,3 +236,28 @@ def test_a_network_too_big_for_memory_is_refused_with_the_estimate():
 def test_bad_options_are_refused(kwargs, match):
     with pytest.raises(InputError, match=match):
         varprop.check([4, 4, 2], "relu", "he_normal", **kwargs)
+
+
+def test_cli_exit_code_4_for_a_degenerate_network(capsys):
+    from varprop._src.cli import main
+
+    code = main(["check", "--init", "ones", "--widths", "8,8,4", "--max-seeds", "4", "--quiet"])
+    out = capsys.readouterr().out
+    assert code == 4, out
+    assert "Law: agrees" in out and "Network: degenerate" in out
+
+
+def test_centered_test_sees_a_wrong_scale_under_a_large_bias():
+    # With E[b^2] = 1e6 the uncentered E[z^2] is almost all bias, so Var(w) 1.2x the law
+    # changes it by 1e-6; the batch-centered test removes the bias and sees the 1.2.
+    r = varprop.check(
+        [64, 128, 128, 10],
+        "relu",
+        "variance_scaling:scale=2.4,mode=fan_in,distribution=normal",
+        expect="he_normal",
+        bias_init="constant:value=1000",
+        seed=5,
+    )
+    first = next(row for row in r.layers if row.layer == 1 and row.direction == "forward")
+    assert first.verdict == "disagrees", r.summary()
+    assert first.ratio == pytest.approx(1.2, rel=0.05)
