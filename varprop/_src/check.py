@@ -171,6 +171,7 @@ class CheckResult:
             lines.append(
                 f"{r.layer:>5} {r.direction:>8} {shape:>11} {_fmt(r.predicted):>11} "
                 f"{_fmt(r.measured):>11} {iv:>23} {_fmt(r.ratio, 4):>7} {riv:>17}  {r.verdict}"
+                + (f" ({r.note})" if r.note and r.verdict != "agrees" else "")
             )
         return "\n".join(lines)
 
