@@ -560,6 +560,7 @@ def _rows(net, laws: list[_Law], pred, st, tol, alpha, batch, alpha_last):
                 if redraw:
                     # The output layer's kernel redrawn on its saved input (see make_probe).
                     red = st.output_redraw
+                    assert red is not None
                     meas_log = np.where(centered, red[:, 1, 0], red[:, 0, 0])
                     relvar = np.where(centered, red[:, 1, 1], red[:, 0, 1])
                     units = n_out * (1 + output_redraws(net))
@@ -667,7 +668,7 @@ def _rows(net, laws: list[_Law], pred, st, tol, alpha, batch, alpha_last):
                             f" (gradient independence is approximate at width {min(n_in, n_out)})"
                         )
                 elif math.isfinite(seeds_needed) and seeds_needed <= 10**6:
-                    row.seeds_needed = seeds_needed
+                    row.seeds_needed = int(seeds_needed)
                     row.note = f"{what}: about {seeds_needed} seeds needed for the ±{tol:.0%} band"
                 else:
                     row.note = f"{what}: too narrow to test"

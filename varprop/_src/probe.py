@@ -130,7 +130,7 @@ def law_summary(v: Array, narrow: bool, center: bool = False) -> Array:
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _tap(v: Array, carrier: Array, narrow: bool) -> Array:
+def _tap_vjp(v: Array, carrier: Array, narrow: bool) -> Array:
     del carrier
     return v
 
@@ -144,7 +144,14 @@ def _tap_bwd(narrow, _, ct):
     return ct, law_summary(ct, narrow)
 
 
-_tap.defvjp(_tap_fwd, _tap_bwd)
+_tap_vjp.defvjp(_tap_fwd, _tap_bwd)
+
+
+def _tap(v: Array, carrier: Array, narrow: bool) -> Array:
+    """Identity on ``v``; its VJP returns the cotangent's :func:`law_summary` as the
+    cotangent of ``carrier`` (``narrow`` static)."""
+    out: Array = _tap_vjp(v, carrier, narrow)  # type: ignore[assignment]
+    return out
 
 
 @dataclass(frozen=True, eq=False)

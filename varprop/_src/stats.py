@@ -173,7 +173,9 @@ def chi2_dof_needed(tolerance: float, alpha: float, tests: int) -> float:
     band_lo, band_hi = band(tolerance)
 
     def inside(nu: float) -> bool:
-        return nu / stats.chi2.isf(p, nu) >= band_lo and nu / stats.chi2.ppf(p, nu) <= band_hi
+        return bool(nu / stats.chi2.isf(p, nu) >= band_lo) and bool(
+            nu / stats.chi2.ppf(p, nu) <= band_hi
+        )
 
     lo, hi = 1e-3, 1e12
     if not inside(hi):
