@@ -256,6 +256,7 @@ def predict(
     batch: int,
     norm: str | None = None,
     input_var: float | None = None,
+    input_cross: float | None = None,
 ) -> Prediction:
     """E[z_l^2] forward and E[(dL/dz_l)^2] backward from the laws, layer by layer.
 
@@ -270,9 +271,12 @@ def predict(
     B n_{l-1} n_l products, about sqrt(2 ln(B n_{l-1} n_l) q_l / n_{l-1}), is below the
     smallest normal float32 (CPUs and GPUs flush subnormals in XLA programs).
 
-    A scheme with a non-zero mean E[w] = mu adds mu^2 E[(sum_i x_i)^2] to q_l, taken as
-    n m_{l-1} + n (n - 1) E[x]^2 (units uncorrelated: a mean-field approximation; the
-    per-layer test uses the measured sum exactly).
+    A scheme with a non-zero mean E[w] = mu adds mu^2 E[(sum_i x_i)^2] to q_l, with
+    E[(sum_i x_i)^2] = n m_{l-1} + n (n - 1) E[x_i x_k]: the units of an example share the
+    component c = mu sum_i x_i of z, so z_j = c + e_j is propagated as a shared Gaussian plus
+    an independent one (two-level quadrature); ``input_cross`` is E[x_i x_k] of the input
+    (default E[x]^2). Backward, dL/dh_k shares mu sum_j dL/dz_j likewise. A mean-field
+    approximation; the per-layer test uses the measured sums exactly.
 
     With a normalization before each hidden activation (``norm``), the activation sees
     u = (z - mu) / sqrt(s^2 + eps) with E[u^2] = s^2 / (s^2 + eps), whatever the scale of W:
@@ -290,13 +294,15 @@ def predict(
     m1_prev = math.sqrt(max(input_m2 - (input_m2 if input_var is None else input_var), 0.0))
     v_prev = input_m2 if input_var is None else input_var  # batch variance of the input
     dphi2 = np.ones(L)
-    dphi1 = np.zeros(L)  # E[phi'(z)], needed only with a weights' mean
+    dphi_cross = np.zeros(L)  # E[phi'(z_i) phi'(z_k)], i != k: only with a weights' mean
     has_mean = bool(np.any(mu != 0))
     back = np.ones(L)  # extra backward factor of the normalization
+    # E[x_i x_k] (i != k) of the layer's input: units share a component when E[w] != 0.
+    cross_prev = m1_prev**2 if input_cross is None else input_cross
     for i in range(L):
         n = widths[i]
-        q[i] = n * var[i] * m2_prev + mu[i] ** 2 * (n * m2_prev + n * (n - 1) * m1_prev**2)
-        q[i] += bias_m2[i]
+        s2_sum = n * m2_prev + n * (n - 1) * cross_prev  # E[(sum_i x_i)^2]
+        q[i] = n * var[i] * m2_prev + mu[i] ** 2 * s2_sum + bias_m2[i]
         if i == L - 1:
             break
         qa = q[i]
@@ -306,22 +312,29 @@ def predict(
             qa = s2 / (s2 + eps) if s2 > 0 else 0.0
             n_removed = batch if norm == "batchnorm" else widths[i + 1]
             back[i] = (1 - 2 / n_removed) / (s2 + eps)
-        m_z = mu[i] * n * m1_prev
-        if has_mean and norm is None and math.isfinite(q[i]) and q[i] > m_z**2:
-            # The weights' mean gives z a common mean: z ~ N(m_z, q - m_z^2).
-            m1_prev, m2_prev, dphi2[i], dphi1[i] = _noncentered_moments(act, m_z, q[i] - m_z**2)
+        if has_mean and norm is None and math.isfinite(q[i]):
+            # z_j = c + e_j: c = E[w] sum_i x_i is shared by the units of an example,
+            # e_j = sum_i (w_ij - E[w]) x_i (+ b_j) is not.
+            m_c = mu[i] * n * m1_prev
+            v_c = max(mu[i] ** 2 * s2_sum - m_c**2, 0.0)
+            v_e = n * var[i] * m2_prev + bias_m2[i]
+            m1_prev, m2_prev, cross_prev, dphi2[i], dphi_cross[i] = _shared_moments(
+                act, m_c, v_c, v_e
+            )
             v_prev = m2_prev - m1_prev**2
         elif act.homogeneous:
             m1 = A.activation_moments(act, 1.0)
             m2_prev, dphi2[i] = m1.second_moment * qa, m1.grad_second_moment
             v_prev = (m1.second_moment - m1.mean**2) * qa
             m1_prev = m1.mean * math.sqrt(qa) if math.isfinite(qa) else math.inf
+            cross_prev = m1_prev**2
         elif qa > 0 and math.isfinite(qa):
             mm = A.activation_moments(act, float(qa))
             m2_prev, dphi2[i] = mm.second_moment, mm.grad_second_moment
             v_prev, m1_prev = mm.variance, mm.mean
+            cross_prev = m1_prev**2
         else:
-            m2_prev = dphi2[i] = v_prev = m1_prev = 0.0
+            m2_prev = dphi2[i] = v_prev = m1_prev = cross_prev = 0.0
     g = np.zeros(L)
     g[L - 1] = 1.0
     t2 = float(widths[L])  # E[(sum_j dL/dz_j)^2] of the output layer: v has i.i.d. entries
@@ -333,7 +346,7 @@ def predict(
         shared = mu[i + 1] ** 2 * t2
         delta2 = var[i + 1] * n_next * g[i + 1] + shared
         g[i] = back[i] * dphi2[i] * delta2
-        t2 = n_here * g[i] + n_here * (n_here - 1) * (back[i] * dphi1[i] ** 2 * shared)
+        t2 = n_here * g[i] + n_here * (n_here - 1) * (back[i] * dphi_cross[i] * shared)
     nonfinite = underflow = None
     for i in range(L):
         if q[i] == 0:
@@ -352,21 +365,24 @@ def predict(
     return Prediction(q, g, var, nonfinite, ff, fb, underflow)
 
 
-def _noncentered_moments(act, mean: float, var: float, points: int = 96):
-    """``(E[phi(z)], E[phi(z)^2], E[phi'(z)^2], E[phi'(z)])`` for z ~ N(mean, var), by Gauss-Hermite
-    quadrature (probabilists' weights), for the mean-field prediction of schemes with a
-    non-zero mean."""
+def _shared_moments(act, m_c: float, v_c: float, v_e: float, points: int = 48):
+    """Moments of phi(c + e_j) over the units j of an example, with c ~ N(m_c, v_c) shared
+    and e_j ~ N(0, v_e) independent: ``(E[phi], E[phi^2], E[phi_i phi_k], E[phi'^2],
+    E[phi'_i phi'_k])`` (i != k), by two-level Gauss-Hermite quadrature."""
     nodes, weights = np.polynomial.hermite_e.hermegauss(points)
     weights = weights / weights.sum()
-    z = mean + math.sqrt(var) * nodes
+    c = m_c + math.sqrt(v_c) * nodes[:, None]
+    z = c + math.sqrt(v_e) * nodes[None, :]
     with np.errstate(over="ignore", invalid="ignore"):
         phi = np.broadcast_to(np.asarray(act.numpy_fn()(z), np.float64), z.shape)
         dphi = np.broadcast_to(np.asarray(act.numpy_grad()(z), np.float64), z.shape)
+    inner, inner_d = phi @ weights, dphi @ weights  # E over e, per node of c
     return (
-        float(weights @ phi),
-        float(weights @ phi**2),
-        float(weights @ dphi**2),
-        float(weights @ dphi),
+        float(weights @ inner),
+        float(weights @ ((phi**2) @ weights)),
+        float(weights @ inner**2),
+        float(weights @ ((dphi**2) @ weights)),
+        float(weights @ inner_d**2),
     )
 
 
@@ -929,11 +945,16 @@ def check(
         data = np.asarray(data, dtype=np.float32)
         input_m2 = float(np.mean(np.asarray(data, np.float64) ** 2))
         input_var = float(np.mean(np.var(np.asarray(data, np.float64), axis=0)))
+        d64 = np.asarray(data, np.float64)
+        n0 = d64.shape[1]
+        rowsum2 = float(np.mean(np.sum(d64, axis=1) ** 2))
+        input_cross = (rowsum2 - n0 * input_m2) / (n0 * (n0 - 1)) if n0 > 1 else input_m2
     else:
         input_m2 = input_mean**2 + input_std**2
         input_var = input_std**2
+        input_cross = input_mean**2
     bm2 = [_bias_m2(b, widths[i + 1]) for i, b in enumerate(binits)]
-    pred = predict(widths, activation, expected, bm2, input_m2, batch, norm, input_var)
+    pred = predict(widths, activation, expected, bm2, input_m2, batch, norm, input_var, input_cross)
 
     laws = [_expected_law(sc, (widths[i], widths[i + 1])) for i, sc in enumerate(expected)]
     _check_memory(net, batch, seeds, data)
