@@ -11,6 +11,8 @@ from scipy import stats as sstats
 
 from varprop._src.check import look_schedule
 from varprop._src.stats import (
+    DISAGREE_ALPHA_FRACTION,
+    Interval,
     band,
     band_verdict,
     chi2_dof_needed,
@@ -18,6 +20,7 @@ from varprop._src.stats import (
     clopper_pearson,
     law_relvar,
     spread_interval,
+    two_level_verdict,
     two_sided_level,
 )
 
@@ -149,3 +152,22 @@ def test_clopper_pearson_matches_closed_form_for_zero_successes():
     for n in (200, 367, 368):
         assert clopper_pearson(0, n)[1] == pytest.approx(1 - 0.025 ** (1 / n), rel=1e-9)
     assert clopper_pearson(0, 368)[1] < 0.01 < clopper_pearson(0, 367)[1]
+
+
+def test_disagrees_needs_the_stricter_interval():
+    assert DISAGREE_ALPHA_FRACTION == 0.2
+    # The agree-level interval is disjoint from the band, the disagree-level one is not.
+    narrow, wide = Interval(1.2, 1.12, 1.28, 9), Interval(1.2, 1.05, 1.35, 9)
+    assert band_verdict(narrow.low, narrow.high, 0.1) == "disagrees"
+    assert two_level_verdict(narrow, wide, 0.1) == "inconclusive"
+    assert two_level_verdict(narrow, Interval(1.2, 1.11, 1.3, 9), 0.1) == "disagrees"
+    assert two_level_verdict(Interval(1.0, 0.95, 1.05, 9), wide, 0.1) == "agrees"
+
+
+def test_disagree_interval_is_wider_by_the_level_ratio():
+    r, rv = np.array([1.0, 1.1, 0.9]), np.array([0.5, 0.5, 0.5])
+    a = spread_interval(r, rv, 200, 0.05, 5)
+    d = spread_interval(r, rv, 200, 0.05 * DISAGREE_ALPHA_FRACTION, 5)
+    ta = sstats.t.isf(0.05 / 10, 3 * 199)
+    td = sstats.t.isf(0.01 / 10, 3 * 199)
+    assert (d.high - d.mean) / (a.high - a.mean) == pytest.approx(td / ta, rel=1e-9)

@@ -53,12 +53,13 @@ from varprop._src.probe import (
     output_redraws,
 )
 from varprop._src.stats import (
+    DISAGREE_ALPHA_FRACTION,
     VERDICTS,
-    band_verdict,
     chi2_dof_needed,
     chi2_interval,
     law_relvar,
     spread_interval,
+    two_level_verdict,
 )
 
 #: Row verdicts: the three of the test, and "float32_limit" for a row whose values the law
@@ -649,13 +650,17 @@ def _rows(net, laws: list[_Law], pred, st, tol, alpha, batch, alpha_last):
                     sign_mu_b[usable][keep],
                 )
                 iv = chi2_interval(r, rv0 / units, alpha, tests)
+                iv_d = chi2_interval(r, rv0 / units, alpha * DISAGREE_ALPHA_FRACTION, tests)
                 row.test = "small-sample law"
             else:
                 iv = spread_interval(r, relvar[usable][keep], units, alpha, tests)
+                iv_d = spread_interval(
+                    r, relvar[usable][keep], units, alpha * DISAGREE_ALPHA_FRACTION, tests
+                )
                 row.test = "spread"
             row.ratio, row.ratio_low, row.ratio_high = iv.mean, max(iv.low, 0.0), iv.high
             row.dof = iv.dof
-            row.verdict = band_verdict(iv.low, iv.high, tol)
+            row.verdict = two_level_verdict(iv, iv_d, tol)
             narrow = min(n_in, n_out) < NARROW_UNITS
             if direction == "backward" and narrow and i < L - 1 and not linear:
                 # dL/dz_l depends on W_l through phi'(z_l) and everything above it; with few
