@@ -98,15 +98,48 @@ def _write(path: str, out: dict) -> None:
 def combine(paths: list[str]) -> None:
     """Print the pooled false-positive rate of several runs (disjoint ``--start`` ranges)."""
     runs = [json.loads(Path(p).read_text()) for p in paths]
-    spans = sorted((r.get("start", 0), r.get("start", 0) + r["fpr"]["n"]) for r in runs)
-    for (_, end), (start, _) in itertools.pairwise(spans):
-        if start < end:
+    spans = sorted(
+        (r.get("grid", "wide"), r.get("start", 0), r.get("start", 0) + r["fpr"]["n"]) for r in runs
+    )
+    for (g1, _, end), (g2, start, _) in itertools.pairwise(spans):
+        if g1 == g2 and start < end:
             raise SystemExit(f"runs overlap: configurations {spans}")
     k = sum(r["fpr"]["false"] for r in runs)
     n = sum(r["fpr"]["n"] for r in runs)
     verdicts = {v: sum(r["fpr"]["verdicts"][v] for r in runs) for v in runs[0]["fpr"]["verdicts"]}
     lo, hi = clopper_pearson(k, n)
     print(f"FPR: {k}/{n} = {k / n:.3%} (95% CI {lo:.3%} - {hi:.3%}); {verdicts}; runs {spans}")
+
+
+def recheck(path: str) -> None:
+    """Re-run the "disagrees" cases of a run with the current checker and update its counts.
+
+    The checker's "disagrees" can only become rarer when its rule gets stricter for the same
+    seeds, and the other configurations' verdicts do not change; so a run made before such a
+    change stays valid once its "disagrees" cases are re-run. The JSON keeps the earlier
+    cases under ``rechecked``.
+    """
+    run = json.loads(Path(path).read_text())
+    fpr = run["fpr"]
+    still = []
+    for case in fpr["cases"]:
+        kwargs = {"seed": case["seed"]}
+        if run.get("grid", "wide") == "wide":
+            kwargs["max_seeds"] = 32
+        else:
+            kwargs["batch"] = case["batch"]
+        r = check(case["widths"], case["act"], case["init"], **kwargs)
+        print(f"  {case}: now {r.verdict}", flush=True)
+        fpr["verdicts"]["disagrees"] -= 1
+        fpr["verdicts"][r.verdict] += 1
+        if r.verdict == "disagrees":
+            still.append(case)
+        fpr.setdefault("rechecked", []).append({**case, "now": r.verdict})
+    fpr["cases"] = still
+    fpr["false"] = len(still)
+    fpr["ci95"] = clopper_pearson(len(still), fpr["n"])
+    _write(path, run)
+    print(f"{path}: {len(still)}/{fpr['n']} still disagree; {fpr['verdicts']}")
 
 
 def run_power(trials: int, out: dict, t0: float) -> None:
@@ -139,9 +172,15 @@ def main() -> None:
     ap.add_argument("--out", default="calibrate.json")
     ap.add_argument("--start", type=int, default=0, help="index of the first configuration")
     ap.add_argument("--combine", nargs="+", metavar="JSON", help="pool the FPR of these runs")
+    ap.add_argument(
+        "--recheck", metavar="JSON", help="re-run a run's 'disagrees' cases with this checker"
+    )
     args = ap.parse_args()
     if args.combine:
         combine(args.combine)
+        return
+    if args.recheck:
+        recheck(args.recheck)
         return
     if args.start < 0 or args.configs < 1 or args.power_trials < 0:
         ap.error("--start and --power-trials must be >= 0 and --configs >= 1")
