@@ -460,6 +460,9 @@ def _mean_ci(values: np.ndarray, alpha: float = 0.05):
 #: predicted value above FLOAT32_MAX / 256, or the predicted RMS below FLOAT32_TINY * 4096.
 _OVERFLOW_MARGIN = math.log(FLOAT32_MAX) - math.log(256.0)
 _UNDERFLOW_MARGIN = math.log(FLOAT32_TINY) + math.log(4096.0)
+#: The smallest share of E[z^2] a tested part may have: below it, float32's relative
+#: precision (6e-8 on each value) costs more than 0.1% of the part's second moment.
+_RESOLVED_LOG = math.log(1e-7)
 
 
 @dataclass
@@ -546,19 +549,27 @@ def _rows(net, laws: list[_Law], pred, st, tol, alpha, batch, alpha_last):
             law = laws[i]
             redraw = direction == "forward" and i == L - 1 and st.output_redraw is not None
             if direction == "forward":
-                cross = 2 * law.mean * n_in * f.x_mean[:, i] * f.b_mean[:, i]
+                with np.errstate(invalid="ignore", over="ignore"):
+                    cross = 2 * law.mean * n_in * f.x_mean[:, i] * f.b_mean[:, i]
+                cross = np.where(np.isfinite(cross), cross, 0.0)
                 pred_log, (fw, _, _) = _combine(
                     law, n_in, f.x_lm2[:, i], f.x_lrs2[:, i], f.b_lm2[:, i], cross
                 )
                 # The test itself uses the batch-centered z = (x - mean_b x) W: the bias
                 # drops out and the batch's common direction, which dominates the variance
-                # of deep layers' inputs, is removed. A batch of identical rows has nothing
-                # left after centering: those seeds use z itself.
-                centered = np.isfinite(f.xc_lm2[:, i])
+                # of deep layers' inputs, is removed. Seeds whose centered part is below
+                # float32's resolution next to z (identical rows, a huge common value) use z
+                # itself; where the weights' part of z is below it too (a bias that swamps
+                # x W), float32 has kept nothing to test.
                 test_log_c, (fw_c, fmu_c, _) = _combine(law, n_in, f.xc_lm2[:, i], f.xc_lrs2[:, i])
                 _, (fw_u, fmu_u, fb_u) = _combine(
                     law, n_in, f.x_lm2[:, i], f.x_lrs2[:, i], f.b_lm2[:, i], cross
                 )
+                with np.errstate(invalid="ignore"):
+                    centered = np.isfinite(f.xc_lm2[:, i]) & (
+                        test_log_c - pred_log >= _RESOLVED_LOG
+                    )
+                    resolved = centered | (np.log(np.maximum(fw_u, 1e-300)) >= _RESOLVED_LOG)
                 test_log = np.where(centered, test_log_c, pred_log)
                 tfw = np.where(centered, fw_c, fw_u)
                 tfmu = np.where(centered, fmu_c, fmu_u)
@@ -585,6 +596,7 @@ def _rows(net, laws: list[_Law], pred, st, tol, alpha, batch, alpha_last):
                 n_values = n_out
             else:
                 pred_log, (fw, fmu, _) = _combine(law, n_out, b.gz_lm2[:, i], b.gz_lrs2[:, i])
+                resolved = np.ones_like(fw, dtype=bool)
                 test_log, tfw, tfmu, tfb = pred_log, fw, fmu, np.zeros_like(fw)
                 inputs_ok = fwd_ok & (b.gz_finite[:, i] > 0)
                 out_finite = b.gx_finite[:, i] > 0
@@ -604,7 +616,7 @@ def _rows(net, laws: list[_Law], pred, st, tol, alpha, batch, alpha_last):
                 near_limit = (log_max > _OVERFLOW_MARGIN) | (
                     (term_log / 2 < _UNDERFLOW_MARGIN) & (fw > 1e-6) & np.isfinite(term_log)
                 )
-            limit = ~inputs_ok | near_limit
+            limit = ~inputs_ok | near_limit | ~resolved
             usable = ~limit & np.isfinite(pred_log) | (~limit & np.isneginf(pred_log))
             m, lo, hi = _mean_ci(np.where(inputs_ok & out_finite, e2e_meas, np.nan))
             row = LayerRow(
@@ -613,11 +625,12 @@ def _rows(net, laws: list[_Law], pred, st, tol, alpha, batch, alpha_last):
             rows.append(row)
             if not np.any(usable):
                 row.verdict = "float32_limit"
-                row.note = (
-                    "values beyond float32 before this layer"
-                    if not np.any(inputs_ok)
-                    else "the law puts this layer's values at float32's limit"
-                )
+                if not np.any(inputs_ok):
+                    row.note = "values beyond float32 before this layer"
+                elif not np.any(resolved & inputs_ok):
+                    row.note = "x W is below float32's resolution next to the bias"
+                else:
+                    row.note = "the law puts this layer's values at float32's limit"
                 continue
             ml, pl = meas_log[usable], test_log[usable]
             if np.any(~out_finite[usable]):
