@@ -415,7 +415,9 @@ def _as_inits(x: InitArg | None, depth: int, what: str) -> tuple[Initializer | N
 
     if x is None:
         return (None,) * depth
-    if isinstance(x, (str, Initializer)):
+    if isinstance(x, str):
+        x = from_spec(x)
+    if isinstance(x, Initializer):
         x = [x] * depth
     items = list(x)
     if len(items) != depth:

@@ -189,8 +189,8 @@ class Network:
                 self.widths[i],
                 self.widths[i + 1],
                 i == self.depth - 1,
-                id(self.kernel_inits[i]),
-                id(self.bias_inits[i]),
+                _init_key(self.kernel_inits[i]),
+                _init_key(self.bias_inits[i]),
             )
             for i in range(self.depth)
         ]
@@ -200,6 +200,12 @@ class Network:
                 runs.append((start, i))
                 start = i
         return runs
+
+
+def _init_key(init: Initializer | None) -> str | None:
+    """What makes two layers' initializers the same for scanning: their spec (equal specs
+    draw alike), not their identity (a SPEC string makes a new object per layer)."""
+    return None if init is None else repr(init)
 
 
 def make_network(
