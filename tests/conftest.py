@@ -1,8 +1,10 @@
 """Strict JAX settings for the whole suite (as far as Flax and optax run under them); the
 CLI's compilation cache goes to a temporary directory, not the user's."""
 
+import importlib.util
 import os
 import tempfile
+from pathlib import Path
 
 import jax
 
@@ -31,3 +33,13 @@ def quick_result():
         return _QUICK[name]
 
     return run
+
+
+def load_script(name: str):
+    """The module of ``scripts/<name>.py``, loaded by path (scripts are not a package)."""
+    path = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod

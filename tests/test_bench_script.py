@@ -1,20 +1,12 @@
 """scripts/bench_check.py: its pure helpers on fixed numbers (nothing is timed or run)."""
 
-import importlib.util
-from pathlib import Path
-
 import pytest
-
-_PATH = Path(__file__).resolve().parents[1] / "scripts" / "bench_check.py"
+from conftest import load_script
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_check", _PATH)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("bench_check")
 
 
 def test_median_and_ratio(bench):

@@ -1,21 +1,14 @@
 """scripts/calibrate.py: its interval and the pooling of split runs (no checks are run)."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
-
-_PATH = Path(__file__).resolve().parents[1] / "scripts" / "calibrate.py"
+from conftest import load_script
 
 
 @pytest.fixture(scope="module")
 def cal():
-    spec = importlib.util.spec_from_file_location("calibrate", _PATH)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("calibrate")
 
 
 def test_clopper_pearson_closed_forms(cal):

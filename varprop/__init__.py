@@ -16,25 +16,26 @@ Example:
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from varprop._src.lazy import lazy_attributes
 
 __version__ = "0.1.0"
 
-#: Public name -> the module that defines it (a submodule when the name is its own).
-_LAZY = {
-    "CheckResult": "varprop._src.check",
-    "LayerRow": "varprop._src.check",
-    "assert_agrees": "varprop._src.check",
-    "assert_healthy": "varprop._src.check",
-    "check": "varprop._src.check",
-    "enable_compilation_cache": "varprop._src.cli",
-    "Initializer": "varprop._src.initializers",
-    "scheme_of": "varprop._src.initializers",
-    "Scheme": "varprop._src.laws.schemes",
-    "initializers": "varprop.initializers",
-    "laws": "varprop.laws",
-    "nn": "varprop.nn",
+#: Public name -> (the module that defines it, the attribute; None when it is the module).
+_LAZY: dict[str, tuple[str, str | None]] = {
+    "CheckResult": ("varprop._src.check", "CheckResult"),
+    "LayerRow": ("varprop._src.check", "LayerRow"),
+    "assert_agrees": ("varprop._src.check", "assert_agrees"),
+    "assert_healthy": ("varprop._src.check", "assert_healthy"),
+    "check": ("varprop._src.check", "check"),
+    "enable_compilation_cache": ("varprop._src.cli", "enable_compilation_cache"),
+    "Initializer": ("varprop._src.initializers", "Initializer"),
+    "scheme_of": ("varprop._src.initializers", "scheme_of"),
+    "Scheme": ("varprop._src.laws.schemes", "Scheme"),
+    "initializers": ("varprop.initializers", None),
+    "laws": ("varprop.laws", None),
+    "nn": ("varprop.nn", None),
 }
 
 __all__ = [
@@ -53,20 +54,7 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'varprop' has no attribute {name!r}")
-    if module == f"varprop.{name}":
-        value = importlib.import_module(module)
-    else:
-        value = getattr(importlib.import_module(module), name)
-    globals()[name] = value  # later lookups skip __getattr__
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY, __all__)
 
 
 if TYPE_CHECKING:  # what pyright and IDEs see; nothing is imported at run time

@@ -14,8 +14,9 @@ Names are imported on first use (PEP 562): ``import varprop.nn`` does not load F
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from varprop._src.lazy import lazy_attributes
 
 #: Public name -> (module, attribute); attribute None: the name is that module itself.
 _LAZY: dict[str, tuple[str, str | None]] = {
@@ -73,20 +74,7 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    try:
-        module, attr = _LAZY[name]
-    except KeyError:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
-    value = importlib.import_module(module)
-    if attr is not None:
-        value = getattr(value, attr)
-    globals()[name] = value  # later lookups skip __getattr__
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY, __all__)
 
 
 if TYPE_CHECKING:  # what pyright and IDEs see; nothing is imported at run time
