@@ -354,7 +354,7 @@ def _bytes(n: int) -> str:
     """``3 * 2**30`` -> ``'3 GiB'``."""
     units = ("B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB")
     if n >= 1024 ** len(units):
-        return "more than 1 ZiB"
+        return "1 ZiB"
     i = max(k for k in range(len(units)) if n >= 1024**k or k == 0)
     return f"{n} B" if i == 0 else f"{n / 1024**i:.3g} {units[i]}"
 
@@ -380,8 +380,8 @@ def _check_fits(widths: list[int], batch: int, seeds: int, args: argparse.Namesp
     acts = 2 * 4 * seeds * batch * sum(widths[1:])
     if kernels + acts > total:
         raise _UsageError(
-            f"--widths {args.widths} with --batch {batch} and --seeds {seeds} needs at least "
-            f"{_bytes(kernels + acts)} of memory per round ({_bytes(kernels)} of float32 "
+            f"--widths {args.widths} with --batch {batch} and --seeds {seeds} needs "
+            f"{_bytes(kernels + acts)} or more of memory per round (at least {_bytes(kernels)} of float32 "
             f"kernels, {_bytes(acts)} of activations and gradients); this machine has "
             f"{_bytes(total)}: use smaller --widths, --batch or --seeds",
             kind="resources",
