@@ -39,13 +39,19 @@ import jax
 import numpy as np
 
 from varprop._src.errors import InputError
+from varprop._src.health import (
+    diagnose,
+    first_nonfinite,
+    first_underflow,
+    health_report,
+)
 from varprop._src.initializers import Initializer
 from varprop._src.laws import activations as A
 from varprop._src.laws.layers import FLOAT32_MAX, FLOAT32_TINY
 from varprop._src.laws.schemes import Scheme
+from varprop._src.prediction import bias_second_moment, predict
 from varprop._src.probe import (
     NARROW_UNITS,
-    NORM_EPSILON,
     available_memory_bytes,
     estimate_probe_bytes,
     make_network,
@@ -220,189 +226,6 @@ def _clean(x: Any) -> Any:
     if isinstance(x, (list, tuple)):
         return [_clean(v) for v in x]
     return x
-
-
-# -- the prediction ------------------------------------------------------------------------
-
-
-@dataclass
-class Prediction:
-    """End-to-end predictions of the law for an architecture (host side, float64)."""
-
-    q: np.ndarray  # E[z_l^2], l = 1..L
-    g: np.ndarray  # E[(dL/dz_l)^2], l = 1..L
-    weight_var: np.ndarray  # Var(w_l)
-    nonfinite_layer: int | None  # first layer whose largest value passes FLOAT32_MAX
-    forward_factor: float
-    backward_factor: float
-    underflow_layer: int | None = None  # first layer whose values all flush to zero
-
-
-def _bias_m2(init: Initializer | None, n: int) -> float:
-    if init is None:
-        return 0.0
-    s = init.scheme
-    shape = (n,)
-    if s.uses_fans and s.distribution != "constant":
-        raise ValueError(f"bias initializer {init!r} needs fans; use zeros, constant or normal")
-    return s.variance(shape) + s.mean(shape) ** 2
-
-
-def predict(
-    widths: Sequence[int],
-    activation: str,
-    schemes: Sequence[Scheme],
-    bias_m2: Sequence[float],
-    input_m2: float,
-    batch: int,
-    norm: str | None = None,
-    input_var: float | None = None,
-    input_cross: float | None = None,
-) -> Prediction:
-    """E[z_l^2] forward and E[(dL/dz_l)^2] backward from the laws, layer by layer.
-
-    Forward: q_l = n_{l-1} Var(w_l) m_{l-1} + E[b^2], m_0 = E[x^2] of the input and
-    m_l = E[phi(z)^2] at z ~ N(0, q_l) (second moments, so non-zero means after ReLU and
-    non-zero-mean inputs are handled). Backward: g_L = E[v^2] = 1 and
-    g_l = E[phi'(z_l)^2] n_{l+1} Var(w_{l+1}) g_{l+1}. Moments come from
-    :func:`varprop.laws.activation_moments` (closed form or quadrature; exact scaling for
-    homogeneous phi). The first non-finite layer is the first where the largest of the
-    B n_l values, about sqrt(2 ln(B n_l) q_l), passes the float32 maximum; the underflow
-    layer the first where every product x_i w_ij is flushed to zero, i.e. the largest of the
-    B n_{l-1} n_l products, about sqrt(2 ln(B n_{l-1} n_l) q_l / n_{l-1}), is below the
-    smallest normal float32 (CPUs and GPUs flush subnormals in XLA programs).
-
-    A scheme with a non-zero mean E[w] = mu adds mu^2 E[(sum_i x_i)^2] to q_l, with
-    E[(sum_i x_i)^2] = n m_{l-1} + n (n - 1) E[x_i x_k]: the units of an example share the
-    component c = mu sum_i x_i of z, so z_j = c + e_j is propagated as a shared Gaussian plus
-    an independent one (two-level quadrature); ``input_cross`` is E[x_i x_k] of the input
-    (default E[x]^2). Backward, dL/dh_k shares mu sum_j dL/dz_j likewise. A mean-field
-    approximation; the per-layer test uses the measured sums exactly.
-
-    With a normalization before each hidden activation (``norm``), the activation sees
-    u = (z - mu) / sqrt(s^2 + eps) with E[u^2] = s^2 / (s^2 + eps), whatever the scale of W:
-    s^2 is the per-feature batch variance of z, n Var(w) Var_batch(x) (``batchnorm``), or
-    the per-example variance over features, about q (``layernorm``). The gradient is divided
-    by s^2 + eps on the way back and loses the two directions the normalization removes,
-    a factor 1 - 2/N (N the batch or the width).
-    """
-    act = A.get_activation(activation)
-    L = len(widths) - 1
-    var = np.array([s.variance((widths[i], widths[i + 1])) for i, s in enumerate(schemes)])
-    mu = np.array([s.mean((widths[i], widths[i + 1])) for i, s in enumerate(schemes)])
-    q = np.zeros(L)
-    m2_prev = input_m2
-    m1_prev = math.sqrt(max(input_m2 - (input_m2 if input_var is None else input_var), 0.0))
-    v_prev = input_m2 if input_var is None else input_var  # batch variance of the input
-    dphi2 = np.ones(L)
-    dphi_cross = np.zeros(L)  # E[phi'(z_i) phi'(z_k)], i != k: only with a weights' mean
-    has_mean = bool(np.any(mu != 0))
-    back = np.ones(L)  # extra backward factor of the normalization
-    # E[x_i x_k] (i != k) of the layer's input: units share a component when E[w] != 0.
-    cross_prev = m1_prev**2 if input_cross is None else input_cross
-    for i in range(L):
-        n = widths[i]
-        s2_sum = n * m2_prev + n * (n - 1) * cross_prev  # E[(sum_i x_i)^2]
-        q[i] = n * var[i] * m2_prev + mu[i] ** 2 * s2_sum + bias_m2[i]
-        if i == L - 1:
-            break
-        qa = q[i]
-        if norm is not None:
-            eps = NORM_EPSILON[norm]
-            s2 = widths[i] * var[i] * v_prev if norm == "batchnorm" else q[i]
-            qa = s2 / (s2 + eps) if s2 > 0 else 0.0
-            n_removed = batch if norm == "batchnorm" else widths[i + 1]
-            back[i] = (1 - 2 / n_removed) / (s2 + eps)
-        if has_mean and norm is None and math.isfinite(q[i]):
-            # z_j = c + e_j: c = E[w] sum_i x_i is shared by the units of an example,
-            # e_j = sum_i (w_ij - E[w]) x_i (+ b_j) is not.
-            m_c = mu[i] * n * m1_prev
-            v_c = max(mu[i] ** 2 * s2_sum - m_c**2, 0.0)
-            v_e = n * var[i] * m2_prev + bias_m2[i]
-            m1_prev, m2_prev, cross_prev, dphi2[i], dphi_cross[i] = _shared_moments(
-                act, m_c, v_c, v_e
-            )
-            v_prev = m2_prev - m1_prev**2
-        elif act.homogeneous:
-            m1 = A.activation_moments(act, 1.0)
-            m2_prev, dphi2[i] = m1.second_moment * qa, m1.grad_second_moment
-            v_prev = (m1.second_moment - m1.mean**2) * qa
-            m1_prev = m1.mean * math.sqrt(qa) if math.isfinite(qa) else math.inf
-            cross_prev = m1_prev**2
-        elif qa > 0 and math.isfinite(qa):
-            mm = A.activation_moments(act, float(qa))
-            m2_prev, dphi2[i] = mm.second_moment, mm.grad_second_moment
-            v_prev, m1_prev = mm.variance, mm.mean
-            cross_prev = m1_prev**2
-        else:
-            m2_prev = dphi2[i] = v_prev = m1_prev = cross_prev = 0.0
-    g = np.zeros(L)
-    g[L - 1] = 1.0
-    t2 = float(widths[L])  # E[(sum_j dL/dz_j)^2] of the output layer: v has i.i.d. entries
-    for i in range(L - 2, -1, -1):
-        # Layer i+1 maps widths[i+1] -> widths[i+2]; its fan_out carries the gradient back.
-        # dL/dh_k = sum_j w_kj g_j: E = Var(w) n_out E[g^2] + mu^2 E[(sum_j g_j)^2], and with
-        # a mean every unit shares the term mu sum_j g_j (independence otherwise assumed).
-        n_next, n_here = widths[i + 2], widths[i + 1]
-        shared = mu[i + 1] ** 2 * t2
-        delta2 = var[i + 1] * n_next * g[i + 1] + shared
-        g[i] = back[i] * dphi2[i] * delta2
-        t2 = n_here * g[i] + n_here * (n_here - 1) * (back[i] * dphi_cross[i] * shared)
-    nonfinite = underflow = None
-    for i in range(L):
-        if q[i] == 0:
-            continue
-        big = math.sqrt(2 * math.log(max(batch * widths[i + 1], 2)) * q[i])
-        if not math.isfinite(big) or big > FLOAT32_MAX:
-            nonfinite = i + 1
-            break
-        n_terms = batch * widths[i] * widths[i + 1]
-        term = math.sqrt(2 * math.log(max(n_terms, 2)) * q[i] / widths[i])
-        if bias_m2[i] == 0 and term < FLOAT32_TINY:
-            underflow = i + 1
-            break
-    ff = _geo_factor(q[_hidden_stack(L)])
-    fb = _geo_factor(g[_hidden_stack(L)][::-1])
-    return Prediction(q, g, var, nonfinite, ff, fb, underflow)
-
-
-def _shared_moments(act, m_c: float, v_c: float, v_e: float, points: int = 48):
-    """Moments of phi(c + e_j) over the units j of an example, with c ~ N(m_c, v_c) shared
-    and e_j ~ N(0, v_e) independent: ``(E[phi], E[phi^2], E[phi_i phi_k], E[phi'^2],
-    E[phi'_i phi'_k])`` (i != k), by two-level Gauss-Hermite quadrature."""
-    nodes, weights = np.polynomial.hermite_e.hermegauss(points)
-    weights = weights / weights.sum()
-    c = m_c + math.sqrt(v_c) * nodes[:, None]
-    z = c + math.sqrt(v_e) * nodes[None, :]
-    with np.errstate(over="ignore", invalid="ignore"):
-        phi = np.broadcast_to(np.asarray(act.numpy_fn()(z), np.float64), z.shape)
-        dphi = np.broadcast_to(np.asarray(act.numpy_grad()(z), np.float64), z.shape)
-    inner, inner_d = phi @ weights, dphi @ weights  # E over e, per node of c
-    return (
-        float(weights @ inner),
-        float(weights @ ((phi**2) @ weights)),
-        float(weights @ inner**2),
-        float(weights @ ((dphi**2) @ weights)),
-        float(weights @ inner_d**2),
-    )
-
-
-def _hidden_stack(L: int) -> slice:
-    """The layers whose E[z^2] the health factor is read from: the hidden-to-hidden layers
-    (2 .. L-1) when there are at least two of them, else every layer but the output."""
-    return slice(1, L - 1) if L >= 4 else slice(0, max(L - 1, 1))
-
-
-def _geo_factor(seq: np.ndarray) -> float:
-    """Per-step geometric mean factor of a positive sequence (1.0 for fewer than 2 points)."""
-    seq = np.asarray(seq, dtype=np.float64)
-    if len(seq) < 2:
-        return 1.0
-    if not np.all(np.isfinite(seq)) or np.any(seq < 0):
-        return math.nan
-    if np.any(seq == 0):
-        return 0.0 if seq[-1] == 0 and seq[0] >= 0 else math.nan
-    return float(np.exp((np.log(seq[-1]) - np.log(seq[0])) / (len(seq) - 1)))
 
 
 # -- measurement -> verdicts ---------------------------------------------------------------
@@ -716,183 +539,6 @@ def _rows(net, laws: list[_Law], pred, st, tol, alpha, batch, alpha_last):
     return rows
 
 
-def _first_nonfinite(f) -> int | None:
-    bad = f.z_finite < 1  # (S, L)
-    firsts = [int(np.argmax(row)) + 1 for row in bad if row.any()]
-    return min(firsts) if firsts else None
-
-
-def _first_underflow(f, net) -> int | None:
-    """The first layer whose output is exactly zero in some seed while its input and its
-    weights are not (zero weights are degenerate, not an underflow)."""
-    W = net.widths
-    nonzero = np.array(
-        [
-            k.scheme.variance((W[i], W[i + 1])) > 0 or k.scheme.mean((W[i], W[i + 1])) != 0
-            for i, k in enumerate(net.kernel_inits)
-        ]
-    )
-    bad = np.isneginf(f.z_lm2) & np.isfinite(f.x_lm2) & np.isneginf(f.b_lm2) & nonzero[None, :]
-    firsts = [int(np.argmax(row)) + 1 for row in bad if row.any()]
-    return min(firsts) if firsts else None
-
-
-def _classify(factor: float, steps: int) -> str:
-    if math.isnan(factor):
-        return "undetermined"
-    if math.isinf(factor):
-        return "exploding"
-    if factor == 0:
-        return "vanishing"
-    if abs(factor - 1) <= 0.02 or abs(math.log(factor)) * max(steps, 1) <= math.log(2):
-        return "preserved"
-    return "vanishing" if factor < 1 else "exploding"
-
-
-def _health(rows, pred, L, net, st, first_nf, first_uf) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for d, pf in (("forward", pred.forward_factor), ("backward", pred.backward_factor)):
-        meas = [r.measured for r in rows if r.direction == d][_hidden_stack(L)]
-        seq = np.array([m if m is not None else np.nan for m in meas], dtype=np.float64)
-        if d == "backward":
-            seq = seq[::-1]
-        mf = _geo_factor(seq)
-        sl = _hidden_stack(L)
-        steps = max(len(range(L)[sl]) - 1, 0)
-        state = _classify(mf if math.isfinite(mf) else pf, steps)
-        out[d] = {
-            "state": state,
-            "predicted_state": _classify(pf, steps),
-            "predicted_factor": pf,
-            "measured_factor": mf,
-        }
-    out["degenerate"] = _degenerate(net, st, first_nf, first_uf)
-    return out
-
-
-def _degenerate(net, st, first_nf, first_uf) -> list[str]:
-    """Why the network cannot learn well whatever its law says (empty: healthy).
-
-    Zero or constant weights (from the drawing scheme), identical units, activations or
-    gradients that are exactly zero in every seed, values that leave float32.
-    """
-    f, b = st.forward, st.backward
-    W, L = net.widths, net.depth
-    out: list[str] = []
-    for i, k in enumerate(net.kernel_inits):
-        shape = (W[i], W[i + 1])
-        var, mean = float(k.scheme.variance(shape)), float(k.scheme.mean(shape))
-        if var == 0:
-            what = "zero weights" if mean == 0 else f"constant weights ({mean:g})"
-            out.append(
-                f"layer {i + 1}: {what}: every unit of the layer is identical and stays so "
-                "under gradient descent"
-            )
-            break
-    finite = np.all(f.z_finite > 0, axis=1)
-    if finite.any():
-        fz = f.z_rv[finite]
-        same = [
-            i + 1
-            for i in range(L)
-            if W[i + 1] > 1
-            and np.all(fz[:, i] <= 1e-10)
-            and np.all(np.isfinite(f.z_lm2[finite, i]))
-        ]
-        if same and not out:
-            out.append(f"identical units: every unit of layer(s) {_ranges(same)} is the same")
-        dead = [i + 1 for i in range(L - 1) if np.all(np.isneginf(f.h_lm2[finite, i]))]
-        if dead:
-            out.append(
-                f"dead activations: every activation of layer(s) {_ranges(dead)} is exactly "
-                "zero in every seed"
-            )
-        nograd = [i + 1 for i in range(L - 1) if np.all(np.isneginf(b.gz_lm2[finite, i]))]
-        if nograd:
-            out.append(
-                f"dead gradients: dL/dz is exactly zero at layer(s) {_ranges(nograd)} in every "
-                "seed; the weights below them cannot learn"
-            )
-    if first_nf is not None:
-        out.append(f"values overflow float32 (become non-finite) from layer {first_nf}")
-    if first_uf is not None:
-        out.append(f"values underflow float32 (flush to exactly zero) at layer {first_uf}")
-    return out
-
-
-def _diagnose(rows, net, expected, pred, first_nf, first_uf, st, tol) -> list[str]:
-    out = []
-    pred_nf, pred_uf = pred.nonfinite_layer, pred.underflow_layer
-    fwd = [r for r in rows if r.direction == "forward"]
-    swapped: set[int] = set()
-    for r in rows:
-        if r.verdict != "disagrees" or r.ratio is None or r.n_in == r.n_out or r.layer in swapped:
-            continue
-        for target, msg in (
-            (r.n_in / r.n_out, "drawn with fan_out where fan_in was expected"),
-            (r.n_out / r.n_in, "drawn with fan_in where fan_out was expected"),
-        ):
-            if r.ratio_low is not None and r.ratio_low <= target <= r.ratio_high:
-                text = (
-                    f"layer {r.layer} ({r.n_in}->{r.n_out}): Var(w) is {r.ratio:.3g}x the expected "
-                    f"law ~ {target:.3g} = the fan ratio: fan_in/fan_out swap ({msg})"
-                )
-                out.append(text)
-                swapped.add(r.layer)
-                break
-    bad = [r for r in fwd if r.verdict == "disagrees" and r.ratio]
-    if len(bad) >= 2 and len(bad) >= len(fwd) - 1:
-        rs = np.array([r.ratio for r in bad])
-        c = float(np.exp(np.mean(np.log(rs))))
-        if np.all(np.abs(np.log(rs / c)) <= math.log(1 + tol)):
-            out.append(
-                f"every layer's Var(w) is {c:.3g}x its law: a constant wrong gain "
-                f"(std off by a factor {math.sqrt(c):.3g})"
-            )
-    for what, meas, law in (
-        ("become non-finite (overflow)", first_nf, pred_nf),
-        ("flush to zero (underflow)", first_uf, pred_uf),
-    ):
-        if meas is None and law is None:
-            continue
-        if meas == law:
-            out.append(f"values first {what} at layer {meas}, as the law predicts")
-        else:
-            said = f"layer {law}" if law is not None else "no such layer"
-            seen = f"at layer {meas}" if meas is not None else "nowhere"
-            out.append(f"values first {what} {seen}; the law predicts {said}")
-    limited = sorted({r.layer for r in rows if r.verdict == "float32_limit"})
-    if limited:
-        out.append(
-            f"layer(s) {_ranges(limited)} not tested: their values are at or beyond float32's "
-            "limits, where the law puts them"
-        )
-    narrow = [r for r in rows if r.verdict == "inconclusive" and r.note]
-    for r in narrow[:4]:
-        out.append(f"layer {r.layer} {r.direction} inconclusive: {r.note}")
-    if len(narrow) > 4:
-        out.append(f"... and {len(narrow) - 4} more narrow rows inconclusive")
-    for r in rows:
-        if r.verdict == "disagrees" and r.note:
-            out.append(f"layer {r.layer} {r.direction}: {r.note}")
-    if net.norm == "batchnorm" and net.depth >= 2:
-        from varprop._src.laws.normalization import eval_mode_gain
-
-        q1 = float(np.exp(np.nanmean(st.forward.z_lm2[:, 0])))
-        gain = float(eval_mode_gain(0, 1, NORM_EPSILON["batchnorm"]))
-        out.append(
-            "BatchNorm was checked in training mode. In eval mode with its initial running "
-            f"statistics (mean 0, var 1) it multiplies by {gain:.6f}: it does not normalize, "
-            f"so layer 1's E[z^2] = {q1:.3g} would pass through unchanged until the running "
-            "statistics have converged"
-        )
-    return out
-
-
-def _ranges(xs: list[int]) -> str:
-    return f"{xs[0]}-{xs[-1]}" if len(xs) > 1 and xs[-1] - xs[0] == len(xs) - 1 else str(xs)
-
-
 def _overall(rows) -> str:
     """``disagrees`` if any tested row does; ``agrees`` if every tested row does (rows the
     law puts beyond float32 are not tested); otherwise ``inconclusive``."""
@@ -973,7 +619,7 @@ def check(
         input_m2 = input_mean**2 + input_std**2
         input_var = input_std**2
         input_cross = input_mean**2
-    bm2 = [_bias_m2(b, widths[i + 1]) for i, b in enumerate(binits)]
+    bm2 = [bias_second_moment(b, widths[i + 1]) for i, b in enumerate(binits)]
     pred = predict(widths, activation, expected, bm2, input_m2, batch, norm, input_var, input_cross)
 
     laws = [_expected_law(sc, (widths[i], widths[i + 1])) for i, sc in enumerate(expected)]
@@ -1012,10 +658,10 @@ def check(
         if all(n is not None and n > max_seeds for n in need):
             break
     assert stats is not None
-    first_nf = _first_nonfinite(stats.forward)
-    first_uf = _first_underflow(stats.forward, net)
-    health = _health(rows, pred, depth, net, stats, first_nf, first_uf)
-    diagnosis = _diagnose(rows, net, expected, pred, first_nf, first_uf, stats, tolerance)
+    first_nf = first_nonfinite(stats.forward)
+    first_uf = first_underflow(stats.forward, net)
+    health = health_report(rows, pred, depth, net, stats, first_nf, first_uf)
+    diagnosis = diagnose(rows, net, expected, pred, first_nf, first_uf, stats, tolerance)
     diagnosis += [f"degenerate: {d}" for d in health["degenerate"]]
     config = {
         "widths": list(widths),
