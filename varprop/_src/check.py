@@ -1,30 +1,32 @@
 r"""The checker: per-layer measurements from the probe against the laws, with calibrated
-verdicts.
+verdicts. The statistics are derived in ``docs/checker_statistics.md``.
 
 Two questions, answered separately.
 
 **Law.** For every dense layer l and both directions, the law of the *expected* scheme is
-tested conditionally on the layer's actual input (DESIGN §3):
+tested conditionally on the layer's actual input:
 
 .. math::
 
-    \text{forward:}\quad E_W[\overline{z_l^2}] = n_{l-1}\,\mathrm{Var}(w_l)\,\overline{x_l^2}
-    + \overline{b_l^2},\qquad
+    \text{forward:}\quad E_W[\overline{(z_l - \bar z_l)^2}]
+    = n_{l-1}\,\mathrm{Var}(w_l)\,\overline{(x_l - \bar x_l)^2}
+    + E[w_l]^2\,\overline{(S_l - \bar S_l)^2},\qquad
     \text{backward:}\quad E_W[\overline{(\partial L/\partial x_l)^2}]
-    = n_l\,\mathrm{Var}(w_l)\,\overline{(\partial L/\partial z_l)^2}
+    = n_l\,\mathrm{Var}(w_l)\,\overline{(\partial L/\partial z_l)^2} + \dots
 
-Given the input, the per-unit second moments are i.i.d. across units (the columns, resp.
-rows, of W are independent), so the standard error of their mean is the sample standard
-deviation across units over sqrt(units): no Gram matrix, and calibrated even for one set
-of weights. Seeds are pooled; a Student-t interval with Bonferroni correction over the
-layers of each direction is compared with the practical band [1/(1+delta), 1+delta]:
-inside -> agrees, disjoint -> disagrees, otherwise inconclusive (then more seeds are drawn,
-up to a budget).
+(bars: means over the batch; S the row sums of x; the forward test is batch-centered, so
+the bias drops out). Given the input, the per-unit second moments are i.i.d. across units.
+Layers at least :data:`~varprop._src.probe.NARROW_UNITS` wide take the standard error from
+their spread across units (Student t); narrower ones from the small-sample law of the
+per-unit second moments (chi-square, :mod:`varprop._src.stats`). Seeds are pooled, each
+direction's layers and the looks are Bonferroni-corrected, and the interval is compared
+with the band [1/(1+delta), 1+delta]: inside at level alpha -> agrees, disjoint at level
+alpha/5 -> disagrees, otherwise inconclusive (then more seeds are drawn, up to a budget).
+Rows whose values the law puts beyond float32 are not tested (``float32_limit``).
 
-**Health.** The end-to-end prediction (the product of per-layer factors, or the mean-field
-iteration for non-homogeneous phi) says whether E[z^2] and E[(dL/dz)^2] are preserved,
-vanish or explode over depth, and where float32 gives out; the measurement says what
-happened.
+**Health.** The end-to-end prediction (:mod:`varprop._src.prediction`) says whether E[z^2]
+and E[(dL/dz)^2] are preserved, vanish or explode over depth, and where float32 gives out;
+:mod:`varprop._src.health` says whether the network is degenerate whatever its law says.
 """
 
 from __future__ import annotations
