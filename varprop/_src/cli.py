@@ -3,7 +3,7 @@
 Subcommands:
     check    the main job: measure an MLP's per-layer statistics and test its variance law.
     derive   print the derivation of a scheme's layer law (SymPy; no JAX needed).
-    experiment  run one experiment reproducing a seed-note claim.
+    experiment  run one experiment reproducing a classic initialization claim.
     report   run every experiment and write a self-contained HTML page and Markdown.
 
 Exit codes: ``check``: 0 the law holds and the network is healthy, 1 the law disagrees, 3
@@ -190,12 +190,12 @@ def _parser() -> argparse.ArgumentParser:
         e = sub.add_parser(
             name,
             help=(
-                "run one experiment reproducing a seed-note claim"
+                "run one experiment reproducing a classic initialization claim"
                 if one
                 else "run every experiment; write report.html (self-contained) and report.md"
             ),
             description=(
-                "Run one experiment: measure a claim of the seed notes, predict it from the "
+                "Run one experiment: measure a classic initialization claim, predict it from the "
                 "law, and say whether it held."
                 if one
                 else "Run all experiments and write OUT/report.html, OUT/report.md and "

@@ -273,7 +273,7 @@ def normal(stddev: float = 1e-2) -> Initializer:
 
     .. math:: \mathrm{Var}(w) = \sigma^2
 
-    ``normal(0.01)`` is the "small random" init of the seed notes (the signal shrinks by
+    ``normal(0.01)`` is the classic "small random" init (the signal shrinks by
     :math:`n\sigma^2` per layer); ``normal(1.0)`` the "standard normal" one (it grows by
     :math:`n` per layer and overflows float32 after a few dozen layers of width 512).
 
@@ -347,7 +347,7 @@ def glorot_uniform(gain: GainSpec = 1.0, in_axis=-2, out_axis=-1, batch_axis=())
 def xavier_fan_in_normal(
     gain: GainSpec = 1.0, in_axis=-2, out_axis=-1, batch_axis=()
 ) -> Initializer:
-    r"""The ``1/fan_in`` variant the seed notes and Caffe call Xavier: w ~ N(0, g^2 / n_in).
+    r"""The ``1/fan_in`` variant Caffe's ``xavier`` filler and many tutorials call Xavier: w ~ N(0, g^2 / n_in).
 
     It keeps the forward pass only (its law is LeCun's); Glorot's own scheme averages the fans.
     """

@@ -347,7 +347,7 @@ def _not_run_text(r: ExperimentResult) -> str:
 def render_markdown(report: Report, figure_dir: str = "figures") -> str:
     """The report as Markdown; figures are referenced as ``figure_dir/<name>.png``."""
     out = [
-        "# varprop: the seed notes' claims, measured",
+        "# varprop: initialization claims, measured",
         "",
         _intro(report),
         "",
@@ -462,7 +462,7 @@ def render_html(report: Report) -> str:
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         "<title>varprop report</title>",
         f"<style>{_CSS}</style></head><body>",
-        "<h1>varprop: the seed notes' claims, measured</h1>",
+        "<h1>varprop: initialization claims, measured</h1>",
         f"<p>{_inline_code(e(_intro(report)))}</p>",
         "<table><tr><th>#</th><th>experiment</th><th>claims</th><th>verdict</th><th>time</th></tr>",
     ]

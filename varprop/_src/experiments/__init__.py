@@ -1,4 +1,4 @@
-"""Experiments reproducing the seed notes' claims (see :mod:`.base` for the contract)."""
+"""Experiments reproducing classic initialization claims (see :mod:`.base` for the contract)."""
 
 import importlib
 

@@ -1,7 +1,7 @@
 """What every experiment returns, and the registry the report and the CLI read.
 
 An experiment is a function ``run(cfg: RunConfig) -> ExperimentResult`` registered with
-:func:`experiment`. It measures one claim of the seed notes in a jitted computation, puts
+:func:`experiment`. It measures one classic initialization claim in a jitted computation, puts
 the law that predicts it (derived by :mod:`varprop.laws`, rendered with SymPy's LaTeX) beside
 the prediction and the measurement, draws its figures, and says whether each claim held.
 
@@ -87,7 +87,7 @@ class Row:
 
 @dataclass(frozen=True)
 class Claim:
-    """A claim of the seed notes, whether it held, and the evidence in one sentence."""
+    """A claim about initialization, whether it held, and the evidence in one sentence."""
 
     statement: str
     held: bool

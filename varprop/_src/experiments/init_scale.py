@@ -1,6 +1,6 @@
 r"""Experiments 1-6: what the scale of the initial weights does to a deep network.
 
-Each experiment measures one claim of the seed notes in jitted JAX and puts it beside the
+Each experiment measures one classic initialization claim in jitted JAX and puts it beside the
 variance law that predicts it (:mod:`varprop.laws`). Layer l maps x (width n_{l-1}) to
 z = x W + b and h = phi(z); q_l = E[z_l^2] and g_l = E[(dL/dz_l)^2]:
 
@@ -13,7 +13,7 @@ z = x W + b and h = phi(z); q_l = E[z_l^2] and g_l = E[(dL/dz_l)^2]:
   decided by phi(0) and phi'(0).
 - ``constant``: W = c keeps the units of a layer identical under gradient descent.
 - ``small_random``: N(0, 0.01^2) shrinks q and g by n Var(w) c_phi per layer until float32
-  underflows (seed notes; LeCun et al. 1998 for the scaling argument).
+  underflows (LeCun et al. 1998 for the scaling argument).
 - ``standard_normal``: N(0, 1) grows them by n c_phi per layer until float32 overflows.
 - ``xavier``: Var(w) = 2/(n_in + n_out) (Glorot & Bengio, AISTATS 2010) keeps tanh nets at
   the mean-field fixed point and halves E[z^2] per ReLU layer.
@@ -566,7 +566,7 @@ def run_constant(cfg: RunConfig) -> ExperimentResult:
     which is the same for every j as long as the columns of W and rows of W^{(l+1)} are
     identical; so they stay identical under any number of gradient steps: the layer has the
     capacity of a single unit. The symmetry is exact; float32 rounding is the only thing
-    that could break it. (The seed notes; Goodfellow, Bengio & Courville 2016, §8.4.)
+    that could break it. (Goodfellow, Bengio & Courville 2016, §8.4.)
     """
     widths = (16, 32, 32, 32, 4)
     c = 0.1
@@ -734,7 +734,7 @@ def run_small_random(cfg: RunConfig) -> ExperimentResult:
 
     per layer, until the typical value sqrt(q_l) drops below the smallest normal float32
     (1.2e-38) and is flushed to 0: at layer ceil(2 ln(1.2e-38) / ln(n Var(w))) forward, and
-    as many layers below the output backward. (The seed notes; LeCun et al., "Efficient
+    as many layers below the output backward. (LeCun et al., "Efficient
     BackProp", 1998.)
     """
     init = inits.normal(0.01)
@@ -1299,7 +1299,7 @@ def run_xavier(cfg: RunConfig) -> ExperimentResult:
 
 
 def _seed_layer_std(m: int, n: int) -> float:
-    """The seed notes' numpy ``Layer(M, N)``: weight of shape (M, N), output ``W x`` of size
+    """A textbook numpy ``Layer(M, N)``: weight of shape (M, N), output ``W x`` of size
     M, ``std_dev = np.sqrt(2.0 / M)``: the std is set by the number of *outputs*."""
     return math.sqrt(2.0 / m)
 
@@ -1466,7 +1466,7 @@ def run_he(cfg: RunConfig) -> ExperimentResult:
             "He-normal ReLU MLP 784-512-256-128-64-10 (last layer linear): per-layer E[z²] "
             "(left) and E[(dL/dz)²] (right); lines: the law, markers: measured (geometric "
             f"mean over {p_seeds} seeds). fan_in keeps the forward pass flat and lets "
-            "gradients shrink toward the input; fan_out, and the seed notes' Layer rule "
+            "gradients shrink toward the input; fan_out, and the textbook Layer rule "
             "(identical to fan_out), keep gradients flat and let activations grow.",
             figure_png(fig),
         )

@@ -1,7 +1,7 @@
 r"""Training experiments: deep ReLU training with Xavier vs He, Fixup at depth 10,000, and
 standardizing data with the training split's statistics.
 
-Three claims of the seed notes, each measured in jitted JAX (``lax.scan`` over layers and
+Three classic claims about initialization and data, each measured in jitted JAX (``lax.scan`` over layers and
 over training steps) and set beside the variance law that predicts it:
 
 * ``deep_training`` -- a 30-layer ReLU MLP trained with SGD + momentum: He (Var(w) = 2/n)
@@ -158,7 +158,7 @@ def run_deep_training(cfg: RunConfig) -> ExperimentResult:
     .. math:: q_l = n\,\mathrm{Var}(w)\,E[\mathrm{relu}(z_{l-1})^2]
               = n\,\mathrm{Var}(w)\,q_{l-1}/2,
 
-    a factor 1 for He (Var(w) = 2/n) and 1/2 for Xavier in the seed notes' form
+    a factor 1 for He (Var(w) = 2/n) and 1/2 for Xavier in its 1/fan_in form (Caffe's 'xavier')
     (Var(w) = 1/n = :func:`~varprop.initializers.xavier_fan_in_normal`; Glorot's averaged-fan
     form is the same on the 28 square hidden layers). After 30 layers Xavier's logits carry
     :math:`2^{-30}` of He's second moment, and since the backward factor is the same 1/2,
@@ -462,7 +462,7 @@ def run_deep_training(cfg: RunConfig) -> ExperimentResult:
     notes = [
         _data_note(ds),
         f"{DEPTH} weight layers: {d_in} -> {width} x {DEPTH - 1} -> {ds.n_classes}, ReLU after "
-        "each hidden layer, zero biases. Xavier here is the seed notes' Var(w) = 1/n_in "
+        "each hidden layer, zero biases. Xavier here is the 1/fan_in form Var(w) = 1/n_in "
         "(xavier_fan_in_normal).",
         f"SGD, lr {lr}, momentum {momentum}, batch {batch}, {steps} steps; the train/valid split "
         "and standardization use the training split's mean and std.",

@@ -258,7 +258,7 @@ def xavier_fan_in(
         g,
         "fan_in",
         distribution,
-        "Var(w) = g^2 / n_in: what the seed notes, fast.ai and Caffe's 'xavier' filler call "
+        "Var(w) = g^2 / n_in: what fast.ai and Caffe's 'xavier' filler call "
         "Xavier init. It keeps the forward variance only; its law is LeCun's. "
         f"After {_GLOROT_REF}",
         {"gain": gain} if gain != 1.0 else {},

@@ -1,7 +1,7 @@
 r"""LaTeX for the laws' expressions.
 
 The laws use readable symbol names (``E[x^2]``, ``Var(w)``, ``E[(dL/dh)^2]``, ``n_in``) so
-that their text form reads like the notes. SymPy's own LaTeX printer mangles such names
+that their text form reads like the literature. SymPy's own LaTeX printer mangles such names
 (``E[x^2]`` becomes ``E[x^{2]}``); :func:`latex` maps each name to proper LaTeX first.
 
 Example:
