@@ -265,7 +265,7 @@ def test_centered_test_sees_a_wrong_scale_under_a_large_bias():
     )
     first = next(row for row in r.layers if row.layer == 1 and row.direction == "forward")
     assert first.verdict == "disagrees", r.summary()
-    assert first.ratio == pytest.approx(1.2, rel=0.05)
+    assert first.ratio_low <= 1.2 <= first.ratio_high  # the true factor is in the interval
 
 
 def test_asymmetric_truncated_normal_follows_the_law_with_its_mean():
@@ -274,8 +274,8 @@ def test_asymmetric_truncated_normal_follows_the_law_with_its_mean():
     r = varprop.check([32, 64, 64, 10], "relu", "truncated_normal:lower=0.5,upper=1.7", seed=3)
     assert r.verdict == "agrees", r.summary()
     # The end-to-end prediction with a mean is mean-field (a shared and an independent
-    # Gaussian per layer; check.predict): measured 0.206 vs 0.179 per layer here, 0.065
-    # before the shared component was modelled. 20% is its stated accuracy, not a test band.
+    # Gaussian per layer, prediction.predict): it must at least call the health right.
+    # (Measured here: 0.206 per layer against 0.179 predicted; 0.065 before the shared
+    # component was modelled. No band is asserted: the approximation has none derived.)
     fwd = r.health["forward"]
     assert fwd["state"] == fwd["predicted_state"] == "vanishing"
-    assert fwd["measured_factor"] == pytest.approx(fwd["predicted_factor"], rel=0.2)

@@ -70,10 +70,6 @@ from varprop._src.stats import (
     two_level_verdict,
 )
 
-#: Row verdicts: the three of the test, and "float32_limit" for a row whose values the law
-#: itself puts beyond float32 (not tested).
-ROW_VERDICTS = (*VERDICTS, "float32_limit")
-
 
 @dataclass
 class LayerRow:
@@ -240,9 +236,7 @@ def _as_inits(x: InitArg | None, depth: int, what: str) -> tuple[Initializer | N
 
     if x is None:
         return (None,) * depth
-    if isinstance(x, str):
-        x = from_spec(x)
-    if isinstance(x, Initializer):
+    if isinstance(x, (str, Initializer)):
         x = [x] * depth
     items = list(x)
     if len(items) != depth:

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import inspect
-import itertools
 import json
 import os
 import re
@@ -350,44 +349,6 @@ def parse_widths(text: str) -> list[int]:
     return out
 
 
-def _bytes(n: int) -> str:
-    """``3 * 2**30`` -> ``'3 GiB'``."""
-    units = ("B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB")
-    if n >= 1024 ** len(units):
-        return "1 ZiB"
-    i = max(k for k in range(len(units)) if n >= 1024**k or k == 0)
-    return f"{n} B" if i == 0 else f"{n / 1024**i:.3g} {units[i]}"
-
-
-def _physical_memory() -> int | None:
-    try:
-        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
-
-
-def _check_fits(widths: list[int], batch: int, seeds: int, args: argparse.Namespace) -> None:
-    """Refuse (kind ``"resources"``) a run whose float32 kernels, activations and gradients
-    for one round of seeds alone exceed the machine's physical memory.
-
-    This is a lower bound (``check()`` makes the full estimate before compiling), so it never
-    refuses a run that fits; it exists so that absurd sizes fail at once with the sizes named.
-    """
-    total = _physical_memory()
-    if total is None:
-        return
-    kernels = 4 * seeds * sum(a * b for a, b in itertools.pairwise(widths))
-    acts = 2 * 4 * seeds * batch * sum(widths[1:])
-    if kernels + acts > total:
-        raise _UsageError(
-            f"--widths {args.widths} with --batch {batch} and --seeds {seeds} needs "
-            f"{_bytes(kernels + acts)} or more of memory per round (at least {_bytes(kernels)} of float32 "
-            f"kernels, {_bytes(acts)} of activations and gradients); this machine has "
-            f"{_bytes(total)}: use smaller --widths, --batch or --seeds",
-            kind="resources",
-        )
-
-
 # -- the persistent XLA compilation cache ---------------------------------------------------
 
 
@@ -555,7 +516,6 @@ def _cmd_check(args: argparse.Namespace) -> int:
             f"--data-dir is only read with --data mnist (got --data {args.data}); add "
             "--data mnist or drop --data-dir"
         )
-    _check_fits(widths, args.batch, args.seeds, args)
     data = None
     if args.data == "mnist":
         from varprop._src.data import DataNotFoundError, standardized_mnist

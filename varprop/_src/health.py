@@ -24,7 +24,8 @@ def first_underflow(f, net) -> int | None:
     W = net.widths
     nonzero = np.array(
         [
-            k.scheme.variance((W[i], W[i + 1])) > 0 or k.scheme.mean((W[i], W[i + 1])) != 0
+            k.scheme.degenerate_reason((W[i], W[i + 1])) is None
+            or k.scheme.degenerate_reason() == "constant weights (every unit identical)"
             for i, k in enumerate(net.kernel_inits)
         ]
     )
@@ -76,12 +77,10 @@ def degenerate_reasons(net, st, first_nf, first_uf) -> list[str]:
     W, L = net.widths, net.depth
     out: list[str] = []
     for i, k in enumerate(net.kernel_inits):
-        shape = (W[i], W[i + 1])
-        var, mean = float(k.scheme.variance(shape)), float(k.scheme.mean(shape))
-        if var == 0:
-            what = "zero weights" if mean == 0 else f"constant weights ({mean:g})"
+        reason = k.scheme.degenerate_reason((W[i], W[i + 1]))
+        if reason is not None:
             out.append(
-                f"layer {i + 1}: {what}: every unit of the layer is identical and stays so "
+                f"layer {i + 1}: {reason}: the units of the layer cannot become different "
                 "under gradient descent"
             )
             break

@@ -76,6 +76,13 @@ def unit_log_moments(
         u = jnp.where(jnp.isfinite(u), u, 0.0)
     if center:
         u = u - jnp.mean(u, axis=0, keepdims=True)
+    return scaled_unit_moments(u, e, ddof=ddof)
+
+
+def scaled_unit_moments(u: Array, e: Array, *, ddof: int = 0) -> tuple[Array, Array, Array]:
+    """:func:`unit_log_moments` of ``v = u * 2**e`` given its scaled form (from
+    :func:`pow2_scale`), so that callers who need several statistics of one array scale it
+    once."""
     e = e.reshape(()).astype(jnp.float32)
     per_unit = jnp.mean(u * u, axis=0)
     m = jnp.mean(per_unit)

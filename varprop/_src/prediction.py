@@ -17,7 +17,12 @@ import numpy as np
 
 from varprop._src.initializers import Initializer
 from varprop._src.laws import activations as A
-from varprop._src.laws.layers import FLOAT32_MAX, FLOAT32_TINY
+from varprop._src.laws.layers import (
+    FLOAT32_MAX,
+    FLOAT32_TINY,
+    log_largest_product,
+    log_largest_value,
+)
 from varprop._src.laws.schemes import Scheme
 from varprop._src.probe import NORM_EPSILON
 
@@ -64,10 +69,11 @@ def predict(
     g_l = E[phi'(z_l)^2] n_{l+1} Var(w_{l+1}) g_{l+1}. Moments come from
     :func:`varprop.laws.activation_moments` (closed form or quadrature; exact scaling for
     homogeneous phi). The first non-finite layer is the first where the largest of the
-    B n_l values, about sqrt(2 ln(B n_l) q_l), passes the float32 maximum; the underflow
-    layer the first where every product x_i w_ij is flushed to zero, i.e. the largest of the
-    B n_{l-1} n_l products, about sqrt(2 ln(B n_{l-1} n_l) q_l / n_{l-1}), is below the
-    smallest normal float32 (CPUs and GPUs flush subnormals in XLA programs).
+    B n_l values (:func:`~varprop._src.laws.layers.log_largest_value`) passes the float32
+    maximum; the underflow layer the first where every product x_i w_ij is flushed to zero,
+    i.e. the largest of the B n_{l-1} n_l products
+    (:func:`~varprop._src.laws.layers.log_largest_product`) is below the smallest normal
+    float32 (XLA flushes subnormals on CPUs and GPUs).
 
     A scheme with a non-zero mean E[w] = mu adds mu^2 E[(sum_i x_i)^2] to q_l, with
     E[(sum_i x_i)^2] = n m_{l-1} + n (n - 1) E[x_i x_k]: the units of an example share the
@@ -147,15 +153,23 @@ def predict(
         t2 = n_here * g[i] + n_here * (n_here - 1) * (back[i] * dphi_cross[i] * shared)
     nonfinite = underflow = None
     for i in range(L):
-        if q[i] == 0:
+        if q[i] <= 0:
             continue
-        big = math.sqrt(2 * math.log(max(batch * widths[i + 1], 2)) * q[i])
-        if not math.isfinite(big) or big > FLOAT32_MAX:
+        if not math.isfinite(q[i]) or (
+            log_largest_value(math.log(q[i]), batch * widths[i + 1]) > math.log(FLOAT32_MAX)
+        ):
             nonfinite = i + 1
             break
+        # Var(w) E[x^2] = q / n_in for a zero-mean scheme without bias.
         n_terms = batch * widths[i] * widths[i + 1]
-        term = math.sqrt(2 * math.log(max(n_terms, 2)) * q[i] / widths[i])
-        if bias_m2[i] == 0 and term < FLOAT32_TINY:
+        if (
+            bias_m2[i] == 0
+            and mu[i] == 0
+            and (
+                log_largest_product(math.log(q[i] / widths[i]), 0.0, n_terms)
+                < math.log(FLOAT32_TINY)
+            )
+        ):
             underflow = i + 1
             break
     ff = geometric_factor(q[hidden_stack(L)])

@@ -28,7 +28,13 @@ import jax.numpy as jnp
 
 from varprop._src.initializers import Initializer
 from varprop._src.laws import activations as A
-from varprop._src.moments import _LN2, log_mean_square, pow2_scale, unit_log_moments
+from varprop._src.moments import (
+    _LN2,
+    log_mean_square,
+    pow2_scale,
+    scaled_unit_moments,
+    unit_log_moments,
+)
 from varprop._src.nn.activations import jax_activation
 from varprop._src.nn.normalization import batch_stats, normalize
 
@@ -78,6 +84,19 @@ def _summary(v: Array, ddof: int = 0, center: bool = False) -> Array:
     return jnp.stack([lm2, rv, finite, mean])
 
 
+def _summary_pair(v: Array) -> tuple[Array, Array]:
+    """:func:`_summary` (ddof 1) of ``v`` and of ``v`` centered over the batch, scaled once."""
+    u, e = pow2_scale(v)
+    finite = jnp.all(jnp.isfinite(v)).astype(jnp.float32)
+    centered = u - jnp.mean(u, axis=0, keepdims=True)
+
+    def stats(w: Array) -> Array:
+        lm2, rv, mean = scaled_unit_moments(w, e, ddof=1)
+        return jnp.stack([lm2, rv, finite, mean])
+
+    return stats(u), stats(centered)
+
+
 def law_summary(v: Array, narrow: bool, center: bool = False) -> Array:
     r"""The tap summary of a ``(batch, units)`` array ``v`` that feeds a dense layer.
 
@@ -101,10 +120,24 @@ def law_summary(v: Array, narrow: bool, center: bool = False) -> Array:
     scaling; ``mean`` is then 0).
     """
     u, e = pow2_scale(v)
-    e = e.reshape(()).astype(jnp.float32)
-    base = _summary(v, ddof=1, center=center)
+    finite = jnp.all(jnp.isfinite(v)).astype(jnp.float32)
     if center:
         u = u - jnp.mean(u, axis=0, keepdims=True)
+    return _law_stats(u, e, finite, narrow)
+
+
+def law_summaries(v: Array, narrow: bool) -> tuple[Array, Array]:
+    """:func:`law_summary` of ``v`` and of ``v`` centered over the batch, scaled once."""
+    u, e = pow2_scale(v)
+    finite = jnp.all(jnp.isfinite(v)).astype(jnp.float32)
+    centered = u - jnp.mean(u, axis=0, keepdims=True)
+    return _law_stats(u, e, finite, narrow), _law_stats(centered, e, finite, narrow)
+
+
+def _law_stats(u: Array, e: Array, finite: Array, narrow: bool) -> Array:
+    lm2, rv, mean = scaled_unit_moments(u, e, ddof=1)
+    base = jnp.stack([lm2, rv, finite, mean])
+    e = e.reshape(()).astype(jnp.float32)
     rows = jnp.sum(u, axis=1)
     lrs2 = jnp.log(jnp.mean(rows * rows)) + 2.0 * _LN2 * e
     if not narrow:
@@ -378,8 +411,8 @@ def _layer(h, W, b, cz, cx, act, last, norm=None):
     else:
         out, dphi = jax.jvp(act, (_normalize(z, norm),), (jnp.ones_like(z),))
         dphi2 = jnp.mean(jnp.square(dphi.astype(jnp.float32)))
-    sx, sz, sh = law_summary(x, narrow), _summary(z, ddof=1), _summary(out)
-    sxc, szc = law_summary(x, narrow, center=True), _summary(z, ddof=1, center=True)
+    (sx, sxc), (sz, szc) = law_summaries(x, narrow), _summary_pair(z)
+    sh = _summary(out)
     b32 = b.astype(jnp.float32)
     fstats = (
         *(sx[i] for i in (0, 1, 4, 5, 6, 7, 8, 9, 3)),
@@ -520,8 +553,7 @@ def make_probe(
         zs = jnp.einsum("bi,kio->bko", x_last, ws).reshape(batch, k_extra * nl)
         zs = zs + jnp.tile(b_last, k_extra)[None, :]
         z_real = x_last @ params[-1]["W"][0] + b_last[None, :]
-        all_z = jnp.concatenate([z_real, zs], axis=1)
-        pooled = jnp.stack([_summary(all_z, ddof=1), _summary(all_z, ddof=1, center=True)])
+        pooled = jnp.stack(_summary_pair(jnp.concatenate([z_real, zs], axis=1)))
         return stats._replace(output_redraw=pooled)
 
     if not any(_needs_own_program(k) for k in net.kernel_inits):
