@@ -266,7 +266,8 @@ def section_plain(widths: Sequence[int], depths: Sequence[int], repeats: int) ->
     import jax
 
     from varprop import initializers as I
-    from varprop._src.probe import make_network, make_plain_step, make_probe
+    from varprop._src.core.network import make_network
+    from varprop._src.probe import make_plain_step, make_probe
 
     batch = 128
     out: dict = {"run": run_record(), "batch": batch, "repeats": repeats, "rows": []}
@@ -302,7 +303,8 @@ def section_compile(depths: Sequence[int]) -> dict:
     import jax
 
     from varprop import initializers as I
-    from varprop._src.probe import make_network, make_probe
+    from varprop._src.core.network import make_network
+    from varprop._src.probe import make_probe
 
     width, batch = 64, 32
     out: dict = {"run": run_record(), "width": width, "batch": batch, "rows": []}

@@ -11,7 +11,8 @@ import pytest
 import varprop
 from varprop import initializers as I
 from varprop._src.cli import main
-from varprop._src.probe import init_params, make_network, probe_params
+from varprop._src.core.network import init_params, make_network
+from varprop._src.probe import probe_params
 
 # -- the probe against a slow NumPy reference ----------------------------------------------
 

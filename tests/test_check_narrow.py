@@ -10,7 +10,8 @@ import pytest
 import varprop
 from varprop import initializers as I
 from varprop._src.errors import InputError
-from varprop._src.probe import init_params, law_summary, make_network, probe_params
+from varprop._src.core.network import init_params, make_network
+from varprop._src.probe import law_summary, probe_params
 
 # -- the probe's small-sample statistics against NumPy ---------------------------------------
 

@@ -233,7 +233,7 @@ def test_batchnorm_mlp_eval_mode_uses_running_stats():
 def test_norm_mlp_at_init_equals_the_probes_forward():
     # At init (scale 1, bias 0, training mode) the slot is exactly the probe's
     # normalization: Network.norm and forward() of varprop._src.probe.
-    from varprop._src.probe import forward
+    from varprop._src.core.network import forward
 
     x = _x()
     for norm in ("batchnorm", "layernorm"):
@@ -461,3 +461,38 @@ def test_linen_probe_statistics_with_batchnorm_mlp_inside():
     )
     assert set(r) == {"inp"}
     assert float(r["inp"]["forward"][2]) == 1.0 and float(r["inp"]["backward"][2]) == 1.0
+
+
+def test_probe_statistics_leave_nnx_batchnorm_running_statistics_alone():
+    """Regression: probe_statistics ran the model twice in training mode (once to find the
+    output's shape, once under the gradient) and both runs advanced the BatchNorm running
+    statistics of the user's model. Like the Linen version, it must leave the model's
+    state as it was."""
+
+    class Wrapped(nnx.Module):
+        def __init__(self, mlp):
+            self.mlp = mlp
+            self.probe = varprop.nn.Probe()
+
+        def __call__(self, x):
+            return self.probe(self.mlp(x))
+
+    mlp = varprop.nn.MLP([8, 16, 16, 4], "relu", norm="batchnorm", rngs=nnx.Rngs(0))
+    before = [np.asarray(m[...]) for m in mlp.norm_means] + [
+        np.asarray(v[...]) for v in mlp.norm_vars
+    ]
+    x = 3.0 + jax.random.normal(jax.random.key(1), (32, 8))
+    r = varprop.nn.probe_statistics(Wrapped(mlp), x)
+    assert set(r) == {"probe"}
+    after = [np.asarray(m[...]) for m in mlp.norm_means] + [
+        np.asarray(v[...]) for v in mlp.norm_vars
+    ]
+    for b, a in zip(before, after, strict=True):
+        np.testing.assert_array_equal(a, b)
+    # Training mode still used the batch statistics: the forward summary matches one
+    # training-mode call of an identical model.
+    twin = varprop.nn.MLP([8, 16, 16, 4], "relu", norm="batchnorm", rngs=nnx.Rngs(0))
+    y = twin(x)
+    np.testing.assert_allclose(
+        float(r["probe"]["forward"][0]), float(np.log(np.mean(np.square(y)))), rtol=1e-5
+    )

@@ -14,7 +14,7 @@ from flax import nnx
 from varprop._src.laws import normalization as laws_normalization
 from varprop._src.nn import norm_linen as VL
 from varprop._src.nn import norm_nnx as VN
-from varprop._src.nn import normalization as N
+from varprop._src.core import normalizers as N
 
 # Few distinct shapes: eager JAX compiles every operation once per shape, and that, not
 # the arithmetic, is what these tests spend their time on.

@@ -14,7 +14,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from varprop._src.nn import normalization
+from varprop._src.core import normalizers as normalization
 
 # The directory holding the varprop this pytest process imports: the subprocess must
 # import the same one.
@@ -34,7 +34,7 @@ SCRIPT = textwrap.dedent(
     jax.config.update("jax_numpy_rank_promotion", "raise")
     jax.config.update("jax_numpy_dtype_promotion", "strict")
 
-    from varprop._src.nn import normalization as N
+    from varprop._src.core import normalizers as N
     from varprop._src.nn import norm_linen as VL
     from varprop._src.nn import norm_nnx as VN
 

@@ -20,29 +20,29 @@ from varprop._src.lazy import lazy_attributes
 
 #: Public name -> (module, attribute); attribute None: the name is that module itself.
 _LAZY: dict[str, tuple[str, str | None]] = {
-    "batch_norm": ("varprop._src.nn.normalization", "batch_norm"),
-    "batch_stats": ("varprop._src.nn.normalization", "batch_stats"),
+    "batch_norm": ("varprop._src.core.normalizers", "batch_norm"),
+    "batch_stats": ("varprop._src.core.normalizers", "batch_stats"),
     "BatchNorm": ("varprop._src.nn.norm_nnx", "BatchNorm"),
-    "BatchNormResult": ("varprop._src.nn.normalization", "BatchNormResult"),
-    "group_norm": ("varprop._src.nn.normalization", "group_norm"),
+    "BatchNormResult": ("varprop._src.core.normalizers", "BatchNormResult"),
+    "group_norm": ("varprop._src.core.normalizers", "group_norm"),
     "GroupNorm": ("varprop._src.nn.norm_nnx", "GroupNorm"),
-    "instance_norm": ("varprop._src.nn.normalization", "instance_norm"),
+    "instance_norm": ("varprop._src.core.normalizers", "instance_norm"),
     "InstanceNorm": ("varprop._src.nn.norm_nnx", "InstanceNorm"),
-    "jax_activation": ("varprop._src.nn.activations", "jax_activation"),
-    "layer_norm": ("varprop._src.nn.normalization", "layer_norm"),
+    "jax_activation": ("varprop._src.core.network", "jax_activation"),
+    "layer_norm": ("varprop._src.core.normalizers", "layer_norm"),
     "LayerNorm": ("varprop._src.nn.norm_nnx", "LayerNorm"),
     "linen": ("varprop._src.nn.norm_linen", None),
     "linen_probe_statistics": ("varprop._src.nn.mlp", "linen_probe_statistics"),
     "LinenMLP": ("varprop._src.nn.mlp", "LinenMLP"),
     "LinenProbe": ("varprop._src.nn.mlp", "LinenProbe"),
     "MLP": ("varprop._src.nn.mlp", "MLP"),
-    "Moments": ("varprop._src.nn.normalization", "Moments"),
-    "momentum_from_torch": ("varprop._src.nn.normalization", "momentum_from_torch"),
-    "momentum_to_torch": ("varprop._src.nn.normalization", "momentum_to_torch"),
-    "normalize": ("varprop._src.nn.normalization", "normalize"),
+    "Moments": ("varprop._src.core.normalizers", "Moments"),
+    "momentum_from_torch": ("varprop._src.core.normalizers", "momentum_from_torch"),
+    "momentum_to_torch": ("varprop._src.core.normalizers", "momentum_to_torch"),
+    "normalize": ("varprop._src.core.normalizers", "normalize"),
     "Probe": ("varprop._src.nn.mlp", "Probe"),
     "probe_statistics": ("varprop._src.nn.mlp", "probe_statistics"),
-    "rms_norm": ("varprop._src.nn.normalization", "rms_norm"),
+    "rms_norm": ("varprop._src.core.normalizers", "rms_norm"),
     "RMSNorm": ("varprop._src.nn.norm_nnx", "RMSNorm"),
 }
 
@@ -79,7 +79,7 @@ __getattr__, __dir__ = lazy_attributes(__name__, _LAZY, __all__)
 
 if TYPE_CHECKING:  # what pyright and IDEs see; nothing is imported at run time
     from varprop._src.nn import norm_linen as linen
-    from varprop._src.nn.activations import jax_activation
+    from varprop._src.core.network import jax_activation
     from varprop._src.nn.mlp import (
         MLP,
         LinenMLP,
@@ -95,7 +95,7 @@ if TYPE_CHECKING:  # what pyright and IDEs see; nothing is imported at run time
         LayerNorm,
         RMSNorm,
     )
-    from varprop._src.nn.normalization import (
+    from varprop._src.core.normalizers import (
         BatchNormResult,
         Moments,
         batch_norm,

@@ -19,15 +19,24 @@ Nothing prints or raises inside jit.
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
+from varprop._src.core.network import (
+    NORM_EPSILON,  # noqa: F401  (re-exported until every importer takes it from the laws)
+    Network,
+    dense,
+    forward,
+    init_params,
+    init_segment,
+    jax_activation,
+    normalize_at_init,
+    scale_kernels,
+)
 from varprop._src.initializers import Initializer
-from varprop._src.laws import activations as A
 from varprop._src.moments import (
     _LN2,
     log_mean_square,
@@ -35,14 +44,9 @@ from varprop._src.moments import (
     scaled_unit_moments,
     unit_log_moments,
 )
-from varprop._src.nn.activations import jax_activation
-from varprop._src.nn.normalization import batch_stats, normalize
 
 Array = jax.Array
 
-#: Normalizations the MLP can place before each hidden activation, and their epsilon.
-NORMS = (None, "batchnorm", "layernorm")
-NORM_EPSILON = {"batchnorm": 1e-5, "layernorm": 1e-6}
 
 #: XLA options for the probe's programs. At the default backend level (2), LLVM spends
 #: 15-20 s on the probe's many small fusions (threefry draws, summaries) of a 10-layer
@@ -57,19 +61,25 @@ COMPILER_OPTIONS = {"xla_backend_optimization_level": "1"}
 #: far from normal. Wider layers skip them (their Gram term costs as much as a matmul).
 NARROW_UNITS = 64
 
-#: Entries of a tap's summary vector (see :func:`law_summary`).
-SUMMARY_FIELDS = (
-    "lm2",
-    "rv",
-    "finite",
-    "mean",
-    "lrs2",
-    "gram",
-    "diag",
-    "meanfrac",
-    "sumfrac",
-    "crossfrac",
-)
+
+class TapSummary(NamedTuple):
+    """The entries of a tap's summary vector (:func:`law_summary`), by name."""
+
+    lm2: Array  # log E[v^2]
+    rv: Array  # relative variance across units of the per-unit E[v^2] (ddof 1)
+    finite: Array  # 1.0 if every entry is finite
+    mean: Array
+    lrs2: Array  # log mean over the batch of (sum_i v_bi)^2
+    gram: Array
+    diag: Array
+    meanfrac: Array
+    sumfrac: Array
+    crossfrac: Array
+    zero: Array  # fraction of entries exactly 0
+
+
+#: Entries of a tap's summary vector, in order.
+SUMMARY_FIELDS = TapSummary._fields
 _N_SUMMARY = len(SUMMARY_FIELDS)
 
 
@@ -100,8 +110,8 @@ def _summary_pair(v: Array) -> tuple[Array, Array]:
 def law_summary(v: Array, narrow: bool, center: bool = False) -> Array:
     r"""The tap summary of a ``(batch, units)`` array ``v`` that feeds a dense layer.
 
-    ``[log m2, rel_unit_var (ddof 1), all_finite, mean, log mean_b (sum_i v_bi)^2, gram,
-    diag, meanfrac, sumfrac]``. The last five are what the conditional law of the next
+    The fields of :class:`TapSummary`: ``[log m2, rel_unit_var (ddof 1), all_finite, mean,
+    log mean_b (sum_i v_bi)^2, gram, diag, meanfrac, sumfrac, crossfrac, zero]``. The last five are what the conditional law of the next
     product ``v W`` needs (``docs/checker_statistics.md``). With :math:`V` the batch,
     :math:`s = V\mathbf 1` its row sums and :math:`\|\cdot\|` Frobenius norms:
 
@@ -140,9 +150,10 @@ def _law_stats(u: Array, e: Array, finite: Array, narrow: bool) -> Array:
     e = e.reshape(()).astype(jnp.float32)
     rows = jnp.sum(u, axis=1)
     lrs2 = jnp.log(jnp.mean(rows * rows)) + 2.0 * _LN2 * e
+    zero = jnp.mean((u == 0).astype(jnp.float32))
     if not narrow:
         nan = jnp.full((5,), jnp.nan, jnp.float32)
-        return jnp.concatenate([base, lrs2[None], nan])
+        return jnp.concatenate([base, lrs2[None], nan, zero[None]])
     B, n = u.shape
     total = jnp.sum(u * u)
     safe = jnp.where(total > 0, total, 1.0)
@@ -158,177 +169,52 @@ def _law_stats(u: Array, e: Array, finite: Array, narrow: bool) -> Array:
     crossfrac = jnp.where(
         rs2 > 0, jnp.sum(proj * colsum) / (safe * jnp.sqrt(safe_rs2) * jnp.sqrt(B * 1.0)), 0.0
     )
-    stats = jnp.stack([lrs2, gram, diag, meanfrac, sumfrac, crossfrac])
+    stats = jnp.stack([lrs2, gram, diag, meanfrac, sumfrac, crossfrac, zero])
     return jnp.concatenate([base, stats])
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _tap_vjp(v: Array, carrier: Array, narrow: bool) -> Array:
-    del carrier
+def _histogram(v: Array, edges: Array | None) -> Array:
+    """Counts of ``v``'s values in the bins ``edges`` (float32; empty without edges)."""
+    if edges is None:
+        return jnp.zeros((0,), jnp.float32)
+    return jnp.histogram(v, edges)[0].astype(jnp.float32)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _tap_vjp(v: Array, carrier: Array, edges: Array | None, narrow: bool) -> Array:
+    del carrier, edges
     return v
 
 
-def _tap_fwd(v, carrier, narrow):
+def _tap_fwd(v, carrier, edges, narrow):
     del carrier, narrow
-    return v, None
+    return v, edges
 
 
-def _tap_bwd(narrow, _, ct):
-    return ct, law_summary(ct, narrow)
+def _tap_bwd(narrow, edges, ct):
+    summary = jnp.concatenate([law_summary(ct, narrow), _histogram(ct, edges)])
+    return ct, summary, None if edges is None else jnp.zeros_like(edges)
 
 
 _tap_vjp.defvjp(_tap_fwd, _tap_bwd)
 
 
-def _tap(v: Array, carrier: Array, narrow: bool) -> Array:
-    """Identity on ``v``; its VJP returns the cotangent's :func:`law_summary` as the
-    cotangent of ``carrier`` (``narrow`` static)."""
-    out: Array = _tap_vjp(v, carrier, narrow)  # type: ignore[assignment]
+def _tap(v: Array, carrier: Array, narrow: bool, edges: Array | None = None) -> Array:
+    """Identity on ``v``; its VJP returns the cotangent's :func:`law_summary` (and its
+    histogram over ``edges``, when given) as the cotangent of ``carrier`` (``narrow``
+    static)."""
+    out: Array = _tap_vjp(v, carrier, edges, narrow)  # type: ignore[assignment]
     return out
-
-
-@dataclass(frozen=True, eq=False)
-class Network:
-    """An MLP as the probe sees it: widths, one activation, an initializer per layer.
-
-    Attributes:
-        widths: ``(n_0, n_1, ..., n_L)``: input width, hidden widths, output width.
-        activation: a registered activation (name or spec string).
-        kernel_inits: one initializer per dense layer (L of them).
-        bias_inits: one per layer, or ``None`` for no bias.
-        norm: ``None``, ``"batchnorm"`` or ``"layernorm"``: a normalization (at its
-            initial state, scale 1 and bias 0, training mode) between every hidden layer's
-            z and its activation.
-    """
-
-    widths: tuple[int, ...]
-    activation: str
-    kernel_inits: tuple[Initializer, ...]
-    bias_inits: tuple[Initializer | None, ...]
-    norm: str | None = None
-
-    @property
-    def depth(self) -> int:
-        return len(self.widths) - 1
-
-    def segments(self) -> list[tuple[int, int]]:
-        """Runs ``(start, stop)`` of consecutive layers with the same shape, init and role.
-
-        A run of two or more layers is computed with ``lax.scan`` so that compile time does
-        not grow with depth.
-        """
-        keys = [
-            (
-                self.widths[i],
-                self.widths[i + 1],
-                i == self.depth - 1,
-                _init_key(self.kernel_inits[i]),
-                _init_key(self.bias_inits[i]),
-            )
-            for i in range(self.depth)
-        ]
-        runs, start = [], 0
-        for i in range(1, self.depth + 1):
-            if i == self.depth or keys[i] != keys[start]:
-                runs.append((start, i))
-                start = i
-        return runs
-
-
-def _init_key(init: Initializer | None) -> str | None:
-    """What makes two layers' initializers the same for scanning: their spec (equal specs
-    draw alike), not their identity (a SPEC string makes a new object per layer)."""
-    return None if init is None else repr(init)
-
-
-def make_network(
-    widths: Sequence[int],
-    activation: str,
-    kernel_init: Initializer | Sequence[Initializer],
-    bias_init: Initializer | Sequence[Initializer | None] | None = None,
-    norm: str | None = None,
-) -> Network:
-    """Validate and build a :class:`Network`.
-
-    Raises:
-        ValueError: fewer than two widths, a width < 1, a list of initializers of the wrong
-            length, or an unknown activation.
-    """
-    widths = tuple(widths)
-    if len(widths) < 2:
-        raise ValueError(f"widths needs at least an input and an output width, got {widths}")
-    for w in widths:
-        if isinstance(w, bool) or not isinstance(w, int) or w < 1:
-            raise ValueError(f"every width must be an int >= 1, got {w!r} in {widths}")
-    depth = len(widths) - 1
-    A.get_activation(activation)
-
-    def per_layer(x, what):
-        if isinstance(x, Initializer) or x is None:
-            return (x,) * depth
-        xs = tuple(x)
-        if len(xs) != depth:
-            raise ValueError(
-                f"{what}: expected {depth} initializers (one per layer), got {len(xs)}"
-            )
-        return xs
-
-    if norm not in NORMS:
-        raise ValueError(f"unknown norm {norm!r}; allowed: {', '.join(map(str, NORMS))}")
-    kinits = per_layer(kernel_init, "kernel_init")
-    if any(k is None for k in kinits):
-        raise ValueError("kernel_init may not be None")
-    return Network(widths, activation, kinits, per_layer(bias_init, "bias_init"), norm)  # type: ignore[arg-type]
-
-
-def init_segment(net: Network, seg: int, key: Array, dtype: Any = jnp.float32) -> dict[str, Array]:
-    """Weights of one segment: ``{"W": (k, n_in, n_out), "b": (k, n_out)}``."""
-    a, b = net.segments()[seg]
-    k = b - a
-    n_in, n_out = net.widths[a], net.widths[a + 1]
-    wkeys = jax.random.split(jax.random.fold_in(key, 0), k)
-    bkeys = jax.random.split(jax.random.fold_in(key, 1), k)
-    kinit, binit = net.kernel_inits[a], net.bias_inits[a]
-    W = jax.vmap(lambda kw: kinit(kw, (n_in, n_out), dtype))(wkeys)
-    if binit is None:
-        bias = jnp.zeros((k, n_out), dtype)
-    else:
-        bias = jax.vmap(lambda kb: binit(kb, (n_out,), dtype))(bkeys)
-    return {"W": W, "b": bias}
-
-
-def init_params(net: Network, key: Array, dtype: Any = jnp.float32) -> list[dict[str, Array]]:
-    """Weights for each segment (see :func:`init_segment`)."""
-    return [
-        init_segment(net, i, jax.random.fold_in(key, i), dtype) for i in range(len(net.segments()))
-    ]
-
-
-def forward(net: Network, params, x: Array) -> Array:
-    """The plain forward pass: ``lax.scan`` over each segment's stacked layers."""
-    act = jax_activation(net.activation)
-    h = x
-    for (a, b), p in zip(net.segments(), params, strict=True):
-        last = b == net.depth
-
-        def body(hh, wb, last=last):
-            z = hh @ wb[0].astype(hh.dtype) + wb[1].astype(hh.dtype)[None, :]
-            return (z if last else act(_normalize(z, net.norm))), None
-
-        if b - a == 1:
-            h, _ = body(h, (p["W"][0], p["b"][0]))
-        else:
-            h, _ = jax.lax.scan(body, h, (p["W"], p["b"]))
-    return h
 
 
 class ForwardStats(NamedTuple):
     """Per-layer forward statistics (each field has shape ``(L,)`` per seed).
 
     Second moments are natural logs (``-inf`` for all zeros); ``*_rv`` are relative variances
-    across units of the per-unit second moments (ddof 1); ``x_gram``, ``x_diag``,
-    ``x_meanfrac``, ``x_sumfrac`` are the small-sample law's statistics of the layer's input
-    (:func:`law_summary`, NaN for layers at least :data:`NARROW_UNITS` wide).
+    across units of the per-unit second moments (ddof 1); ``*_zero`` fractions of values
+    that are exactly 0; ``x_gram``, ``x_diag``, ``x_meanfrac``, ``x_sumfrac`` are the
+    small-sample law's statistics of the layer's input (:func:`law_summary`, NaN for layers
+    at least :data:`NARROW_UNITS` wide).
     """
 
     x_lm2: Array  # log E[x^2] of the layer's input
@@ -349,13 +235,19 @@ class ForwardStats(NamedTuple):
     z_rv: Array  # relative variance across units of per-unit E[z^2]
     z_finite: Array
     z_mean: Array
+    z_zero: Array
     zc_lm2: Array  # log E[(z - mean_b z)^2], the batch-centered pre-activation
     zc_rv: Array
-    h_lm2: Array  # log E[h^2] after the activation (= z for the output layer)
+    h_lm2: Array  # log E[h^2] after the activation (= z for a linear output layer)
+    h_rv: Array
+    h_finite: Array
     h_mean: Array
-    dphi2: Array  # mean phi'(z)^2 (1 for the output layer)
+    h_zero: Array
+    dphi2: Array  # mean phi'(z)^2 (1 for a linear output layer)
     b_lm2: Array  # log mean b^2 (-inf without bias)
     b_mean: Array  # mean b
+    #: ``(L, bins)`` counts of h over the probe's ``edges.h`` (``None`` unless asked for).
+    h_hist: Array | None = None
 
 
 class BackwardStats(NamedTuple):
@@ -370,9 +262,12 @@ class BackwardStats(NamedTuple):
     gz_gram: Array
     gz_diag: Array
     gz_sumfrac: Array
+    gz_zero: Array
     gx_lm2: Array  # log E[(dL/dx)^2] of the layer's input
     gx_rv: Array
     gx_finite: Array
+    #: ``(L, bins)`` counts of dL/dz over the probe's ``edges.gz`` (``None`` unless asked).
+    gz_hist: Array | None = None
 
 
 class ProbeStats(NamedTuple):
@@ -385,112 +280,139 @@ class ProbeStats(NamedTuple):
     output_redraw: Array | None = None
 
 
-def _normalize(z: Array, norm: str | None) -> Array:
-    """Training-mode batch or layer normalization at init (scale 1, bias 0)."""
-    if norm is None:
-        return z
-    axis = 0 if norm == "batchnorm" else 1
-    st = batch_stats(z, axis)
-    return normalize(
-        z,
-        st.mean,
-        st.var,
-        epsilon=NORM_EPSILON[norm],
-        reduction_axes=axis,
-        feature_axes=1 - axis,
-    ).astype(z.dtype)
+class HistogramEdges(NamedTuple):
+    """Bin edges (each ``(bins + 1,)``, traced) for the probe's histograms of every
+    layer's activation h and gradient dL/dz (see :func:`make_probe`)."""
+
+    h: Array
+    gz: Array
 
 
-def _layer(h, W, b, cz, cx, act, last, norm=None):
+def _fields(vec: Array) -> TapSummary:
+    return TapSummary(*(vec[..., i] for i in range(_N_SUMMARY)))
+
+
+def _zero_fraction(v: Array) -> Array:
+    return jnp.mean((v == 0).astype(jnp.float32))
+
+
+def _layer(net: Network, h, W, b, cz, cx, act, linear: bool, edges: HistogramEdges | None):
     narrow = min(W.shape) < NARROW_UNITS  # static
     x = _tap(h, cx, False)
-    z = x @ W.astype(x.dtype) + b.astype(x.dtype)[None, :]
-    z = _tap(z, cz, narrow)
-    if last:
+    z = dense(x, W, b)
+    z = _tap(z, cz, narrow, None if edges is None else edges.gz)
+    if linear:
         out, dphi2 = z, jnp.float32(1.0)
     else:
-        out, dphi = jax.jvp(act, (_normalize(z, norm),), (jnp.ones_like(z),))
+        out, dphi = jax.jvp(act, (normalize_at_init(net, z),), (jnp.ones_like(z),))
         dphi2 = jnp.mean(jnp.square(dphi.astype(jnp.float32)))
-    (sx, sxc), (sz, szc) = law_summaries(x, narrow), _summary_pair(z)
+    sx, sxc = (_fields(v) for v in law_summaries(x, narrow))
+    sz, szc = _summary_pair(z)
     sh = _summary(out)
     b32 = b.astype(jnp.float32)
-    fstats = (
-        *(sx[i] for i in (0, 1, 4, 5, 6, 7, 8, 9, 3)),
-        *(sxc[i] for i in (0, 4, 5, 6, 8)),
-        sz[0],
-        sz[1],
-        sz[2],
-        sz[3],
-        szc[0],
-        szc[1],
-        sh[0],
-        sh[3],
-        dphi2,
-        log_mean_square(b32),
-        jnp.mean(b32),
+    stats = ForwardStats(
+        x_lm2=sx.lm2,
+        x_rv=sx.rv,
+        x_lrs2=sx.lrs2,
+        x_gram=sx.gram,
+        x_diag=sx.diag,
+        x_meanfrac=sx.meanfrac,
+        x_sumfrac=sx.sumfrac,
+        x_crossfrac=sx.crossfrac,
+        x_mean=sx.mean,
+        xc_lm2=sxc.lm2,
+        xc_lrs2=sxc.lrs2,
+        xc_gram=sxc.gram,
+        xc_diag=sxc.diag,
+        xc_sumfrac=sxc.sumfrac,
+        z_lm2=sz[0],
+        z_rv=sz[1],
+        z_finite=sz[2],
+        z_mean=sz[3],
+        z_zero=_zero_fraction(z),
+        zc_lm2=szc[0],
+        zc_rv=szc[1],
+        h_lm2=sh[0],
+        h_rv=sh[1],
+        h_finite=sh[2],
+        h_mean=sh[3],
+        h_zero=_zero_fraction(out),
+        dphi2=dphi2,
+        b_lm2=log_mean_square(b32),
+        b_mean=jnp.mean(b32),
+        h_hist=None if edges is None else _histogram(out, edges.h),
     )
-    return out, fstats
+    return out, stats
 
 
-def network_loss(net: Network, params, x: Array, v: Array, carriers):
+def network_loss(
+    net: Network, params, x: Array, v: Array, carriers, edges: HistogramEdges | None = None
+):
     """``sum(y * v)`` and the forward statistics; gradients w.r.t. ``carriers`` give the
     backward statistics. ``carriers`` is a list (per segment) of ``(k, 2, N)`` zeros, N the
-    length of :data:`SUMMARY_FIELDS`."""
+    length of :data:`SUMMARY_FIELDS` plus the number of histogram bins."""
     act = jax_activation(net.activation)
     h = x
     fs = []
     x_last = None
     for (a, b), p, c in zip(net.segments(), params, carriers, strict=True):
-        last = b == net.depth
-        if last:
+        linear = net.is_linear(b - 1)
+        if b == net.depth:
             x_last = h if b - a == 1 else None
         if b - a == 1:
-            h, st = _layer(h, p["W"][0], p["b"][0], c[0, 0], c[0, 1], act, last, net.norm)
-            fs.append(tuple(jnp.reshape(s, (1,)) for s in st))
+            h, st = _layer(net, h, p["W"][0], p["b"][0], c[0, 0], c[0, 1], act, linear, edges)
+            fs.append(jax.tree.map(lambda s: s[None], st))
         else:
 
-            def body(hh, xs, last=last):
+            def body(hh, xs, linear=linear):
                 W, bb, cc = xs
-                return _layer(hh, W, bb, cc[0], cc[1], act, last, net.norm)
+                return _layer(net, hh, W, bb, cc[0], cc[1], act, linear, edges)
 
             h, st = jax.lax.scan(body, h, (p["W"], p["b"], c))
             fs.append(st)
-    fwd = ForwardStats(*(jnp.concatenate(parts) for parts in zip(*fs, strict=True)))
+    fwd = jax.tree.map(lambda *parts: jnp.concatenate(parts), *fs)
     loss = jnp.sum(h.astype(jnp.float32) * v)
     return loss, (fwd, x_last)
 
 
-def _zero_carriers(net: Network):
-    return [jnp.zeros((b - a, 2, _N_SUMMARY), jnp.float32) for a, b in net.segments()]
+def _zero_carriers(net: Network, bins: int = 0):
+    return [jnp.zeros((b - a, 2, _N_SUMMARY + bins), jnp.float32) for a, b in net.segments()]
 
 
-def _run(net: Network, params, x: Array, v: Array) -> tuple[ProbeStats, Array | None]:
+def _run(
+    net: Network, params, x: Array, v: Array, edges: HistogramEdges | None = None
+) -> tuple[ProbeStats, Array | None]:
     """One forward+backward pass: the statistics, and the output layer's input."""
+    bins = 0 if edges is None else edges.gz.shape[0] - 1
     (loss, (fwd, x_last)), g = jax.value_and_grad(
-        lambda c: network_loss(net, params, x, v, c), has_aux=True
-    )(_zero_carriers(net))
+        lambda c: network_loss(net, params, x, v, c, edges), has_aux=True
+    )(_zero_carriers(net, bins))
     return _stats(fwd, g, loss), x_last
 
 
-def probe_params(net: Network, params, x: Array, v: Array) -> ProbeStats:
+def probe_params(
+    net: Network, params, x: Array, v: Array, edges: HistogramEdges | None = None
+) -> ProbeStats:
     """Statistics of one forward+backward pass with the given weights (not jitted here)."""
-    return _run(net, params, x, v)[0]
+    return _run(net, params, x, v, edges)[0]
 
 
 def _stats(fwd: ForwardStats, g, loss) -> ProbeStats:
-    g = jnp.concatenate(g)  # (L, 2, N): [:, 0] is dL/dz, [:, 1] is dL/dx
-    gz, gx = g[:, 0], g[:, 1]
+    g = jnp.concatenate(g)  # (L, 2, N + bins): [:, 0] is dL/dz, [:, 1] is dL/dx
+    gz, gx = _fields(g[:, 0, :_N_SUMMARY]), _fields(g[:, 1, :_N_SUMMARY])
     bwd = BackwardStats(
-        gz_lm2=gz[:, 0],
-        gz_rv=gz[:, 1],
-        gz_finite=gz[:, 2],
-        gz_lrs2=gz[:, 4],
-        gz_gram=gz[:, 5],
-        gz_diag=gz[:, 6],
-        gz_sumfrac=gz[:, 8],
-        gx_lm2=gx[:, 0],
-        gx_rv=gx[:, 1],
-        gx_finite=gx[:, 2],
+        gz_lm2=gz.lm2,
+        gz_rv=gz.rv,
+        gz_finite=gz.finite,
+        gz_lrs2=gz.lrs2,
+        gz_gram=gz.gram,
+        gz_diag=gz.diag,
+        gz_sumfrac=gz.sumfrac,
+        gz_zero=gz.zero,
+        gx_lm2=gx.lm2,
+        gx_rv=gx.rv,
+        gx_finite=gx.finite,
+        gz_hist=g[:, 0, _N_SUMMARY:] if g.shape[-1] > _N_SUMMARY else None,
     )
     return ProbeStats(fwd, bwd, loss)
 
@@ -517,17 +439,39 @@ def make_probe(
     input_mean: float = 0.0,
     input_std: float = 1.0,
     redraws: int | None = None,
+    *,
+    inputs: Callable[[Array], Array] | None = None,
 ):
-    """A jitted ``probe(keys, data) -> ProbeStats`` with a leading seed axis.
+    """A jitted ``probe(keys, data=None, weight_scales=None, edges=None) -> ProbeStats``
+    with a leading seed axis.
 
     Each seed key draws the weights, the input batch and ``v`` afresh. Inputs are
     ``N(input_mean, input_std^2)``, or rows drawn from ``data`` (an ``(N, n_0)`` array) when
-    it is not ``None``; pass it as an argument so that it is not baked into the program.
+    it is not ``None`` (pass it as an argument so that it is not baked into the program), or
+    ``inputs(key)`` (a ``(batch, n_0)`` array) when that function is given.
+
+    ``weight_scales`` (shape ``(L,)``, traced) multiplies layer l's kernel draw by
+    ``weight_scales[l]``: one compiled probe serves every scale of the same initializer,
+    with the same draws (common random numbers). ``edges``, a :class:`HistogramEdges`
+    (traced; its length is fixed at the first call), adds per-layer histograms of h and
+    dL/dz to the statistics.
 
     A narrow output layer has few units, so its forward test is weak, and in deep nets more
     seeds help little (the rows of its input become correlated). ``redraws`` extra kernels
     are drawn from the same initializer and applied to the layer's saved input, which costs
-    one small matmul each (DESIGN §3); default :func:`output_redraws`.
+    one small matmul each (``docs/checker_statistics.md``); default :func:`output_redraws`.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> from varprop._src.core.network import make_network
+        >>> from varprop._src.initializers import normal
+        >>> net = make_network((32, 32, 32, 32), "relu", normal(1.0))
+        >>> probe = make_probe(net, batch=16)
+        >>> keys = jax.random.split(jax.random.key(0), 4)
+        >>> he = probe(keys, None, jnp.full((3,), (2 / 32) ** 0.5))  # He's Var(w) = 2/n
+        >>> lin = probe(keys, None, jnp.full((3,), (1 / 32) ** 0.5))  # same draws, half
+        >>> bool(jnp.allclose(he.forward.z_lm2[:, 0] - lin.forward.z_lm2[:, 0], jnp.log(2.0)))
+        True
     """
     n0, nl = net.widths[0], net.widths[-1]
     k_extra = output_redraws(net) if redraws is None else redraws
@@ -537,31 +481,44 @@ def make_probe(
     def draw_extra(kr):
         return jax.vmap(lambda k: last_init(k, (net.widths[-2], nl)))(jax.random.split(kr, k_extra))
 
-    def one(key, data, drawn):
+    def one(key, data, drawn, scales, edges):
         kw, kx, kv, kr = jax.random.split(key, 4)
         if drawn is None:
             params = init_params(net, kw)
             ws = draw_extra(kr) if k_extra else None
         else:
             params, ws = drawn
-        x = _draw_inputs(kx, batch, n0, input_mean, input_std, data)
+        if scales is not None:
+            params = scale_kernels(net, params, scales)
+            ws = None if ws is None else ws * scales[-1].astype(ws.dtype)
+        if inputs is not None:
+            x = inputs(kx)
+        else:
+            x = _draw_inputs(kx, batch, n0, input_mean, input_std, data)
         v = jax.random.normal(kv, (batch, nl), jnp.float32)
-        stats, x_last = _run(net, params, x, v)
-        if k_extra == 0 or x_last is None:
+        stats, x_last = _run(net, params, x, v, edges)
+        if k_extra == 0 or x_last is None or net.output_activation:
             return stats
         b_last = params[-1]["b"][0]
         zs = jnp.einsum("bi,kio->bko", x_last, ws).reshape(batch, k_extra * nl)
         zs = zs + jnp.tile(b_last, k_extra)[None, :]
-        z_real = x_last @ params[-1]["W"][0] + b_last[None, :]
+        z_real = dense(x_last, params[-1]["W"][0], b_last)
         pooled = jnp.stack(_summary_pair(jnp.concatenate([z_real, zs], axis=1)))
         return stats._replace(output_redraw=pooled)
 
     if not any(_needs_own_program(k) for k in net.kernel_inits):
-        return jax.jit(
-            lambda keys, data: jax.vmap(one, in_axes=(0, None, None))(keys, data, None),
+        run = jax.jit(
+            jax.vmap(one, in_axes=(0, None, None, None, None)),
             compiler_options=COMPILER_OPTIONS,
         )
-    main = jax.jit(jax.vmap(one, in_axes=(0, None, 0)), compiler_options=COMPILER_OPTIONS)
+
+        def probe(keys, data=None, weight_scales=None, edges=None):
+            return run(keys, data, None, weight_scales, edges)
+
+        return probe
+    main = jax.jit(
+        jax.vmap(one, in_axes=(0, None, 0, None, None)), compiler_options=COMPILER_OPTIONS
+    )
 
     # QR-based draws (orthogonal) get programs of their own: XLA:CPU (jaxlib 0.10.2) was
     # seen to hang, idle, running a vmapped program with more than one batched QR next
@@ -576,13 +533,13 @@ def make_probe(
     extra = jax.jit(jax.vmap(draw_extra), compiler_options=COMPILER_OPTIONS) if k_extra else None
     split = jax.jit(jax.vmap(lambda k: jax.random.split(k, 4)))
 
-    def probe(keys, data):
+    def probe_separate(keys, data=None, weight_scales=None, edges=None):
         parts = split(keys)
         params = [d(parts[:, 0]) for d in seg_draws]
         ws = extra(parts[:, 3]) if extra is not None else None
-        return main(keys, data, (params, ws))
+        return main(keys, data, (params, ws), weight_scales, edges)
 
-    return probe
+    return probe_separate
 
 
 def _needs_own_program(init: Initializer) -> bool:

@@ -46,8 +46,8 @@ from varprop._src.experiments.base import (
 )
 from varprop._src.laws import symbols as S
 from varprop._src.moments import log_mean_square
-from varprop._src.nn.activations import jax_activation
-from varprop._src.nn.normalization import batch_norm, batch_stats
+from varprop._src.core.network import jax_activation
+from varprop._src.core.normalizers import batch_norm, batch_stats
 from varprop._src.probe import COMPILER_OPTIONS
 from varprop.laws import running_average_after
 

@@ -60,7 +60,7 @@ from varprop._src.experiments.base import (
 )
 from varprop._src.laws import symbols as S
 from varprop._src.moments import unit_log_moments
-from varprop._src.nn.activations import jax_activation
+from varprop._src.core.network import jax_activation
 from varprop._src.probe import COMPILER_OPTIONS
 
 if TYPE_CHECKING:

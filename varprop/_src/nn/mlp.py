@@ -1,14 +1,14 @@
 """Flax MLPs built from varprop initializers, and Probe points for users' own models.
 
 Both the NNX and the Linen MLP are thin wrappers over the pure functions of
-:mod:`varprop._src.probe` (:func:`init_segment`, :func:`forward`): consecutive layers of
+:mod:`varprop._src.core.network` (:func:`init_segment`, :func:`forward`,
+:func:`norm_forward`): consecutive layers of
 the same shape are stored stacked and run with ``lax.scan``, so compile time does not grow
 with depth.
 
 Both have a slot for a normalization layer between every hidden layer's pre-activation z
 and its activation (``norm="batchnorm"`` or ``"layernorm"``), computed with the pure core
-of :mod:`varprop._src.nn.normalization` (:func:`batch_norm`, :func:`layer_norm`, built on
-``batch_stats`` and ``normalize``); its scale, bias and running statistics are stacked per
+of :mod:`varprop._src.core.normalizers` (``batch_norm``, ``layer_norm``); its scale, bias and running statistics are stacked per
 segment like the weights, and scanned with them.
 
 A :class:`Probe` (NNX) or :class:`LinenProbe` placed anywhere in a model records the
@@ -29,18 +29,18 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from varprop._src.initializers import Initializer, he_normal, zeros
-from varprop._src.nn.activations import jax_activation
-from varprop._src.nn.normalization import batch_norm, layer_norm
-from varprop._src.probe import (
+from varprop._src.core.network import (
     NORM_EPSILON,
     NORMS,
     Network,
-    _summary,
     forward,
+    hidden_shapes,
     init_segment,
     make_network,
+    norm_forward,
 )
+from varprop._src.initializers import Initializer, he_normal, zeros
+from varprop._src.probe import _summary
 
 Array = jax.Array
 
@@ -79,85 +79,6 @@ def _check_norm_options(norm: object, momentum: object, epsilon: object) -> floa
     if norm is None:
         return None
     return float(NORM_EPSILON[norm] if epsilon is None else epsilon)  # type: ignore[arg-type]
-
-
-def _hidden_shapes(net: Network) -> list[tuple[int, int]]:
-    """``(k, n_out)`` of every hidden segment (all segments but the last, the output layer,
-    which is always a segment of its own)."""
-    return [(b - a, net.widths[a + 1]) for a, b in net.segments()[:-1]]
-
-
-def norm_forward(
-    net: Network,
-    params: Sequence[Mapping[str, Array]],
-    norms: Sequence[Mapping[str, Array]],
-    x: Array,
-    *,
-    train: bool,
-    momentum: float,
-    epsilon: float,
-    allow_single_example: bool = False,
-) -> tuple[Array, list[dict[str, Array]]]:
-    """The forward pass with a normalization between every hidden z and its activation.
-
-    Args:
-        net: the network; ``net.norm`` is ``"batchnorm"`` or ``"layernorm"``.
-        params: per segment ``{"W": (k, n_in, n_out), "b": (k, n_out)}``.
-        norms: per *hidden* segment (all but the last) ``{"scale", "bias"}`` of shape
-            ``(k, n_out)``, and for batchnorm the running ``{"mean", "var"}`` too.
-        x: the input batch ``(batch, n_0)``.
-        train: batchnorm uses (and updates) the batch statistics if True, the running
-            ones if False; layernorm ignores it.
-        momentum: batchnorm's keep ratio, ``r <- m*r + (1-m)*batch``.
-        epsilon: added to the variance.
-        allow_single_example: accept a batch of one in batchnorm training (its batch
-            variance is 0, the output the bias); otherwise that raises ``ValueError``.
-
-    Returns:
-        ``(y, new_stats)``: the output, and per hidden segment the new running
-        ``{"mean", "var"}`` (batchnorm; equal to the old ones when ``train`` is False) or
-        ``{}`` (layernorm).
-    """
-    act = jax_activation(net.activation)
-    segs = net.segments()
-    if len(norms) != len(segs) - 1:
-        raise ValueError(
-            f"expected {len(segs) - 1} norm entries (hidden segments), got {len(norms)}"
-        )
-
-    def hidden(h, xs):
-        z = h @ xs["W"].astype(h.dtype) + xs["b"].astype(h.dtype)[None, :]
-        if net.norm == "batchnorm":
-            out = batch_norm(
-                z,
-                xs["scale"],
-                xs["bias"],
-                xs["mean"],
-                xs["var"],
-                train=train,
-                momentum=momentum,
-                epsilon=epsilon,
-                axis=-1,
-                allow_single_example=allow_single_example,
-                dtype=z.dtype,
-            )
-            return act(out.y), {"mean": out.running_mean, "var": out.running_var}
-        y = layer_norm(z, xs["scale"], xs["bias"], epsilon=epsilon, dtype=z.dtype)
-        return act(y), {}
-
-    h = x
-    new_stats = []
-    for (a, b), p, nrm in zip(segs[:-1], params[:-1], norms, strict=True):
-        xs = {"W": p["W"], "b": p["b"], **nrm}
-        if b - a == 1:
-            h, st = hidden(h, jax.tree.map(lambda v: v[0], xs))
-            st = jax.tree.map(lambda v: v[None], st)
-        else:
-            h, st = jax.lax.scan(hidden, h, xs)
-        new_stats.append(st)
-    last = params[-1]
-    y = h @ last["W"][0].astype(h.dtype) + last["b"][0].astype(h.dtype)[None, :]
-    return y, new_stats
 
 
 _SLOT_DOC = r"""
@@ -257,11 +178,11 @@ class MLP(nnx.Module):
         self.kernels = nnx.List([nnx.Param(p["W"]) for p in segs])
         self.biases = nnx.List([nnx.Param(p["b"]) for p in segs])
         if norm is not None:
-            shapes = _hidden_shapes(self.network)
+            shapes = hidden_shapes(self.network)
             self.norm_scales = nnx.List([nnx.Param(jnp.ones(s, param_dtype)) for s in shapes])
             self.norm_biases = nnx.List([nnx.Param(jnp.zeros(s, param_dtype)) for s in shapes])
         if norm == "batchnorm":
-            shapes = _hidden_shapes(self.network)
+            shapes = hidden_shapes(self.network)
             self.norm_means = nnx.List([nnx.BatchStat(jnp.zeros(s, jnp.float32)) for s in shapes])
             self.norm_vars = nnx.List([nnx.BatchStat(jnp.ones(s, jnp.float32)) for s in shapes])
 
@@ -365,7 +286,7 @@ class LinenMLP(linen.Module):
         epsilon = _check_norm_options(self.norm, self.momentum, self.epsilon)
         dtype = self.param_dtype
         norms, stat_vars = [], []
-        for i, shape in enumerate(_hidden_shapes(net)):
+        for i, shape in enumerate(hidden_shapes(net)):
             nrm = dict(
                 self.param(
                     f"norm{i}",
@@ -471,15 +392,25 @@ def probe_statistics(
 
     Returns:
         ``{probe path: {"forward": summary, "backward": summary}}`` where a summary is
-        ``[log E[v^2], relative unit variance, all finite, mean]``.
+        ``[log E[v^2], relative unit variance, all finite, mean]``. The model is not
+        mutated (a BatchNorm in training mode uses its batch statistics; its running
+        statistics stay as they were).
     """
 
     def run(m, xx):
         return m(xx)
 
+    # Every pass runs on a fresh copy of the model (same graph, same state), so that
+    # what a pass mutates (BatchNorm's running statistics in training mode) never reaches
+    # the user's model: like the Linen version, the updates are discarded.
+    graphdef, state = nnx.split(model)
+
+    def fresh() -> nnx.Module:
+        return nnx.merge(graphdef, state, copy=True)
+
     # (Also gives the output's shape; a call outside nnx.capture would make the probes'
     # sow warn, deprecated in Flax 0.12.)
-    y0, perturbations = nnx.capture(run, nnx.Perturbation)(model, x)
+    y0, perturbations = nnx.capture(run, nnx.Perturbation)(fresh(), x)
     if loss_fn is None:
         loss_fn = _default_loss(y0.shape)
 
@@ -487,7 +418,7 @@ def probe_statistics(
         y, inter = nnx.capture(run, nnx.Intermediate, init=perts)(m, x)
         return loss_fn(y), inter
 
-    grads, inter = nnx.grad(loss, has_aux=True)(perturbations, model)
+    grads, inter = nnx.grad(loss, has_aux=True)(perturbations, fresh())
     fwd = _named_summaries(nnx.to_pure_dict(inter), _STATS)
     bwd = {
         k: _summary(g.reshape(-1, g.shape[-1]))

@@ -5,7 +5,7 @@ r"""Normalization layers as Flax Linen modules: thin wrappers over the pure func
 parameters ``scale``/``bias`` in ``params``, BatchNorm's running statistics ``mean``/``var``
 in the ``batch_stats`` collection (not updated while ``self.is_initializing()``, so
 ``init`` may be called with any batch, even of size one), ``use_running_average`` as a
-field or a call argument. The mathematics is in :mod:`varprop._src.nn.normalization`,
+field or a call argument. The mathematics is in :mod:`varprop._src.core.normalizers`,
 whose docstring records every numerical choice. Differences from ``flax.linen`` (on
 purpose): two-pass variance unless ``algorithm="fast"``; exact count-weighted statistics
 across devices with ``axis_name`` (no ``axis_index_groups``); BatchNorm's PyTorch options
@@ -33,7 +33,8 @@ import jax
 import jax.numpy as jnp
 from jax.nn.initializers import Initializer, ones, zeros
 
-from varprop._src.nn import normalization as N
+from varprop._src.core import norm_checks as C
+from varprop._src.core import normalizers as N
 
 __all__ = ["BatchNorm", "GroupNorm", "InstanceNorm", "LayerNorm", "RMSNorm"]
 
@@ -52,8 +53,8 @@ def _param(mdl: nn.Module, name: str, init: Initializer, shape: tuple[int, ...],
     return mdl.param(name, init, shape, dtype)
 
 
-def _feature_shape(x: jax.Array, axes: N.Axes) -> tuple[int, ...]:
-    return tuple(x.shape[a] for a in N.canonical_axes(x.ndim, axes))
+def _feature_shape(x: jax.Array, axes: C.Axes) -> tuple[int, ...]:
+    return tuple(x.shape[a] for a in C.canonical_axes(x.ndim, axes))
 
 
 def _affine(mdl: Any, shape: tuple[int, ...]) -> tuple[jax.Array | None, jax.Array | None]:
@@ -74,7 +75,7 @@ class BatchNorm(nn.Module):
     Training (``use_running_average=False``): normalize with the batch mean and biased
     variance of each feature and, unless initializing, update ``batch_stats`` (apply with
     ``mutable=["batch_stats"]``): ``r ← m·r + (1 − m)·s_B``. Evaluation: normalize with the
-    running statistics. See :func:`varprop._src.nn.normalization.batch_norm`.
+    running statistics. See :func:`varprop._src.core.normalizers.batch_norm`.
 
     Attributes:
         use_running_average: eval mode if True (may be given at call time instead).
@@ -113,13 +114,13 @@ class BatchNorm(nn.Module):
     bias_init: Initializer = zeros
     scale_init: Initializer = ones
     axis_name: str | None = None
-    algorithm: N.Algorithm = "stable"
-    running_var_mode: N.RunningVarMode = "biased"
+    algorithm: C.Algorithm = "stable"
+    running_var_mode: C.RunningVarMode = "biased"
     cumulative: bool = False
     allow_single_example: bool = False
 
     def __post_init__(self) -> None:
-        N.check_config(
+        C.check_config(
             epsilon=self.epsilon,
             algorithm=self.algorithm,
             momentum=self.momentum,
@@ -214,13 +215,13 @@ class LayerNorm(nn.Module):
     use_scale: bool = True
     bias_init: Initializer = zeros
     scale_init: Initializer = ones
-    reduction_axes: N.Axes = -1
-    feature_axes: N.Axes = -1
+    reduction_axes: C.Axes = -1
+    feature_axes: C.Axes = -1
     axis_name: str | None = None
-    algorithm: N.Algorithm = "stable"
+    algorithm: C.Algorithm = "stable"
 
     def __post_init__(self) -> None:
-        N.check_config(epsilon=self.epsilon, algorithm=self.algorithm)
+        C.check_config(epsilon=self.epsilon, algorithm=self.algorithm)
         super().__post_init__()
 
     @nn.compact
@@ -261,12 +262,12 @@ class RMSNorm(nn.Module):
     param_dtype: Any = jnp.float32
     use_scale: bool = True
     scale_init: Initializer = ones
-    reduction_axes: N.Axes = -1
-    feature_axes: N.Axes = -1
+    reduction_axes: C.Axes = -1
+    feature_axes: C.Axes = -1
     axis_name: str | None = None
 
     def __post_init__(self) -> None:
-        N.check_config(epsilon=self.epsilon)
+        C.check_config(epsilon=self.epsilon)
         super().__post_init__()
 
     @nn.compact
@@ -311,20 +312,20 @@ class GroupNorm(nn.Module):
     use_scale: bool = True
     bias_init: Initializer = zeros
     scale_init: Initializer = ones
-    reduction_axes: N.Axes | None = None
+    reduction_axes: C.Axes | None = None
     axis_name: str | None = None
-    algorithm: N.Algorithm = "stable"
+    algorithm: C.Algorithm = "stable"
 
     def __post_init__(self) -> None:
-        N.check_config(epsilon=self.epsilon, algorithm=self.algorithm)
-        N.check_group_options(self.num_groups, self.group_size)
+        C.check_config(epsilon=self.epsilon, algorithm=self.algorithm)
+        C.check_group_options(self.num_groups, self.group_size)
         super().__post_init__()
 
     @nn.compact
     def __call__(self, x: jax.Array, *, mask: jax.Array | None = None) -> jax.Array:
         x = jnp.asarray(x)
         channels = x.shape[-1]
-        num_groups = N.resolve_num_groups(channels, self.num_groups, self.group_size)
+        num_groups = C.resolve_num_groups(channels, self.num_groups, self.group_size)
         scale, bias = _affine(self, (channels,))
         return N.group_norm(
             x,
@@ -361,12 +362,12 @@ class InstanceNorm(nn.Module):
     use_scale: bool = True
     bias_init: Initializer = zeros
     scale_init: Initializer = ones
-    feature_axes: N.Axes = -1
+    feature_axes: C.Axes = -1
     axis_name: str | None = None
-    algorithm: N.Algorithm = "stable"
+    algorithm: C.Algorithm = "stable"
 
     def __post_init__(self) -> None:
-        N.check_config(epsilon=self.epsilon, algorithm=self.algorithm)
+        C.check_config(epsilon=self.epsilon, algorithm=self.algorithm)
         super().__post_init__()
 
     @nn.compact

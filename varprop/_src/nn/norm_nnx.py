@@ -4,7 +4,7 @@ r"""Normalization layers as Flax NNX modules: thin wrappers over the pure functi
 conventions of ``flax.nnx`` (constructor ``Layer(num_features, *, ..., rngs)``, ``nnx.Param``
 scale and bias, ``nnx.BatchStat`` running statistics ``mean`` and ``var``, BatchNorm's
 ``use_running_average`` toggled by ``model.train()`` / ``model.eval()`` or ``nnx.view``)
-and compute with :mod:`varprop._src.nn.normalization`, whose docstring records every
+and compute with :mod:`varprop._src.core.normalizers`, whose docstring records every
 numerical choice. Differences from ``flax.nnx`` (on purpose):
 
 - the variance is two-pass (``algorithm="stable"``) unless ``algorithm="fast"`` is asked
@@ -42,7 +42,8 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.nn.initializers import Initializer, ones, zeros
 
-from varprop._src.nn import normalization as N
+from varprop._src.core import norm_checks as C
+from varprop._src.core import normalizers as N
 
 __all__ = ["BatchNorm", "GroupNorm", "InstanceNorm", "LayerNorm", "RMSNorm"]
 
@@ -53,8 +54,8 @@ def _check_num_features(num_features: object) -> int:
     return num_features
 
 
-def _check_features(layer: str, num_features: int, x: jax.Array, axes: N.Axes) -> tuple[int, ...]:
-    faxes = N.canonical_axes(x.ndim, axes)
+def _check_features(layer: str, num_features: int, x: jax.Array, axes: C.Axes) -> tuple[int, ...]:
+    faxes = C.canonical_axes(x.ndim, axes)
     got = math.prod(x.shape[a] for a in faxes)
     if got != num_features:
         raise ValueError(
@@ -88,14 +89,14 @@ class _Norm(nnx.Module):
         rngs: nnx.Rngs,
         scale: tuple[Initializer, bool],
         bias: tuple[Initializer, bool] | None,
-        algorithm: N.Algorithm | None = None,
+        algorithm: C.Algorithm | None = None,
         momentum: float | None = None,
-        running_var_mode: N.RunningVarMode | None = None,
+        running_var_mode: C.RunningVarMode | None = None,
     ) -> None:
         """Validate and store the common options; create ``scale`` (and ``bias``, unless
         the layer has none) as ``nnx.Param`` of shape ``(num_features,)``."""
         _check_num_features(num_features)
-        N.check_config(
+        C.check_config(
             epsilon=epsilon,
             algorithm=algorithm,
             momentum=momentum,
@@ -110,7 +111,7 @@ class _Norm(nnx.Module):
         self.param_dtype = param_dtype
         self.axis_name = axis_name
         if algorithm is not None:
-            self.algorithm: N.Algorithm = algorithm
+            self.algorithm: C.Algorithm = algorithm
 
 
 class BatchNorm(_Norm):
@@ -121,7 +122,7 @@ class BatchNorm(_Norm):
     statistics ``r ← m·r + (1 − m)·s_B`` (``s_B = σ²_B``, or ``σ²_B·N/(N−1)`` with
     ``running_var_mode="unbiased"``; or the cumulative average with ``cumulative=True``).
     Evaluation: normalize with the running statistics. See
-    :func:`varprop._src.nn.normalization.batch_norm` for the details.
+    :func:`varprop._src.core.normalizers.batch_norm` for the details.
 
     Args:
         num_features: number of features (the size of ``axis``).
@@ -146,7 +147,7 @@ class BatchNorm(_Norm):
     Example:
         >>> import jax.numpy as jnp
         >>> from flax import nnx
-        >>> from varprop._src.nn.normalization import momentum_from_torch
+        >>> from varprop._src.core.normalizers import momentum_from_torch
         >>> bn = BatchNorm(3, momentum=momentum_from_torch(0.1), running_var_mode="unbiased",
         ...                rngs=nnx.Rngs(0))
         >>> _ = bn(jnp.array([[0.0, 1.0, 2.0], [2.0, 3.0, 6.0]]))
@@ -169,8 +170,8 @@ class BatchNorm(_Norm):
         bias_init: Initializer = zeros,
         scale_init: Initializer = ones,
         axis_name: str | None = None,
-        algorithm: N.Algorithm = "stable",
-        running_var_mode: N.RunningVarMode = "biased",
+        algorithm: C.Algorithm = "stable",
+        running_var_mode: C.RunningVarMode = "biased",
         cumulative: bool = False,
         allow_single_example: bool = False,
         rngs: nnx.Rngs,
@@ -194,7 +195,7 @@ class BatchNorm(_Norm):
         self.use_running_average = use_running_average
         self.axis = axis
         self.momentum = momentum
-        self.running_var_mode: N.RunningVarMode = running_var_mode
+        self.running_var_mode: C.RunningVarMode = running_var_mode
         self.cumulative = cumulative
         self.allow_single_example = allow_single_example
 
@@ -296,10 +297,10 @@ class LayerNorm(_Norm):
         use_scale: bool = True,
         bias_init: Initializer = zeros,
         scale_init: Initializer = ones,
-        reduction_axes: N.Axes = -1,
-        feature_axes: N.Axes = -1,
+        reduction_axes: C.Axes = -1,
+        feature_axes: C.Axes = -1,
         axis_name: str | None = None,
-        algorithm: N.Algorithm = "stable",
+        algorithm: C.Algorithm = "stable",
         rngs: nnx.Rngs,
     ):
         self._setup(
@@ -355,8 +356,8 @@ class RMSNorm(_Norm):
         param_dtype: Any = jnp.float32,
         use_scale: bool = True,
         scale_init: Initializer = ones,
-        reduction_axes: N.Axes = -1,
-        feature_axes: N.Axes = -1,
+        reduction_axes: C.Axes = -1,
+        feature_axes: C.Axes = -1,
         axis_name: str | None = None,
         rngs: nnx.Rngs,
     ):
@@ -417,9 +418,9 @@ class GroupNorm(_Norm):
         use_scale: bool = True,
         bias_init: Initializer = zeros,
         scale_init: Initializer = ones,
-        reduction_axes: N.Axes | None = None,
+        reduction_axes: C.Axes | None = None,
         axis_name: str | None = None,
-        algorithm: N.Algorithm = "stable",
+        algorithm: C.Algorithm = "stable",
         rngs: nnx.Rngs,
     ):
         self._setup(
@@ -433,7 +434,7 @@ class GroupNorm(_Norm):
             bias=(bias_init, use_bias),
             algorithm=algorithm,
         )
-        self.num_groups = N.resolve_num_groups(num_features, num_groups, group_size)
+        self.num_groups = C.resolve_num_groups(num_features, num_groups, group_size)
         self.group_size = num_features // self.num_groups
         self.reduction_axes = reduction_axes
 
@@ -479,9 +480,9 @@ class InstanceNorm(_Norm):
         use_scale: bool = True,
         bias_init: Initializer = zeros,
         scale_init: Initializer = ones,
-        feature_axes: N.Axes = -1,
+        feature_axes: C.Axes = -1,
         axis_name: str | None = None,
-        algorithm: N.Algorithm = "stable",
+        algorithm: C.Algorithm = "stable",
         rngs: nnx.Rngs,
     ):
         self._setup(
