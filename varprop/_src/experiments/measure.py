@@ -1,0 +1,139 @@
+r"""What the experiments share: the probe run on a network and the statistics of seeds.
+
+Every experiment measures with the one instrument, :func:`varprop._src.probe.make_probe`,
+on the one network, :mod:`varprop._src.core.network`; the weight scale is traced data, so
+one compiled probe serves every scale of a sweep, on the same draws (common random numbers).
+The laws come from :func:`varprop.laws.propagate`.
+
+Example:
+    >>> import numpy as np
+    >>> from varprop._src.initializers import normal
+    >>> net = stack(width=64, depth=3, activation="relu", kernel_init=normal(1.0))
+    >>> st = run_probe(net, seeds=4, seed=0, batch=32, weight_scales=[0.5, 0.5, 0.5])
+    >>> st.forward.z_lm2.shape                # (seeds, layers), numpy float64
+    (4, 3)
+    >>> h0 = st.forward.h_zero                 # ReLU zeroes about half; the output is linear
+    >>> bool(np.all(h0[:, :2] > 0.3)), bool(np.all(h0[:, 2] == 0))
+    (True, True)
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import sympy as sp
+from scipy import stats as sstats
+
+from varprop import laws
+from varprop._src.core.network import Network, make_network
+from varprop._src.experiments.base import Law
+from varprop._src.initializers import Initializer
+from varprop._src.probe import HistogramEdges, ProbeStats, make_probe
+
+Array = jax.Array
+
+
+def law(label: str, expr: Any) -> Law:
+    """A :class:`Law` from a SymPy expression or equation (LaTeX rendered by SymPy)."""
+    return Law(label, laws.latex(expr), sp.sstr(expr))
+
+
+def stack(
+    *,
+    width: int | Sequence[int],
+    depth: int | None = None,
+    activation: str,
+    kernel_init: Initializer | Sequence[Initializer],
+    bias_init: Initializer | Sequence[Initializer | None] | None = None,
+    norm: str | None = None,
+    output_activation: bool = False,
+    norm_epsilon: float | None = None,
+) -> Network:
+    """A network of ``depth`` layers of ``width`` units (input width too), or of the given
+    ``width`` sequence ``(n_0, ..., n_L)`` when ``depth`` is None."""
+    widths = tuple(width) if depth is None else (int(width),) * (depth + 1)  # type: ignore[arg-type]
+    return make_network(
+        widths,  # type: ignore[arg-type]
+        activation,
+        kernel_init,
+        bias_init,
+        norm,
+        output_activation=output_activation,
+        norm_epsilon=norm_epsilon,
+    )
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_probe(net: Network, batch: int, inputs: Callable | None, bins: int):
+    del bins  # part of the key: a probe compiled for one histogram length
+    return make_probe(net, batch, redraws=0, inputs=inputs)
+
+
+def keys_for(seed: int, tag: int, n: int) -> Array:
+    """``n`` keys derived from an experiment's ``seed`` and a ``tag`` for the measurement."""
+    return jax.random.split(jax.random.fold_in(jax.random.key(seed), tag), n)
+
+
+def run_probe(
+    net: Network,
+    *,
+    seeds: int,
+    seed: int,
+    batch: int,
+    tag: int = 0,
+    weight_scales: Sequence[float] | np.ndarray | None = None,
+    edges: tuple[np.ndarray, np.ndarray] | None = None,
+    inputs: Callable[[Array], Array] | None = None,
+    data: np.ndarray | None = None,
+) -> ProbeStats:
+    """The probe's statistics of ``seeds`` independent draws, as float64 numpy arrays.
+
+    Args:
+        net: the network (see :func:`stack`).
+        seeds, seed, tag: how many draws, and the keys (:func:`keys_for`).
+        batch: examples per draw.
+        weight_scales: per-layer factors on the kernels (traced: a sweep reuses one
+            compiled probe).
+        edges: ``(h_edges, gz_edges)`` bin edges for per-layer histograms of h and dL/dz.
+        inputs: ``key -> (batch, n_0)`` input function (default standard normal).
+        data: an ``(N, n_0)`` array to draw input rows from.
+    """
+    bins = 0 if edges is None else len(edges[0]) - 1
+    probe = _cached_probe(net, batch, inputs, bins)
+    scales = None if weight_scales is None else jnp.asarray(weight_scales, jnp.float32)
+    e = None
+    if edges is not None:
+        e = HistogramEdges(jnp.asarray(edges[0], jnp.float32), jnp.asarray(edges[1], jnp.float32))
+    out = probe(keys_for(seed, tag, seeds), None if data is None else jnp.asarray(data), scales, e)
+    return jax.tree.map(lambda a: np.asarray(a, np.float64), out)
+
+
+def seed_mean(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean over seeds (axis 0) and its standard error (ddof 1)."""
+    s = values.shape[0]
+    return values.mean(0), values.std(0, ddof=1) / math.sqrt(s)
+
+
+def t_crit(n_seeds: int, n_tests: int, alpha: float = 1e-3) -> float:
+    """Two-sided Student-t critical value with ``n_seeds - 1`` degrees of freedom,
+    Bonferroni over ``n_tests``."""
+    return float(sstats.t.ppf(1 - alpha / (2 * n_tests), n_seeds - 1))
+
+
+def profile_agrees(
+    log_measured: np.ndarray, predicted: np.ndarray, alpha: float = 1e-3
+) -> tuple[bool, float]:
+    """Whether the seed mean of ``(S, L)`` log measurements lies within a Bonferroni
+    t-interval (over the L layers) of ``log(predicted)`` at every layer; and the largest
+    |ratio - 1| of the measured geometric mean to the prediction."""
+    mean, se = seed_mean(log_measured)
+    lp = np.log(np.asarray(predicted, np.float64))
+    t = t_crit(log_measured.shape[0], log_measured.shape[1], alpha)
+    ok = bool(np.all(np.abs(mean - lp) <= t * np.maximum(se, 1e-12)))
+    return ok, float(np.max(np.abs(np.exp(mean - lp) - 1)))
