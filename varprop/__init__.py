@@ -36,12 +36,21 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "initializers": ("varprop.initializers", None),
     "laws": ("varprop.laws", None),
     "nn": ("varprop.nn", None),
+    "ExpectedLaw": ("varprop._src.verdicts", "ExpectedLaw"),
+    "LayerMeasurement": ("varprop._src.verdicts", "LayerMeasurement"),
+    "LayerTest": ("varprop._src.verdicts", "LayerTest"),
+    "ProductStatistics": ("varprop._src.verdicts", "ProductStatistics"),
+    "layer_verdict": ("varprop._src.verdicts", "layer_verdict"),
 }
 
 __all__ = [
     "CheckResult",
+    "ExpectedLaw",
     "Initializer",
+    "LayerMeasurement",
     "LayerRow",
+    "LayerTest",
+    "ProductStatistics",
     "Scheme",
     "assert_agrees",
     "assert_healthy",
@@ -49,6 +58,7 @@ __all__ = [
     "enable_compilation_cache",
     "initializers",
     "laws",
+    "layer_verdict",
     "nn",
     "scheme_of",
 ]
@@ -63,3 +73,10 @@ if TYPE_CHECKING:  # what pyright and IDEs see; nothing is imported at run time
     from varprop._src.cli import enable_compilation_cache
     from varprop._src.initializers import Initializer, scheme_of
     from varprop._src.laws.schemes import Scheme
+    from varprop._src.verdicts import (
+        ExpectedLaw,
+        LayerMeasurement,
+        LayerTest,
+        ProductStatistics,
+        layer_verdict,
+    )

@@ -44,22 +44,17 @@ from varprop._src.moments import (
     scaled_unit_moments,
     unit_log_moments,
 )
+from varprop._src.stats import NARROW_UNITS
 
 Array = jax.Array
 
 
-#: XLA options for the probe's programs. At the default backend level (2), LLVM spends
-#: 15-20 s on the probe's many small fusions (threefry draws, summaries) of a 10-layer
-#: 512-wide net; level 1 compiles the same program in about 5 s and runs it as fast
-#: (0.366 s vs 0.367 s per 4-seed round; /tmp timing script, see the session notes). The
-#: matmuls are library calls either way.
+#: XLA options for the probe's programs. At the default backend level (2), LLVM spends most
+#: of the compile time on the probe's many small fusions (threefry draws, summaries); level
+#: 1 compiles them several times faster and runs them as fast, since the matmuls are library
+#: calls at any level (``scripts/bench_check.py --sections compile`` measures the compile
+#: time at this setting).
 COMPILER_OPTIONS = {"xla_backend_optimization_level": "1"}
-
-#: Layers narrower than this (in either dimension) carry the statistics of the small-sample
-#: law (see :func:`law_summary`): with few units the spread across units is not a usable
-#: standard error, and with a narrow contracted dimension the per-unit second moments are
-#: far from normal. Wider layers skip them (their Gram term costs as much as a matmul).
-NARROW_UNITS = 64
 
 
 class TapSummary(NamedTuple):

@@ -46,6 +46,13 @@ import numpy as np
 VERDICTS = ("agrees", "disagrees", "inconclusive")
 
 
+#: Layers narrower than this (in either dimension) take the small-sample law's interval:
+#: with few units the spread across units is not a usable standard error, and with a
+#: narrow contracted dimension the per-unit second moments are far from normal. The probe
+#: computes the law's input statistics only for them (their Gram term costs a matmul).
+NARROW_UNITS = 64
+
+
 class Interval(NamedTuple):
     """A pooled ratio and its confidence interval; ``dof`` is the Student-t degrees of
     freedom (spread) or the chi-square :math:`\\nu` (small-sample law)."""
