@@ -43,3 +43,12 @@ def load_script(name: str):
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests that run an experiment (they take the ``quick_result`` fixture) are ``slow``:
+    the default ``pytest`` deselects them (``-m 'not slow'`` in the configuration) and CI
+    runs them in a second step, ``pytest -m slow``."""
+    for item in items:
+        if "quick_result" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)

@@ -14,7 +14,7 @@ Example:
     >>> import jax.numpy as jnp
     >>> v = jnp.array([[3e25, -4e25]], jnp.float32)      # v**2 overflows float32
     >>> round(float(log_mean_square(v)), 3)              # log(12.5e50)
-    117.65
+    117.655
 """
 
 from __future__ import annotations
