@@ -20,6 +20,7 @@ import mpmath
 import pytest
 import sympy as sp
 
+from varprop._src.laws import activation_moments as AM
 from varprop._src.laws import activations as A
 
 mp = mpmath
@@ -75,7 +76,7 @@ QS = [1e-300, 1e-30, 1e-8, 1e4, 1e8, 1e12, 1e30, 1e300]
 @pytest.mark.parametrize("name", list(REF))
 @pytest.mark.parametrize("q", QS)
 def test_moments_against_mpmath(name, q):
-    m = A.activation_moments(name, q)
+    m = AM.activation_moments(name, q)
     ref = _mp_moments(*REF[name], q)
     got = [m.mean, m.second_moment, m.grad_second_moment]
     # The mean may be 0 by symmetry: judge it on the scale of sqrt(E[phi^2]).
@@ -86,7 +87,7 @@ def test_moments_against_mpmath(name, q):
 
 @pytest.mark.parametrize("q", [1e8, 1e12, 1e30, 1e300])
 def test_tanh_large_q_asymptotics(q):
-    m = A.activation_moments("tanh", q)
+    m = AM.activation_moments("tanh", q)
     lead = (4 / 3) / math.sqrt(2 * math.pi * q)
     assert m.grad_second_moment == pytest.approx(lead, rel=1e-6)
     assert m.grad_second_moment > 0
@@ -97,7 +98,7 @@ def test_tanh_large_q_asymptotics(q):
 
 @pytest.mark.parametrize("q", [1e8, 1e12, 1e300])
 def test_sigmoid_large_q_asymptotics(q):
-    m = A.activation_moments("sigmoid", q)
+    m = AM.activation_moments("sigmoid", q)
     assert m.grad_second_moment == pytest.approx((1 / 6) / math.sqrt(2 * math.pi * q), rel=1e-6)
     if q <= 1e12:
         assert 0.5 - m.second_moment == pytest.approx(1 / math.sqrt(2 * math.pi * q), rel=1e-4)
@@ -122,11 +123,11 @@ def test_sigmoid_large_q_asymptotics(q):
     ],
 )
 def test_q_zero_is_the_limit(name, expected):
-    m = A.activation_moments(name, 0.0)
+    m = AM.activation_moments(name, 0.0)
     got = (m.mean, m.second_moment, m.grad_second_moment)
     assert got == pytest.approx(expected, rel=1e-12, abs=1e-300)
     # ... and the limit is continuous: q = 1e-300 gives the same numbers.
-    tiny = A.activation_moments(name, 1e-300)
+    tiny = AM.activation_moments(name, 1e-300)
     assert (tiny.mean, tiny.second_moment, tiny.grad_second_moment) == pytest.approx(
         expected, rel=1e-9, abs=1e-140
     )
@@ -135,7 +136,7 @@ def test_q_zero_is_the_limit(name, expected):
 def test_silu_small_q_mean_has_its_digits():
     # silu(z) = z/2 + z^2/4 + O(z^4): E[silu(z)] = q/4 - q^2/16 ... (hand Taylor series).
     for q in (1e-30, 1e-300):
-        assert A.activation_moments("silu", q).mean == pytest.approx(q / 4, rel=1e-12)
+        assert AM.activation_moments("silu", q).mean == pytest.approx(q / 4, rel=1e-12)
 
 
 @pytest.fixture
@@ -158,7 +159,7 @@ def test_user_activation_at_extremes(registry_cleanup):
         return mp.diff(mish, z)
 
     for q in (1e-30, 1e8, 1e30):
-        m = A.activation_moments("test_mish_x", q)
+        m = AM.activation_moments("test_mish_x", q)
         ref = _mp_moments(mish, dmish, q)
         assert m.second_moment == pytest.approx(ref[1], rel=1e-9)
         assert m.grad_second_moment == pytest.approx(ref[2], rel=1e-8)

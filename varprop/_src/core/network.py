@@ -24,13 +24,13 @@ Example:
 from __future__ import annotations
 
 import functools
+import importlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-import jax.scipy.special as jsp
 import sympy as sp
 
 from varprop._src.core.normalizers import batch_norm, batch_stats, layer_norm, normalize
@@ -50,28 +50,6 @@ NORM_EPSILON = {"batchnorm": 1e-5, "layernorm": 1e-6}
 # -- activations ----------------------------------------------------------------------------
 
 
-def _linear(z: Array) -> Array:
-    return z
-
-
-_BUILTIN: dict[str, Callable[[dict], ActFn]] = {
-    "linear": lambda p: _linear,
-    "relu": lambda p: jax.nn.relu,
-    "leaky_relu": lambda p: functools.partial(
-        jax.nn.leaky_relu, negative_slope=float(p["negative_slope"])
-    ),
-    "abs": lambda p: jnp.abs,
-    "tanh": lambda p: jnp.tanh,
-    "sigmoid": lambda p: jax.nn.sigmoid,
-    "erf": lambda p: jsp.erf,
-    "gelu": lambda p: functools.partial(jax.nn.gelu, approximate=False),
-    "silu": lambda p: jax.nn.silu,
-    "selu": lambda p: jax.nn.selu,
-    "elu": lambda p: functools.partial(jax.nn.elu, alpha=float(p["alpha"])),
-    "softplus": lambda p: jax.nn.softplus,
-}
-
-
 @functools.cache
 def _lambdified(act: A.Activation) -> ActFn:
     f = sp.lambdify(S.x, act.expr, modules="jax")
@@ -82,11 +60,22 @@ def _lambdified(act: A.Activation) -> ActFn:
     return fn
 
 
+@functools.cache
+def _declared(spec: A.JaxFunction, act: A.Activation) -> ActFn:
+    """The function ``spec`` names, imported, with ``act``'s keyword arguments bound."""
+    module, _, attr = spec.path.rpartition(".")
+    fn = getattr(importlib.import_module(module), attr)
+    kwargs = spec.keywords(act)
+    return functools.partial(fn, **kwargs) if kwargs else fn
+
+
 def jax_activation(act: str | A.Activation) -> ActFn:
     """The JAX function of a registered activation (name, spec string or object).
 
-    Built-ins map to ``jax.nn``; an activation a user registered with a SymPy expression is
-    lambdified to JAX once, when first asked for.
+    A built-in's record names its JAX function (``Activation.jax_function``, e.g.
+    ``jax.nn.leaky_relu`` with ``negative_slope`` as a keyword), imported here when first
+    asked for; an activation a user registered with a SymPy expression is lambdified to JAX
+    once, when first asked for.
 
     Example:
         >>> import jax.numpy as jnp
@@ -94,8 +83,8 @@ def jax_activation(act: str | A.Activation) -> ActFn:
         Array([-0.1,  2. ], dtype=float32)
     """
     a = A.get_activation(act) if isinstance(act, str) else act
-    if a.name in _BUILTIN and a.name in A.BUILTIN_NAMES:
-        return _BUILTIN[a.name](dict(a.params))
+    if a.jax_function is not None:
+        return _declared(a.jax_function, a)
     return _lambdified(a)
 
 

@@ -66,11 +66,11 @@ def resolve_gain(gain: GainSpec) -> tuple[sp.Expr, str]:
     (see :func:`varprop.laws.gain`); a number is taken as it is.
     """
     if isinstance(gain, str):
-        from varprop._src.laws import activations
+        from varprop._src.laws import activation_gains, activations
 
         act = activations.get_activation(gain)
-        exact = activations.gain_expr(act)
-        value = exact if exact is not None else sp.Float(activations.gain(act), 17)
+        exact = activation_gains.gain_expr(act)
+        value = exact if exact is not None else sp.Float(activation_gains.gain(act), 17)
         return sp.sympify(value), f"derived gain of {gain}"
     return check_positive("gain", gain), "given"
 
