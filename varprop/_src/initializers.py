@@ -23,7 +23,15 @@ import numpy as np
 from varprop._src.errors import InputError
 from varprop._src.laws import catalog
 from varprop._src.laws.catalog import GainSpec
-from varprop._src.laws.schemes import AxisSpec, Scheme, check_shape, truncated_normal_std
+from varprop._src.laws.schemes import (
+    NORMAL,
+    TRUNCATED_NORMAL,
+    UNIFORM,
+    AxisSpec,
+    Scheme,
+    check_shape,
+    truncated_normal_std,
+)
 
 Array = jax.Array
 
@@ -87,7 +95,7 @@ def _check_rounding(scheme: Scheme, shape: tuple[int, ...], dt: np.dtype) -> Non
         return
     fi = jnp.finfo(dt)
     mean = scheme.mean(shape)
-    if scheme.distribution == "constant":
+    if scheme.distribution.is_constant:
         if abs(mean) > float(fi.max):
             raise InputError(
                 f"dtype {dt.name} cannot hold the constant {mean!r} (largest finite "
@@ -191,29 +199,29 @@ class Initializer:
     def _draw(self, key: Array, shape: tuple[int, ...], dt: np.dtype) -> Array:
         s = self.scheme
         d = s.distribution
-        if d == "constant":
+        if d.is_constant:
             return jnp.full(shape, s.mean(shape), dt)
-        if d == "orthogonal":
-            rows, cols = s.shape_values(shape)[2:]
-            gain = math.sqrt(s.variance(shape) * rows * cols / min(rows, cols))
-            q = _orthogonal_matrix(key, rows, cols, dt)
-            col = s.column_axis % len(shape)
-            moved = (*shape[:col], *shape[col + 1 :], shape[col])
-            return jnp.moveaxis((gain * q).reshape(moved), -1, col).astype(dt)
-        if d == "delta_orthogonal":
+        if d.is_delta:  # an orthogonal (in, out) matrix at the kernel's spatial centre
             rows, cols = s.shape_values(shape)[2:]
             fan_in = s.shape_values(shape)[0]
             gain = math.sqrt(s.variance(shape) * cols * fan_in / rows)
             q = (gain * _orthogonal_matrix(key, rows, cols, dt)).astype(dt)
             centre = tuple((k - 1) // 2 for k in shape[:-2])
             return jnp.zeros(shape, dt).at[centre].set(q)
+        if d.is_orthogonal:
+            rows, cols = s.shape_values(shape)[2:]
+            gain = math.sqrt(s.variance(shape) * rows * cols / min(rows, cols))
+            q = _orthogonal_matrix(key, rows, cols, dt)
+            col = s.column_axis % len(shape)
+            moved = (*shape[:col], *shape[col + 1 :], shape[col])
+            return jnp.moveaxis((gain * q).reshape(moved), -1, col).astype(dt)
         std = s.std(shape)
-        if d == "normal":
+        if d is NORMAL:
             return (std * jax.random.normal(key, shape, dt)).astype(dt)
-        if d == "uniform":
+        if d is UNIFORM:
             bound = math.sqrt(3.0) * std
             return jax.random.uniform(key, shape, dt, -bound, bound)
-        if d == "truncated_normal":
+        if d is TRUNCATED_NORMAL:
             lo, hi = s.truncation
             scale = std / truncated_normal_std(lo, hi)
             # `scale` is the std before truncation: the law's Var(w) divided by Var(z).

@@ -28,11 +28,96 @@ import sympy as sp
 from varprop._src.laws import symbols as S
 
 MODES = ("fan_in", "fan_out", "fan_avg", "fan_geo_avg")
-DISTRIBUTIONS = ("normal", "truncated_normal", "uniform")
-#: Every distribution a scheme may declare (the last three are not i.i.d. draws).
-ALL_DISTRIBUTIONS = (*DISTRIBUTIONS, "orthogonal", "delta_orthogonal", "constant")
 
 AxisSpec = int | Sequence[int]
+
+
+# --------------------------------------------------------------------------------------
+# Distributions, declared once.
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class Distribution:
+    """What a scheme's weights are drawn from, with the properties the laws and samplers ask.
+
+    Declared once, below (:data:`NORMAL`, :data:`TRUNCATED_NORMAL`, :data:`UNIFORM`,
+    :data:`ORTHOGONAL`, :data:`DELTA_ORTHOGONAL`, :data:`CONSTANT`); a :class:`Scheme`
+    given a name gets the record of that name. ``str()`` and ``repr()`` are the name's, and
+    a record equals its name (``NORMAL == "normal"``), so printed laws, specs, JSON and
+    user code that compares names read as before.
+
+    Attributes:
+        name: ``"normal"``, ``"truncated_normal"``, ``"uniform"``, ``"orthogonal"``,
+            ``"delta_orthogonal"`` or ``"constant"``.
+        iid: the entries are independent draws of one zero-mean law (normal, truncated
+            normal, uniform): the i.i.d. layer law holds, and ``variance_scaling`` accepts it.
+        is_constant: every entry is the scheme's mean (Var(w) = 0, no spread).
+        is_orthogonal: the entries come from an orthogonal matrix (QR of a Gaussian
+            matrix), so the law is written in its rows and columns, the sum of squares is
+            exact rather than random, and the sampler needs a QR of its own.
+        is_delta: a conv kernel that is zero except at its spatial centre, where it holds
+            an orthogonal matrix of (in, out) channels (delta orthogonal).
+
+    Example:
+        >>> from varprop import initializers
+        >>> d = initializers.orthogonal().scheme.distribution
+        >>> str(d), d.is_orthogonal, d.iid, d == "orthogonal"
+        ('orthogonal', True, False, True)
+    """
+
+    name: str
+    iid: bool = False
+    is_constant: bool = False
+    is_orthogonal: bool = False
+    is_delta: bool = False
+
+    def __str__(self) -> str:
+        return self.name
+
+    def __repr__(self) -> str:
+        return repr(self.name)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Distribution):
+            return self.name == other.name
+        if isinstance(other, str):
+            return self.name == other
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self.name)
+
+    def __reduce__(self):
+        return distribution_named, (self.name,)
+
+
+NORMAL = Distribution("normal", iid=True)
+TRUNCATED_NORMAL = Distribution("truncated_normal", iid=True)
+UNIFORM = Distribution("uniform", iid=True)
+ORTHOGONAL = Distribution("orthogonal", is_orthogonal=True)
+DELTA_ORTHOGONAL = Distribution("delta_orthogonal", is_orthogonal=True, is_delta=True)
+CONSTANT = Distribution("constant", is_constant=True)
+
+_DISTRIBUTIONS = {
+    d.name: d for d in (NORMAL, TRUNCATED_NORMAL, UNIFORM, ORTHOGONAL, DELTA_ORTHOGONAL, CONSTANT)
+}
+#: Names of the i.i.d. distributions (those ``variance_scaling`` draws from).
+DISTRIBUTIONS = tuple(n for n, d in _DISTRIBUTIONS.items() if d.iid)
+#: Every distribution a scheme may declare (the last three are not i.i.d. draws).
+ALL_DISTRIBUTIONS = tuple(_DISTRIBUTIONS)
+
+
+def distribution_named(name: str | Distribution) -> Distribution:
+    """The declared :class:`Distribution` of ``name`` (a record is returned as declared).
+
+    Raises:
+        ValueError: an unknown name (the message lists the allowed ones).
+    """
+    d = _DISTRIBUTIONS.get(name.name if isinstance(name, Distribution) else name)
+    if d is None:
+        raise ValueError(f"unknown distribution {name!r}; allowed: {ALL_DISTRIBUTIONS}")
+    return d
 
 
 # --------------------------------------------------------------------------------------
@@ -171,18 +256,21 @@ def truncated_normal_std(lower: float = -2.0, upper: float = 2.0) -> float:
     return float(sp.sqrt(truncated_normal_moments(lower, upper)["variance"]).evalf(30))
 
 
-def distribution_kurtosis(distribution: str) -> sp.Expr:
+def distribution_kurtosis(distribution: str | Distribution) -> sp.Expr:
     """Kurtosis E[w^4]/E[w^2]^2 of a zero-mean scheme's distribution (3 for normal, 9/5 uniform)."""
-    if distribution == "normal":
+    d = _DISTRIBUTIONS.get(str(distribution))
+    if d is NORMAL:
         return sp.Integer(3)
-    if distribution == "uniform":
+    if d is UNIFORM:
         u = sp.Symbol("u", real=True)
         m2 = sp.integrate(u**2, (u, -1, 1)) / 2
         m4 = sp.integrate(u**4, (u, -1, 1)) / 2
         return sp.nsimplify(m4 / m2**2)
-    if distribution == "truncated_normal":
+    if d is TRUNCATED_NORMAL:
         return truncated_normal_moments()["kurtosis"]
-    raise ValueError(f"kurtosis is defined for distributions {DISTRIBUTIONS}, got {distribution!r}")
+    raise ValueError(
+        f"kurtosis is defined for distributions {DISTRIBUTIONS}, got {str(distribution)!r}"
+    )
 
 
 # --------------------------------------------------------------------------------------
@@ -297,8 +385,9 @@ class Scheme:
         variance_expr: SymPy ``Var(w)`` in the shape symbols (``n_in``, ``n_out`` or
             ``n_rows``, ``n_cols``) and the parameter symbols (``g``, ``L``, ``m``, ``sigma``).
         parameters: values of the parameter symbols, e.g. ``{g: sqrt(2)}``.
-        distribution: one of ``normal``, ``truncated_normal``, ``uniform`` (i.i.d. draws),
-            ``orthogonal``, ``delta_orthogonal`` or ``constant``.
+        distribution: the :class:`Distribution` drawn from: ``normal``,
+            ``truncated_normal``, ``uniform`` (i.i.d. draws), ``orthogonal``,
+            ``delta_orthogonal`` or ``constant`` (its name is accepted and converted).
         mean_expr: ``E[w]`` (non-zero only for ``constant``).
         uses_fans: whether the law depends on the shape through the fans.
         in_axis, out_axis, batch_axis: the layout the fans are read with.
@@ -311,7 +400,7 @@ class Scheme:
     name: str
     variance_expr: sp.Expr
     parameters: Mapping[sp.Symbol, sp.Expr]
-    distribution: str
+    distribution: Distribution
     description: str
     mean_expr: sp.Expr = sp.S.Zero
     uses_fans: bool = True
@@ -325,10 +414,7 @@ class Scheme:
     _mean_fn: Callable[..., float] = field(init=False, repr=False)
 
     def __post_init__(self):
-        if self.distribution not in ALL_DISTRIBUTIONS:
-            raise ValueError(
-                f"unknown distribution {self.distribution!r}; allowed: {ALL_DISTRIBUTIONS}"
-            )
+        object.__setattr__(self, "distribution", distribution_named(self.distribution))
         free = (self.law.free_symbols | self.mean_law.free_symbols) - set(_SHAPE_SYMBOLS)
         if free:
             raise ValueError(
@@ -365,10 +451,11 @@ class Scheme:
         ``None`` for ``constant`` (no spread) and for the orthogonal schemes, whose sum of
         squares is exact rather than random.
         """
-        if self.distribution in DISTRIBUTIONS:
-            if self.distribution == "truncated_normal" and self.truncation != (-2.0, 2.0):
+        d = self.distribution
+        if d.iid:
+            if d is TRUNCATED_NORMAL and self.truncation != (-2.0, 2.0):
                 return truncated_normal_moments(*self.truncation)["kurtosis"]
-            return distribution_kurtosis(self.distribution)
+            return distribution_kurtosis(d)
         return None
 
     def degenerate_reason(self, shape: Sequence[int] | None = None) -> str | None:
@@ -390,7 +477,7 @@ class Scheme:
             >>> initializers.he_normal().scheme.degenerate_reason((784, 256)) is None
             True
         """
-        if self.distribution == "constant":
+        if self.distribution.is_constant:
             mean = self.mean_law
             return "zero weights" if mean == 0 else "constant weights (every unit identical)"
         if shape is None:
@@ -409,9 +496,9 @@ class Scheme:
         """Values of ``(n_in, n_out, n_rows, n_cols)`` for ``shape`` (1 where unused)."""
         shape = check_shape(shape)
         fan_in = fan_out = rows = cols = 1
-        if self.distribution in ("orthogonal", "delta_orthogonal"):
+        if self.distribution.is_orthogonal:
             rows, cols = orthogonal_matrix_shape(shape, self.column_axis, self.distribution)
-            if self.distribution == "delta_orthogonal":
+            if self.distribution.is_delta:
                 fan_in, fan_out = compute_fans(shape)
         elif self.uses_fans:
             fan_in, fan_out = self.fans(shape)
@@ -454,14 +541,14 @@ class Scheme:
         pre-truncation std ``sqrt(Var)/c``. Orthogonal: the gain. Constant: ``|c|``.
         """
         d = self.distribution
-        if d == "uniform":
+        if d is UNIFORM:
             return math.sqrt(3.0 * self.variance(shape))
-        if d == "truncated_normal":
+        if d is TRUNCATED_NORMAL:
             lo, hi = self.truncation
             return max(abs(lo), abs(hi)) * self.std(shape) / truncated_normal_std(lo, hi)
-        if d in ("orthogonal", "delta_orthogonal"):
+        if d.is_orthogonal:
             return float(self.parameters.get(S.gain, 1))
-        if d == "constant":
+        if d.is_constant:
             return abs(self.mean(shape))
         return None
 
@@ -475,11 +562,13 @@ class Scheme:
 
 
 def orthogonal_matrix_shape(
-    shape: Sequence[int], column_axis: int = -1, distribution: str = "orthogonal"
+    shape: Sequence[int],
+    column_axis: int = -1,
+    distribution: str | Distribution = ORTHOGONAL,
 ) -> tuple[int, int]:
     """Rows and columns of the matrix an orthogonal scheme draws for ``shape``."""
     shape = check_shape(shape)
-    if distribution == "delta_orthogonal":
+    if distribution_named(distribution).is_delta:
         if len(shape) not in (3, 4, 5):
             raise ValueError(
                 f"delta_orthogonal needs a 3-D, 4-D or 5-D conv kernel (..., in, out); got {shape}"
@@ -514,7 +603,9 @@ def fan_denominator(mode: str) -> sp.Expr:
 
 
 def check_distribution(distribution: str) -> str:
-    if distribution not in DISTRIBUTIONS:
+    """``distribution`` if it names an i.i.d. distribution (see :data:`DISTRIBUTIONS`)."""
+    d = _DISTRIBUTIONS.get(distribution) if isinstance(distribution, str) else None
+    if d is None or not d.iid:
         raise ValueError(f"unknown distribution {distribution!r}; allowed: {DISTRIBUTIONS}")
     return distribution
 
