@@ -538,7 +538,7 @@ def make_probe(
 
 
 def _needs_own_program(init: Initializer) -> bool:
-    return init.scheme.distribution in ("orthogonal", "delta_orthogonal")
+    return init.scheme.distribution.is_orthogonal  # a QR per draw
 
 
 def make_plain_step(net: Network, batch: int):
