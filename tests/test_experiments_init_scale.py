@@ -1,4 +1,5 @@
-"""Experiments 1-6 (init_scale): each quick run against an independent prediction.
+"""Experiments 1-6 (degenerate_init, weight_scale, fan_scaling): each quick run against an
+independent prediction.
 
 The predictions here are recomputed from closed forms or NumPy (Gauss-Hermite quadrature),
 not read from the experiment's own rows.
@@ -155,7 +156,8 @@ def test_he_directions(quick_result):
 
 
 def test_in_jit_draw_matches_initializer():
-    """The experiments draw std * N(0, 1) in jit; that is what the initializers draw."""
+    """The experiments draw N(0, 1) kernels scaled by the scheme's std (the probe's
+    ``weight_scales``): that is what the initializers draw."""
     key = jax.random.key(3)
     for init in (inits.normal(0.01), inits.glorot_normal(), inits.he_normal(mode="fan_out")):
         shape = (64, 32)
