@@ -84,8 +84,9 @@ _q = S.q
 def moment_expressions(act: str | Activation) -> tuple[sp.Expr, sp.Expr, sp.Expr]:
     r"""Closed forms of :math:`(E[\phi(z)], E[\phi(z)^2], E[\phi'(z)^2])` for z ~ N(0, q).
 
-    Derived by SymPy (:func:`varprop._src.laws.gaussian_integrals.moment_forms`) as expressions in :data:`symbols.q`,
-    cached per expression. Only for activations with ``closed_form=True``.
+    Derived by SymPy (:func:`varprop._src.laws.gaussian_integrals.moment_forms`) as
+    expressions in :data:`symbols.q`, cached per expression. Only for activations with
+    ``closed_form=True``.
 
     Raises:
         ValueError: the activation has no closed form, or SymPy could not derive one.
