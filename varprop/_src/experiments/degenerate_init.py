@@ -10,12 +10,19 @@ linear); backpropagation gives
     \frac{\partial L}{\partial W_l} = h_{l-1}^\top \delta_l, \qquad
     \frac{\partial L}{\partial b_l} = \mathbf 1^\top \delta_l .
 
-- ``zeros``: with W = 0 every hidden delta is exactly 0; which parameters ever move is
-  decided by phi(0) and phi'(0) alone.
-- ``constant``: with W = c every unit of a layer computes the same function and receives the
-  same gradient, so the units stay identical under any number of steps: the layer has the
-  capacity of a single unit (Goodfellow, Bengio & Courville, "Deep Learning", 2016, §8.4).
-  Var(w) = 0, so the variance laws of the other experiments say nothing here.
+- ``zeros``: all weights and biases 0. Then :math:`\delta_l = 0` for every l < L and
+  :math:`\partial L/\partial W_L = \phi(0)\,\mathbf 1^\top \delta_L`: at step 1 only the
+  output bias (and the output kernel when phi(0) != 0) has a non-zero gradient. With
+  phi(0) = 0 nothing else ever moves; with phi(0) != 0 and phi'(0) != 0 one more layer wakes
+  per step (and its units stay identical, see ``constant``).
+- ``constant``: all weights c (biases 0). Every unit j of a hidden layer computes the same
+  function, :math:`z_j = c\sum_i x_i`, and receives the same gradient
+  :math:`\partial L/\partial W_{ij} = x_i\,\delta_j` with
+  :math:`\delta_j = \phi'(z_j)\sum_k W^{(l+1)}_{jk}\,\delta^{(l+1)}_k`, the same for every j
+  as long as the columns of W and the rows of W^{(l+1)} are identical; so they stay
+  identical under any number of steps, and the layer has the capacity of a single unit
+  (Goodfellow, Bengio & Courville, "Deep Learning", 2016, §8.4). The symmetry is exact;
+  only float32 rounding could break it. Var(w) = 0, so the variance laws say nothing here.
 
 Both train small MLPs of :mod:`varprop._src.core.network` (``init_params``, ``forward``)
 with optax SGD in one jitted ``lax.scan``.
@@ -55,7 +62,6 @@ if TYPE_CHECKING:
     from matplotlib.image import AxesImage
 
 Array = jax.Array
-
 _ZERO_ACTS = ("tanh", "relu", "sigmoid")
 
 
@@ -64,11 +70,6 @@ def _layers(params) -> list[tuple[Array, Array]]:
     return [
         (p["W"][..., i, :, :], p["b"][..., i, :]) for p in params for i in range(p["b"].shape[-2])
     ]
-
-
-def _abs_max(params) -> Array:
-    """``(L, 2)``: per layer, max |W_l| and max |b_l|."""
-    return jnp.stack([jnp.stack([jnp.abs(w).max(), jnp.abs(b).max()]) for w, b in _layers(params)])
 
 
 def _sgd(params, loss, steps: int, lr: float, record, opt_state=None):
@@ -88,13 +89,6 @@ def _sgd(params, loss, steps: int, lr: float, record, opt_state=None):
 
 
 # -- 1. zeros ---------------------------------------------------------------------------------
-
-
-def _degenerate_flags(activation: str) -> tuple[sp.Expr, sp.Expr]:
-    """phi(0) and phi'(0) from the activation's SymPy expression. ReLU's derivative at 0 is
-    the JAX convention, 0 (both conventions give the same prediction since relu(0) = 0)."""
-    act = laws.get_activation(activation)
-    return sp.nsimplify(act.expr.subs(S.x, 0)), sp.nsimplify(act.grad_expr.subs(S.x, 0))
 
 
 def _zero_pattern(depth: int, steps: int, phi0_nonzero: bool, dphi0_nonzero: bool) -> np.ndarray:
@@ -127,13 +121,15 @@ def _train_zeros(key: Array, net: Network, steps: int):
     x = jax.random.normal(kx, (128, d_in), jnp.float32)
     y = x @ jax.random.normal(kt, (d_in, d_out), jnp.float32) / math.sqrt(d_in) + 1.0
 
+    def abs_max(params):
+        return jnp.array([[jnp.abs(w).max(), jnp.abs(b).max()] for w, b in _layers(params)])
+
     def loss(p):
         return jnp.mean(jnp.square(forward(net, p, x) - y))
 
-    _, out = _sgd(
-        init_params(net, key), loss, steps, 0.1, lambda v, g, p: (_abs_max(g), _abs_max(p))
-    )
-    return out
+    return _sgd(init_params(net, key), loss, steps, 0.1, lambda v, g, p: (abs_max(g), abs_max(p)))[
+        1
+    ]
 
 
 def _zero_heatmap(ax, measured: np.ndarray, predicted: np.ndarray, title: str) -> AxesImage:
@@ -148,10 +144,8 @@ def _zero_heatmap(ax, measured: np.ndarray, predicted: np.ndarray, title: str) -
     im = ax.imshow(img, aspect="auto", cmap="viridis", vmin=-8, vmax=1, origin="upper")
     for r, c in zip(*np.nonzero(predicted.reshape(steps, 2 * depth).T), strict=True):
         ax.add_patch(Rectangle((c - 0.5, r - 0.5), 1, 1, fill=False, edgecolor="red", lw=1.5))
-    ax.set_yticks(range(2 * depth))
-    ax.set_yticklabels([f"{k}{i + 1}" for i in range(depth) for k in ("W", "b")])
-    ax.set_xticks(range(steps))
-    ax.set_xticklabels([str(t + 1) for t in range(steps)])
+    ax.set_yticks(range(2 * depth), [f"{k}{i + 1}" for i in range(depth) for k in ("W", "b")])
+    ax.set_xticks(range(steps), [str(t + 1) for t in range(steps)])
     ax.set_xlabel("SGD step")
     ax.set_title(title, fontsize=9)
     return im
@@ -159,16 +153,8 @@ def _zero_heatmap(ax, measured: np.ndarray, predicted: np.ndarray, title: str) -
 
 @experiment("zeros", "All-zero weights: hidden gradients are exactly zero", 1)
 def run_zeros(cfg: RunConfig) -> ExperimentResult:
-    r"""All weights and biases 0. Backprop gives
-
-    .. math:: \delta_l = (\delta_{l+1} W_{l+1}^\top)\odot\phi'(z_l) = 0 \ (l < L),\qquad
-              \partial L/\partial W_L = \phi(0)\,\mathbf 1^\top \delta_L
-
-    so at step 1 only the output bias (and the output kernel when phi(0) != 0) has a
-    non-zero gradient. With phi(0) = 0 nothing else ever moves; with phi(0) != 0 and
-    phi'(0) != 0 one more layer wakes per step (and its units stay identical, see
-    ``constant``).
-    """
+    """All weights and biases 0: the parameters with a non-zero gradient at each SGD step,
+    measured and from the backprop equations (see the module docstring)."""
     widths = (8, 16, 16, 16, 2) if cfg.quick else (16, 64, 64, 64, 64, 4)
     depth = len(widths) - 1
     steps = depth + 2
@@ -176,10 +162,13 @@ def run_zeros(cfg: RunConfig) -> ExperimentResult:
     measured, predicted, pmaxes, flags = {}, {}, {}, {}
     train = jax.jit(_train_zeros, static_argnums=(1, 2), compiler_options=COMPILER_OPTIONS)
     for a in cfg.progress(_ZERO_ACTS, total=len(_ZERO_ACTS), desc="zeros"):
-        measured[a], pmaxes[a] = (
-            np.asarray(v) for v in train(key, make_network(widths, a, inits.zeros), steps)
+        net = make_network(widths, a, inits.zeros)
+        measured[a], pmaxes[a] = (np.asarray(v) for v in train(key, net, steps))
+        # phi(0), phi'(0) (ReLU's derivative at 0 is JAX's 0; relu(0) = 0 makes it moot).
+        act = laws.get_activation(a)
+        flags[a] = phi0, dphi0 = tuple(
+            sp.nsimplify(e.subs(S.x, 0)) for e in (act.expr, act.grad_expr)
         )
-        flags[a] = phi0, dphi0 = _degenerate_flags(a)
         predicted[a] = _zero_pattern(depth, steps, phi0 != 0, dphi0 != 0)
 
     def names(mask):
@@ -196,18 +185,14 @@ def run_zeros(cfg: RunConfig) -> ExperimentResult:
     moved_match = all(np.array_equal(pmaxes[a][-1] > 0, predicted[a].any(0)) for a in _ZERO_ACTS)
     delta_l, delta_n, w_n = map(sp.Symbol, (r"\delta_l", r"\delta_{l+1}", "W_{l+1}"))
     phi0_s, dphi0_s, dw_l = map(sp.Symbol, (r"\phi(0)", r"\phi'(0)", r"\partial L/\partial W_L"))
+    out_grad = sp.Eq(dw_l, phi0_s * sp.Symbol(r"\mathbf{1}^T\delta_L"))
     laws_ = [
         law("backprop through zero weights", sp.Eq(delta_l, dphi0_s * delta_n * w_n)),
         law("… with W_{l+1} = 0", sp.Eq(delta_l, (dphi0_s * delta_n * w_n).subs(w_n, 0))),
-        law(
-            "output kernel gradient at init (h = phi(0) everywhere)",
-            sp.Eq(dw_l, phi0_s * sp.Symbol(r"\mathbf{1}^T\delta_L")),
-        ),
-        *(
-            law(f"{a}: phi(0)", sp.Eq(phi0_s, laws.get_activation(a).expr.subs(S.x, 0)))
-            for a in _ZERO_ACTS
-        ),
+        law("output kernel gradient at init (h = phi(0) everywhere)", out_grad),
     ]
+    for a in _ZERO_ACTS:
+        laws_.append(law(f"{a}: phi(0)", sp.Eq(phi0_s, laws.get_activation(a).expr.subs(S.x, 0))))
     claims = [
         Claim(
             "With zero weights, every hidden layer's kernel and bias gradient is exactly 0.",
@@ -232,9 +217,11 @@ def run_zeros(cfg: RunConfig) -> ExperimentResult:
         ),
     ]
     fig, axes = new_figure(ncols=3, width=3.6, height=3.6)
-    for ax, (a, (phi0, dphi0)) in zip(axes[0], flags.items(), strict=True):
-        im = _zero_heatmap(ax, measured[a], predicted[a], f"{a}: φ(0)={phi0}, φ'(0)={dphi0}")
-    fig.colorbar(im, ax=axes[0].tolist(), label="log10 max|gradient| (blank: exactly 0)")
+    ims = [
+        _zero_heatmap(ax, measured[a], predicted[a], f"{a}: φ(0)={f[0]}, φ'(0)={f[1]}")
+        for ax, (a, f) in zip(axes[0], flags.items(), strict=True)
+    ]
+    fig.colorbar(ims[-1], ax=axes[0].tolist(), label="log10 max|gradient| (blank: exactly 0)")
     fig.suptitle("Zero init: measured non-zero gradients (colour) vs predicted (red boxes)")
     caption = (
         "Per parameter (rows) and SGD step (columns), log10 of the largest |gradient| "
@@ -267,22 +254,13 @@ def run_zeros(cfg: RunConfig) -> ExperimentResult:
 
 
 def _unit_spread(params) -> Array:
-    """Per hidden layer l, the largest difference between any unit and unit 0 of layer l:
-    over its incoming kernel column, its bias, and its outgoing kernel row (``(L-1,)``)."""
-    return jnp.stack(
-        [
-            jnp.max(
-                jnp.stack(
-                    [
-                        jnp.abs(w - w[:, :1]).max(),
-                        jnp.abs(b - b[:1]).max(),
-                        jnp.abs(v - v[:1]).max(),
-                    ]
-                )
-            )
-            for (w, b), (v, _) in itertools.pairwise(_layers(params))
-        ]
-    )
+    """Per hidden layer, the largest difference between any unit and unit 0 of the layer
+    over its incoming kernel column, its bias and its outgoing kernel row (``(L-1,)``)."""
+    units = [
+        jnp.concatenate([w.T, b[:, None], v], 1)
+        for (w, b), (v, _) in itertools.pairwise(_layers(params))
+    ]
+    return jnp.stack([jnp.abs(u - u[:1]).max() for u in units])
 
 
 def _train_chunk(net: Network, params, opt_state, x, labels, *, steps: int, lr: float):
@@ -300,17 +278,8 @@ def _train_chunk(net: Network, params, opt_state, x, labels, *, steps: int, lr: 
 
 @experiment("constant", "Constant weights: the units of a layer never become different", 2)
 def run_constant(cfg: RunConfig) -> ExperimentResult:
-    r"""All weights equal to c (biases 0). Every unit j of a hidden layer computes the same
-    function, :math:`z_j = c\sum_i x_i`, and receives the same gradient,
-
-    .. math:: \partial L/\partial W_{ij} = x_i\,\delta_j,\qquad
-              \delta_j = \phi'(z_j)\sum_k W^{(l+1)}_{jk}\,\delta^{(l+1)}_k
-
-    which is the same for every j as long as the columns of W and rows of W^{(l+1)} are
-    identical; so they stay identical under any number of gradient steps: the layer has the
-    capacity of a single unit. The symmetry is exact; float32 rounding is the only thing
-    that could break it. (Goodfellow, Bengio & Courville 2016, §8.4.)
-    """
+    """All weights c: the spread across the units of each hidden layer during SGD, predicted
+    0 by the symmetry argument (see the module docstring), beside a random init's."""
     widths, c, lr = (16, 32, 32, 32, 4), 0.1, 0.1
     n_chunks, chunk = (6, 50) if cfg.quick else (20, 100)
     kd, kt, kr = jax.random.split(jax.random.fold_in(jax.random.key(cfg.seed), 2), 3)
@@ -321,9 +290,8 @@ def run_constant(cfg: RunConfig) -> ExperimentResult:
     params = jax.tree.map(lambda a, b: jnp.stack([a, b]), *(init_params(n, kr) for n in nets))
     state = jax.vmap(optax.sgd(lr).init)(params)
     chunk_fn = functools.partial(_train_chunk, nets[0], steps=chunk, lr=lr)
-    train = jax.jit(
-        jax.vmap(chunk_fn, in_axes=(0, 0, None, None)), compiler_options=COMPILER_OPTIONS
-    )
+    vmapped = jax.vmap(chunk_fn, in_axes=(0, 0, None, None))
+    train = jax.jit(vmapped, compiler_options=COMPILER_OPTIONS)
     spreads, losses = [np.asarray(jax.vmap(_unit_spread)(params))[:, None]], []
     for _ in cfg.progress(range(n_chunks), total=n_chunks, desc="constant: SGD"):
         params, state, lo, sp_ = train(params, state, x, labels)
@@ -331,47 +299,31 @@ def run_constant(cfg: RunConfig) -> ExperimentResult:
         spreads.append(np.asarray(sp_))
     # (2, steps + 1, L - 1) and (2, steps): constant, Glorot normal
     (s_const, s_glorot), (l_const, l_glorot) = np.concatenate(spreads, 1), np.concatenate(losses, 1)
-    steps = n_chunks * chunk
-    w_scale = max(float(np.abs(np.asarray(p["W"][0])).max()) for p in params)
+    steps, hidden = n_chunks * chunk, len(widths) - 2
     # Rounding budget: identical inputs through identical float32 operations give identical
     # outputs; allow one ulp of the largest weight per step in case the matmul kernel
     # summed two columns in different orders.
+    w_scale = max(float(np.abs(np.asarray(p["W"][0])).max()) for p in params)
     tol = float(np.finfo(np.float32).eps) * w_scale * steps
     max_spread, random_spread = float(s_const.max()), float(s_glorot[-1].min())
-    hidden = len(widths) - 2
     x_i = cast(sp.IndexedBase, sp.IndexedBase("x"))
     i, n = sp.symbols("i n_in", integer=True, positive=True)
+    z_j = sp.Eq(sp.Symbol("z_j"), sp.Sum(S.value * x_i[i], (i, 1, n)))
+    spread_t = sp.Eq(sp.Symbol(r"\max_j |W_{:,j}(t) - W_{:,1}(t)|"), sp.Integer(0))
+    var_w = sp.Eq(sp.Symbol("Var(w)"), inits.constant(c).scheme.law)
     laws_ = [
-        law(
-            "pre-activation of every unit j (W = c)",
-            sp.Eq(sp.Symbol("z_j"), sp.Sum(S.value * x_i[i], (i, 1, n))),
-        ),
-        law(
-            "spread across units, any step t",
-            sp.Eq(sp.Symbol(r"\max_j |W_{:,j}(t) - W_{:,1}(t)|"), sp.Integer(0)),
-        ),
-        law(
-            "weight variance of the scheme (the i.i.d. laws need > 0)",
-            sp.Eq(sp.Symbol("Var(w)"), inits.constant(c).scheme.law),
-        ),
+        law("pre-activation of every unit j (W = c)", z_j),
+        law("spread across units, any step t", spread_t),
+        law("weight variance of the scheme (the i.i.d. laws need > 0)", var_w),
     ]
+    lab_c = f"max unit spread over {steps} steps (constant {c})"
+    lab_g = f"unit spread after {steps} steps (Glorot normal)"
     rows = [
-        Row(
-            f"hidden layer {l + 1}: max unit spread over {steps} steps (constant {c})",
-            0.0,
-            float(s_const[:, l].max()),
-            f"tolerance {tol:.1e}",
-        )
-        for l in range(hidden)
-    ]
-    rows += [
-        Row(
-            f"hidden layer {l + 1}: unit spread after {steps} steps (Glorot normal)",
-            "> 0",
-            float(s_glorot[-1, l]),
-            "control: random init",
-        )
-        for l in range(hidden)
+        Row(f"hidden layer {l}: {lab_c}", 0.0, float(v), f"tolerance {tol:.1e}")
+        for l, v in enumerate(s_const.max(0), 1)
+    ] + [
+        Row(f"hidden layer {l}: {lab_g}", "> 0", float(v), "control: random init")
+        for l, v in enumerate(s_glorot[-1], 1)
     ]
     rows.append(
         Row(
@@ -426,12 +378,5 @@ def run_constant(cfg: RunConfig) -> ExperimentResult:
         rows,
         claims,
         [Figure("constant_spread", caption, figure_png(fig))],
-        data={
-            "widths": np.array(widths),
-            "spread_constant": s_const,
-            "spread_glorot": s_glorot,
-            "loss_constant": l_const,
-            "loss_glorot": l_glorot,
-            "tolerance": np.float64(tol),
-        },
+        data={"spread_constant": s_const, "spread_glorot": s_glorot, "tolerance": np.float64(tol)},
     )

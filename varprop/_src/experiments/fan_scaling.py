@@ -13,12 +13,20 @@ E[phi'(z)^2] = 1/2, so the forward factor is n_in Var(w) / 2 and the backward on
 n_out Var(w) / 2.
 
 - ``xavier``: Var(w) = 2/(n_in + n_out) (Glorot & Bengio, "Understanding the difficulty of
-  training deep feedforward neural networks", AISTATS 2010) gives n Var(w) = 1 in square
-  layers: tanh nets follow the mean-field map toward its fixed point q* = 0 (Poole et al.,
-  "Exponential expressivity in deep neural networks through transient chaos", NeurIPS
-  2016), ReLU nets halve E[z^2] per layer.
-- ``he``: Var(w) = 2/n (He, Zhang, Ren & Sun, "Delving Deep into Rectifiers", ICCV 2015)
-  preserves ReLU nets; n = n_in (fan_in) the forward pass, n = n_out (fan_out) the backward.
+  training deep feedforward neural networks", AISTATS 2010), i.e. n Var(w) = 1 in a square
+  stack. For tanh the mean-field map :math:`q_{l+1} = n\,\mathrm{Var}(w)\,E[\tanh(\sqrt{q_l}\,z)^2]`
+  (Poole et al., "Exponential expressivity in deep neural networks through transient chaos",
+  NeurIPS 2016) has slope 1 at its fixed point q* = 0: q_l decays only like 1/l (no geometric
+  collapse or explosion), and the per-layer factors of both passes tend to 1. For ReLU the
+  same scheme halves E[z^2] and E[(dL/dz)^2] at every layer.
+- ``he``: Var(w) = 2/n (He, Zhang, Ren & Sun, "Delving Deep into Rectifiers", ICCV 2015):
+  with ReLU :math:`q_{l+1}/q_l = \tfrac12 n_{in}\mathrm{Var}(w)` and
+  :math:`g_l/g_{l+1} = \tfrac12 n_{out}\mathrm{Var}(w)`, so 2/n_in (fan_in) preserves the
+  forward pass and 2/n_out (fan_out) the backward pass; square layers both. In a pyramid
+  each mode changes the other direction by n_in/n_out per layer. The "seed Layer" rule, a
+  textbook numpy ``Layer(M, N)`` (weight of shape (M, N), output ``W x`` of size M) with
+  ``std = sqrt(2 / M)``, sets the std by the number of *outputs*: it is fan_out, so it
+  preserves gradients, not activations.
 
 Measured with the probe on stacks of N(0, 1) kernels scaled per layer by the scheme's std
 (``weight_scales``): the three He variants of the pyramid run on one compiled probe and the
@@ -70,15 +78,8 @@ def _profile_ok(meas, pred) -> tuple[bool, float, float]:
 
 @experiment("xavier", "Xavier/Glorot: tanh stays near its fixed point, ReLU halves per layer", 5)
 def run_xavier(cfg: RunConfig) -> ExperimentResult:
-    r"""Glorot & Bengio (AISTATS 2010): Var(w) = 2 / (n_in + n_out), i.e. n Var(w) = 1 in a
-    square stack. For tanh the mean-field map (Poole et al. 2016)
-
-    .. math:: q_{l+1} = n\,\mathrm{Var}(w)\,E[\tanh(\sqrt{q_l}\,z)^2]
-
-    has slope 1 at its fixed point q* = 0: q_l decays only like 1/l (no geometric collapse
-    or explosion), and the per-layer factors of both passes tend to 1. For ReLU,
-    E[relu(z)^2] = q/2, so the same scheme halves E[z^2] and E[(dL/dz)^2] at every layer.
-    """
+    """Glorot-normal tanh and ReLU square stacks, per layer, against the law (see the module
+    docstring)."""
     init = inits.glorot_normal()
     n, depth, _, seeds = size = (128, 16, 32, 8) if cfg.quick else (256, 24, 64, 16)
     runs = {a: measure_square(cfg, tag, init, a, size) for a, tag in (("tanh", 5), ("relu", 50))}
@@ -89,7 +90,7 @@ def run_xavier(cfg: RunConfig) -> ExperimentResult:
         relu.forward.z_lm2,
         relu.backward.gz_lm2,
     )
-    tq_pred = tlaw.forward
+    tq_pred, tq_meas = tlaw.forward, np.exp(tz.mean(0))
     fp = tlaw.fixed_point
     assert fp is not None  # tanh, zero-mean weights, the same n Var(w) in every layer
     t_ok_q, t_dev_q, t_tol_q = _profile_ok(tz, tq_pred)
@@ -118,7 +119,7 @@ def run_xavier(cfg: RunConfig) -> ExperimentResult:
         Row(
             f"tanh: E[z²] at layer {l}",
             float(tq_pred[l - 1]),
-            float(np.exp(tz[:, l - 1].mean())),
+            float(tq_meas[l - 1]),
             "mean-field law",
         )
         for l in sorted({1, 2, mid, depth})
@@ -156,14 +157,10 @@ def run_xavier(cfg: RunConfig) -> ExperimentResult:
     ]
     layers = np.arange(1, depth + 1)
     fig, axes = new_figure(ncols=2, width=4.6, height=3.6)
-    for ax, (a, (st, prop)), ylabel in zip(
-        axes[0], runs.items(), ("second moment", ""), strict=True
-    ):
-        act = {"tanh": "tanh", "relu": "ReLU"}[a]
-        per_layer_plot(ax, layers, prop.forward, st.forward.z_lm2, f"{act} E[z²]", "C0")
-        per_layer_plot(
-            ax, layers, prop.backward, st.backward.gz_lm2, f"{act} E[(dL/dz)²]", "C1", "s"
-        )
+    panels = zip(axes[0], runs.values(), ("tanh", "ReLU"), ("second moment", ""), strict=True)
+    for ax, (st, p), act, ylabel in panels:
+        per_layer_plot(ax, layers, p.forward, st.forward.z_lm2, f"{act} E[z²]", "C0")
+        per_layer_plot(ax, layers, p.backward, st.backward.gz_lm2, f"{act} E[(dL/dz)²]", "C1", "s")
         label_axes(ax, "layer l", ylabel, f"Glorot normal, {act}, width {n}")
     caption = (
         f"Per-layer E[z²] (blue) and E[(dL/dz)²] (orange) of square stacks of width {n} "
@@ -189,27 +186,14 @@ def run_xavier(cfg: RunConfig) -> ExperimentResult:
             "tanh_gz_log_m2": tg,
             "relu_z_log_m2": rz,
             "relu_gz_log_m2": rg,
-            "tanh_q_pred": tq_pred,
-            "tanh_g_pred": tlaw.backward,
-            "relu_factor_measured": np.array([r_fwd, r_bwd]),
-            "relu_factor_se_log": np.array([r_fwd_se, r_bwd_se]),
         },
     )
 
 
 @experiment("he", "He/Kaiming: fan_in preserves the forward pass, fan_out the backward", 6)
 def run_he(cfg: RunConfig) -> ExperimentResult:
-    r"""He et al., "Delving Deep into Rectifiers" (ICCV 2015): with ReLU,
-
-    .. math:: \frac{q_{l+1}}{q_l} = \tfrac12 n_{in}\mathrm{Var}(w), \qquad
-              \frac{g_l}{g_{l+1}} = \tfrac12 n_{out}\mathrm{Var}(w)
-
-    so Var(w) = 2/n_in (fan_in) preserves the forward pass and Var(w) = 2/n_out (fan_out) the
-    backward pass; in square layers both. In a pyramid each mode changes the other direction
-    by n_in/n_out per layer. The "seed Layer" rule, a textbook numpy ``Layer(M, N)`` (weight
-    of shape (M, N), output ``W x`` of size M) with ``std = sqrt(2 / M)``, sets the std by the
-    number of *outputs*: that is fan_out, so it preserves gradients, not activations.
-    """
+    """He normal, fan_in and fan_out, in a square ReLU stack and a pyramid, against the law
+    (see the module docstring)."""
     fan_in, fan_out = inits.he_normal(), inits.he_normal(mode="fan_out")
     n, depth, _, seeds = size = (128, 16, 32, 8) if cfg.quick else (256, 24, 64, 16)
     sq, _ = measure_square(cfg, 6, fan_in, "relu", size)
@@ -232,8 +216,7 @@ def run_he(cfg: RunConfig) -> ExperimentResult:
         for m in ("fan_in", "fan_out")
     }
     pyramid = stack(width=widths, activation="relu", kernel_init=inits.normal(1.0))
-    pyr, ok_profile, e2e = {}, {}, {}
-    L = len(widths) - 1
+    pyr, ok_profile, e2e, h = {}, {}, {}, len(widths) - 3  # h: the last hidden layer
     for kind, stds in kinds.items():  # one compiled probe, the same draws for every kind
         st = run_probe(pyramid, seeds=p_seeds, seed=cfg.seed, batch=64, tag=60, weight_scales=stds)
         prop = laws.propagate(widths, "relu", [inits.normal(s).scheme for s in stds], batch=64)
@@ -244,13 +227,10 @@ def run_he(cfg: RunConfig) -> ExperimentResult:
             prop.backward,
         )
         ok_profile[kind] = _profile_ok(zz, qp)[0] and _profile_ok(gg, gp)[0]
-        # Hidden-stack change: q at the last hidden layer / q at the first; g at the first
-        # hidden / g at the last hidden layer (measured geometric mean, predicted).
-        e2e[kind] = (
-            float(np.exp(np.mean(zz[:, L - 2] - zz[:, 0]))),
-            float(qp[L - 2] / qp[0]),
-            float(np.exp(np.mean(gg[:, 0] - gg[:, L - 2]))),
-            float(gp[0] / gp[L - 2]),
+        # Hidden-stack change, measured (geometric mean) and predicted: q_h / q_1, g_1 / g_h.
+        mq, mg = np.exp(zz.mean(0)), np.exp(gg.mean(0))
+        e2e[kind] = tuple(
+            float(v) for v in (mq[h] / mq[0], qp[h] / qp[0], mg[0] / mg[h], gp[0] / gp[h])
         )
     factor = {
         f"ReLU {d} factor, {m}": sp.Eq(r, getattr(laws.layer_factors(i.scheme, "relu"), d))
@@ -282,18 +262,12 @@ def run_he(cfg: RunConfig) -> ExperimentResult:
         rows.append(Row(f"pyramid {kind}: q_4 / q_1 (forward)", pf, mf))
         rows.append(Row(f"pyramid {kind}: g_1 / g_4 (backward)", pb, mb))
 
-    def preserved(kind, direction):  # the law exactly 1 and the measurement within a factor 2
-        mf, pf, mb, pb = e2e[kind]
-        m, p = (mf, pf) if direction == "forward" else (mb, pb)
+    def preserved(m, p):  # the law exactly 1 and the measurement within a factor 2
         return abs(math.log(m)) < math.log(2.0) and abs(p - 1) < 1e-9
 
     directions_ok = all(
-        preserved(kind, kept) and not preserved(kind, other)
-        for kind, kept, other in (
-            ("fan_in", "forward", "backward"),
-            ("fan_out", "backward", "forward"),
-            ("seed Layer", "backward", "forward"),
-        )
+        preserved(*e[:2]) == (k == "fan_in") and preserved(*e[2:]) == (k != "fan_in")
+        for k, e in e2e.items()
     )
     claims = [
         Claim(
@@ -322,7 +296,7 @@ def run_he(cfg: RunConfig) -> ExperimentResult:
         ),
     ]
     fig, axes = new_figure(ncols=2, width=4.6, height=3.6)
-    layers = np.arange(1, L + 1)
+    layers = np.arange(1, len(widths))
     for ax, (title, idx) in zip(
         axes[0], (("forward: E[z_l²]", 0), ("backward: E[(dL/dz_l)²]", 1)), strict=True
     ):
@@ -357,8 +331,6 @@ def run_he(cfg: RunConfig) -> ExperimentResult:
             "width": np.int64(n),
             "square_z_log_m2": sz,
             "square_gz_log_m2": sg,
-            "square_factor_measured": np.array([s_fwd, s_bwd]),
-            "square_factor_se_log": np.array([s_fwd_se, s_bwd_se]),
             "pyramid_widths": np.array(widths),
             **{f"pyramid_{k.replace(' ', '_')}_z_log_m2": v[0] for k, v in pyr.items()},
             **{f"pyramid_{k.replace(' ', '_')}_gz_log_m2": v[1] for k, v in pyr.items()},
