@@ -1,0 +1,297 @@
+r"""Experiment 9, ``histograms``: per-layer histograms of the activations and the
+back-propagated gradients of a tanh network, after Glorot & Bengio 2010, Figs. 6-7.
+
+The "standard" init :math:`U[-1/\sqrt n, 1/\sqrt n]` (:math:`\mathrm{Var}(w) = 1/(3n)`)
+against the normalized (Xavier/Glorot) init. The law, forward and backward,
+
+.. math::
+
+    q_{l+1} = n\,\mathrm{Var}(w)\,E[\tanh(z_l)^2], \qquad
+    E[(\partial L/\partial z_l)^2] = E[\tanh'(z_l)^2]\; n\,\mathrm{Var}(w)\;
+    E[(\partial L/\partial z_{l+1})^2]
+
+(Glorot & Bengio 2010, Eqs. 5-6, with the activation's factors): with
+:math:`n\mathrm{Var}(w) = 1/3` both shrink by about 3 per layer (the std by
+:math:`\sqrt 3`), with the normalized init :math:`n\mathrm{Var}(w) = 1` only by the
+activation's factors. Measured with the probe's per-layer histograms (traced bin edges),
+predicted by :func:`varprop.laws.propagate`.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import matplotlib
+import matplotlib.ticker
+import numpy as np
+
+from varprop import initializers as I
+from varprop import laws as L
+from varprop._src.core.network import Network, forward, init_params, scale_kernels
+from varprop._src.experiments.base import (
+    Claim,
+    ExperimentResult,
+    Figure,
+    Row,
+    RunConfig,
+    experiment,
+    figure_png,
+    new_figure,
+)
+from varprop._src.experiments.gains import tanh_m2_series
+from varprop._src.experiments.measure import keys_for, law, run_probe, seed_mean, stack
+from varprop._src.probe import COMPILER_OPTIONS
+
+
+@functools.lru_cache(maxsize=4)
+def _gradient_histograms(net: Network, batch: int):
+    """``(keys, scales, edges) -> (seeds, hidden layers, bins)``: per-layer histograms of
+    dL/dz (loss sum(y v)) on the probe's draws, from the per-example gradient of the core
+    network's loss with respect to its biases (one compile; scales and edges traced).
+
+    Stands in for the probe's ``backward.gz_hist`` until histograms of dL/dz run there: with
+    ``edges``, ``make_probe`` sizes the input taps' carriers for the histogram bins too, and
+    their VJP (no histogram) fails with a shape mismatch.
+    """
+
+    def one(key, scales, edges):
+        kw, kx, kv, _ = jax.random.split(key, 4)
+        params = scale_kernels(net, init_params(net, kw), scales)
+        x = jax.random.normal(kx, (batch, net.widths[0]), jnp.float32)
+        v = jax.random.normal(kv, (batch, net.widths[-1]), jnp.float32)
+
+        def loss(bs, xb, vb):
+            ps = [{**p, "b": b} for p, b in zip(params, bs, strict=True)]
+            return jnp.sum(forward(net, ps, xb[None]) * vb[None])
+
+        gz = jax.vmap(jax.grad(loss), (None, 0, 0))([p["b"] for p in params], x, v)
+        gz = jnp.concatenate(gz[:-1], axis=1)  # (batch, hidden layers, n)
+        return jax.vmap(lambda g: jnp.histogram(g, edges)[0], 1)(gz)
+
+    return jax.jit(jax.vmap(one, (0, None, None)), compiler_options=COMPILER_OPTIONS)
+
+
+@experiment("histograms", "Histograms of activations and gradients per layer (tanh)", 9)
+def run_histograms(cfg: RunConfig) -> ExperimentResult:
+    r"""Per-layer histograms of tanh activations and back-propagated gradients, standard
+    init :math:`U[-1/\sqrt n, 1/\sqrt n]` vs normalized init, after Glorot & Bengio 2010,
+    Figs. 6-7 (the law in the module docstring).
+    """
+    width, depth, batch, seeds = (256, 6, 128, 4) if cfg.quick else (512, 8, 256, 8)
+    n_out, nbins = 10, 60
+    inits = {
+        "standard U[-1/sqrt(n), 1/sqrt(n)]": I.variance_scaling(1.0 / 3.0, "fan_in", "uniform"),
+        "normalized (Glorot uniform)": I.glorot_uniform(),
+    }
+    names = list(inits)
+    widths = [width] * (depth + 1) + [n_out]
+    var_h = [init.scheme.variance((width, width)) for init in inits.values()]
+    var_o = [init.scheme.variance((width, n_out)) for init in inits.values()]
+    props = [L.propagate(widths, "tanh", init.scheme) for init in inits.values()]
+    q_law = np.stack([p.forward[:depth] for p in props])
+    h2_law = np.stack([p.post_activation[:depth] for p in props])
+    g2_law = np.stack([p.backward[:depth] for p in props])
+    # Gradient bins: +-4 of the largest predicted gradient std of each init (law-derived).
+    gmax = 4.0 * np.sqrt(g2_law.max(axis=1))
+    grad_edges = np.stack([np.linspace(-g, g, nbins + 1) for g in gmax])
+    a_edges = np.linspace(-1.0, 1.0, nbins + 1)
+
+    # The probe on one tanh net with U[-1, 1) weights: each init is a per-layer weight
+    # scale sqrt(3 Var(w)) of the same draws (common random numbers).
+    net = stack(width=widths, activation="tanh", kernel_init=I.uniform(1.0))
+    ha, hg, h2, g2 = [], [], [], []
+    for vh, vo, ge in zip(var_h, var_o, grad_edges, strict=True):
+        scales = np.sqrt(3.0 * np.asarray([vh] * depth + [vo]))
+        st = run_probe(
+            net,
+            seeds=seeds,
+            seed=cfg.seed,
+            batch=batch,
+            weight_scales=scales,
+            edges=(a_edges, np.zeros(1)),  # no bins of dL/dz: see _gradient_histograms
+        )
+        assert st.forward.h_hist is not None
+        ha.append(st.forward.h_hist[:, :depth].sum(0))
+        hist = _gradient_histograms(net, batch)(
+            keys_for(cfg.seed, 0, seeds), jnp.asarray(scales, jnp.float32), jnp.asarray(ge)
+        )
+        hg.append(np.asarray(hist, np.float64).sum(0))
+        h2.append(np.exp(st.forward.h_lm2[:, :depth]))
+        g2.append(np.exp(st.backward.gz_lm2[:, :depth]))
+    ha, hg = np.stack(ha), np.stack(hg)  # (inits, depth, nbins)
+    h2, g2 = np.stack(h2, axis=1), np.stack(g2, axis=1)  # (seeds, inits, depth)
+
+    # Stds per layer and the spread (max/min over layers), measured vs law. Standard errors
+    # of log std over seeds give the tolerance: 4 s.e. of each log, plus the finite-width
+    # bias of the law (relative O(1/n) per layer on the second moment, so l/(2n) on the std).
+    (la_m, la_se), (lg_m, lg_se) = seed_mean(0.5 * np.log(h2)), seed_mean(0.5 * np.log(g2))
+    la_law, lg_law = 0.5 * np.log(h2_law), 0.5 * np.log(g2_law)
+    bias = np.arange(1, depth + 1) / (2.0 * width)
+    ok_a = np.abs(la_m - la_law) <= 4.0 * la_se + bias[None, :]
+    # Gradients relative to the top hidden layer: the claim is about their change across
+    # layers, and this cancels the random scale of the 10-unit read-out (shared by layers).
+    lg_rel_m, lg_rel_se = seed_mean(0.5 * np.log(g2 / g2[..., -1:]))
+    lg_rel_law = lg_law - lg_law[:, -1:]
+    ok_g = np.abs(lg_rel_m - lg_rel_law) <= 4.0 * lg_rel_se + bias[::-1][None, :]
+
+    def spread(lv):
+        return lv.max(-1) - lv.min(-1)  # log(max std / min std)
+
+    sp_a_m, sp_a_law = spread(la_m), spread(la_law)
+    sp_g_m, sp_g_law = spread(lg_m), spread(lg_law)
+    # Tolerance of a spread (difference of two layer logs): 4 s.e. of each, added, + bias.
+    sp_tol_a = 4.0 * 2 * la_se.max(-1) + depth / width
+    sp_tol_g = 4.0 * 2 * lg_se.max(-1) + depth / width
+    shrink_a_m, shrink_a_law = (
+        np.exp(la_m[:, -1] - la_m[:, 0]),
+        np.exp(la_law[:, -1] - la_law[:, 0]),
+    )
+    shrink_g_m, shrink_g_law = (
+        np.exp(lg_m[:, 0] - lg_m[:, -1]),
+        np.exp(lg_law[:, 0] - lg_law[:, -1]),
+    )
+
+    laws = [
+        *(law(f"Forward law, {nm}", L.forward_law(inits[nm].scheme)) for nm in names),
+        *(law(f"Backward law, {nm}", L.backward_law(inits[nm].scheme)) for nm in names),
+        law("Small-q series of E[tanh(sqrt(q) z)^2]", tanh_m2_series(2)),
+    ]
+    rows = []
+    for i, nm in enumerate(names):
+        rows += [
+            Row(
+                f"{nm}: std(h_{l + 1}), std(dL/dz_{l + 1})",
+                f"{math.exp(la_law[i, l]):.4g}, {math.exp(lg_law[i, l]):.4g}",
+                f"{math.exp(la_m[i, l]):.4g}, {math.exp(lg_m[i, l]):.4g}",
+            )
+            for l in range(depth)
+        ]
+        rows.append(
+            Row(
+                f"{nm}: std(h_{depth})/std(h_1), std(dL/dz_1)/std(dL/dz_{depth})",
+                f"{shrink_a_law[i]:.4g}, {shrink_g_law[i]:.4g}",
+                f"{shrink_a_m[i]:.4g}, {shrink_g_m[i]:.4g}",
+            )
+        )
+    claims = [
+        Claim(
+            "With the standard init the activation std shrinks layer by layer as the law says "
+            f"(n Var(w) = {width * var_h[0]:.4g}: a factor about 1/sqrt(3) per layer once tanh "
+            "is linear).",
+            bool(ok_a[0].all() and shrink_a_law[0] < 0.2),
+            f"std(h_{depth})/std(h_1): law {shrink_a_law[0]:.4g}, measured {shrink_a_m[0]:.4g}; "
+            f"every layer's log std within 4 s.e. + l/(2n) of the law "
+            f"(max |dev| {np.abs(la_m[0] - la_law[0]).max():.3g}).",
+        ),
+        Claim(
+            "With the standard init the back-propagated gradient std changes across layers "
+            "(shrinks towards the input) as the backward law says.",
+            bool(ok_g[0].all() and shrink_g_law[0] < 0.2),
+            f"std(dL/dz_1)/std(dL/dz_{depth}): law {shrink_g_law[0]:.4g}, measured "
+            f"{shrink_g_m[0]:.4g}; every layer within tolerance "
+            f"(log std relative to layer {depth}, 4 s.e. + (L-l+1)/(2n); max |dev| "
+            f"{np.abs(lg_rel_m[0] - lg_rel_law[0]).max():.3g}).",
+        ),
+        Claim(
+            "With the normalized init activations and gradients stay within a much narrower "
+            "band across layers, by the law and measured.",
+            bool(
+                ok_a[1].all()
+                and ok_g[1].all()
+                and abs(sp_a_m[1] - sp_a_law[1]) <= sp_tol_a[1]
+                and abs(sp_g_m[1] - sp_g_law[1]) <= sp_tol_g[1]
+                and sp_a_m[1] + sp_tol_a[1] < sp_a_m[0]
+                and sp_g_m[1] + sp_tol_g[1] < sp_g_m[0]
+            ),
+            f"max/min std over layers, activations: normalized law {math.exp(sp_a_law[1]):.3g}, "
+            f"measured {math.exp(sp_a_m[1]):.3g} vs standard law {math.exp(sp_a_law[0]):.3g}, "
+            f"measured {math.exp(sp_a_m[0]):.3g}; gradients: normalized law "
+            f"{math.exp(sp_g_law[1]):.3g}, measured {math.exp(sp_g_m[1]):.3g} vs standard law "
+            f"{math.exp(sp_g_law[0]):.3g}, measured {math.exp(sp_g_m[0]):.3g}.",
+        ),
+    ]
+
+    # -- figures --------------------------------------------------------------------------
+    cmap = matplotlib.colormaps["viridis"]
+    fig, axes = new_figure(3, 2, width=4.6, height=3.2)
+    for i, nm in enumerate(names):
+        for j, (counts, edges, what) in enumerate(
+            ((ha[i], a_edges, "activation value h = tanh(z)"), (hg[i], grad_edges[i], "dL/dz"))
+        ):
+            ax = axes[i, j]
+            centers = 0.5 * (edges[1:] + edges[:-1])
+            for l in range(depth):
+                dens = counts[l] / (counts[l].sum() * (edges[1] - edges[0]))
+                ax.plot(
+                    centers,
+                    np.where(dens > 0, dens, np.nan),
+                    color=cmap(l / max(depth - 1, 1)),
+                    lw=1.2,
+                    label=f"layer {l + 1}",
+                )
+            kind = "activations" if j == 0 else "back-propagated gradients"
+            ax.set(yscale="log", xlabel=what, ylabel="density")
+            ax.set_title(f"{nm.split(' (')[0].split(' U')[0]} init: {kind}", fontsize=9)
+            ax.legend(fontsize=6, ncol=2)
+    lay = np.arange(1, depth + 1)
+    for j, (lm, lse, llaw, what) in enumerate(
+        ((la_m, la_se, la_law, "std(h_l)"), (lg_m, lg_se, lg_law, "std(dL/dz_l)"))
+    ):
+        ax = axes[j, 2]
+        for i, (nm, c) in enumerate(zip(names, ("tab:red", "tab:blue"), strict=True)):
+            ax.errorbar(
+                lay, np.exp(lm[i]), yerr=np.exp(lm[i]) * lse[i], fmt="o", color=c, ms=4,
+                label=f"measured, {nm}",
+            )  # fmt: skip
+            ax.plot(lay, np.exp(llaw[i]), "-", color=c, lw=1.2, label=f"law, {nm}")
+        ax.set(yscale="log", xlabel="layer l", ylabel=what)
+        ax.set_title(f"{what}: measured vs law", fontsize=9)
+        ax.legend(fontsize=6)
+        ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    fig.tight_layout()
+    caption = (
+        f"Per-layer histograms (one curve per layer, {seeds} seeds pooled) of the "
+        f"activations tanh(z_l) (left) and the back-propagated gradients dL/dz_l (right) of "
+        f"a {depth}-layer tanh MLP of width {width}: top the standard init "
+        "U[-1/sqrt(n), 1/sqrt(n)], bottom the normalized (Glorot) init, as in Glorot & "
+        "Bengio 2010, Figs. 6-7. With the standard init the curves narrow layer by layer "
+        "(activations towards the output, gradients towards the input); with the "
+        "normalized init they stay close together. Gradient axes span +-4 predicted stds. "
+        "Right column: per-layer std, markers measured (mean over seeds, 1 s.e.), lines "
+        "the forward/backward law with E[tanh^2], E[tanh'^2]; red standard, blue normalized."
+    )
+    return ExperimentResult(
+        name="histograms",
+        title="Histograms of activations and gradients per layer (tanh)",
+        summary=(
+            f"With the standard init the activation std falls by {1 / shrink_a_m[0]:.3g}x over "
+            f"{depth} layers (law {1 / shrink_a_law[0]:.3g}x) and the gradient std by "
+            f"{1 / shrink_g_m[0]:.3g}x towards the input (law {1 / shrink_g_law[0]:.3g}x); the "
+            f"normalized init keeps both within {math.exp(max(sp_a_m[1], sp_g_m[1])):.3g}x."
+        ),
+        laws=laws,
+        rows=rows,
+        claims=claims,
+        figures=[Figure("histograms", caption, figure_png(fig))],
+        notes=[
+            "The loss is sum(y * v) with v ~ N(0, 1) (unit second moment of dL/dy), not the "
+            "paper's softmax cross-entropy; inputs are N(0, 1), not Shapeset images.",
+        ],
+        data={
+            "init_names": np.asarray(names),
+            "act_hist": ha,
+            "grad_hist": hg,
+            "act_edges": a_edges,
+            "grad_edges": grad_edges,
+            "h2": h2,
+            "g2": g2,
+            "h2_law": h2_law,
+            "g2_law": g2_law,
+            "q_law": q_law,
+            "var_hidden": np.asarray(var_h),
+            "var_out": np.asarray(var_o),
+        },
+    )
