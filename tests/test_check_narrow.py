@@ -9,8 +9,8 @@ import pytest
 
 import varprop
 from varprop import initializers as I
-from varprop._src.errors import InputError
 from varprop._src.core.network import init_params, make_network
+from varprop._src.errors import InputError
 from varprop._src.probe import law_summary, probe_params
 
 # -- the probe's small-sample statistics against NumPy ---------------------------------------
@@ -205,20 +205,20 @@ def test_huge_bias_stays_inside_the_probe_statistics():
 def test_overflow_prediction_uses_the_extreme_value_factor():
     # The largest of B n values is about sqrt(2 ln(B n) q): with it the first non-finite
     # layer comes earlier than where E[z^2] itself passes FLOAT32_MAX^2.
-    from varprop._src.check import predict
     from varprop._src.laws.catalog import scheme_from_spec
+    from varprop._src.laws.propagation import propagate
 
     # 64 units, Var(w) = 1/16, ReLU: q_1 = 64/16 = 4, then doubling: q_l = 2^(l+1).
     L = 299
     widths = [64] * (L + 1)
     schemes = [scheme_from_spec("normal:stddev=0.25")] * L
-    pred = predict(widths, "relu", schemes, [0.0] * L, 1.0, 128)
+    pred = propagate(widths, "relu", schemes, batch=128)
     big = 3.4028235e38
     plain = math.floor(2 * math.log2(big))  # sqrt(2^(l+1)) > max: layer 255
     extreme = math.floor(math.log2(big**2 / (2 * math.log(128 * 64))))  # layer 251
-    assert np.allclose(pred.q[:10], 2.0 ** np.arange(2, 12))
+    assert np.allclose(pred.forward[:10], 2.0 ** np.arange(2, 12))
     assert extreme < plain
-    assert pred.nonfinite_layer == extreme
+    assert pred.first_nonfinite == extreme
 
 
 # -- bad input is refused before any work -----------------------------------------------------
@@ -275,7 +275,7 @@ def test_asymmetric_truncated_normal_follows_the_law_with_its_mean():
     r = varprop.check([32, 64, 64, 10], "relu", "truncated_normal:lower=0.5,upper=1.7", seed=3)
     assert r.verdict == "agrees", r.summary()
     # The end-to-end prediction with a mean is mean-field (a shared and an independent
-    # Gaussian per layer, prediction.predict): it must at least call the health right.
+    # Gaussian per layer, laws.propagate): it must at least call the health right.
     # (Measured here: 0.206 per layer against 0.179 predicted; 0.065 before the shared
     # component was modelled. No band is asserted: the approximation has none derived.)
     fwd = r.health["forward"]

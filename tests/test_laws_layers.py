@@ -129,10 +129,19 @@ def test_derive_he_relu_steps():
 
 
 def test_derive_xavier_relu_vanishes_with_widths():
-    d = laws.derive(I.glorot_normal().scheme, "relu", fan_in=512, fan_out=512)
-    assert d.forward_factor == pytest.approx(0.5)
-    assert d.forward_health == "vanishing"
-    assert "underflow" in d.render()
+    # One 512 -> 512 layer halves E[phi(z)^2] / q once (chi_forward = 1/2): nothing compounds.
+    one = laws.derive(I.glorot_normal().scheme, "relu", fan_in=512, fan_out=512)
+    assert "chi_forward = 1/2" in one.render()
+    assert one.forward_health == "preserved" and "underflow" not in one.render()
+    # A real stack of them: q_l = 0.5^(l-1) from q_1 = 1; the products x_i w_ij of layer l have
+    # second moment q_l / 512, the largest of 64 * 512^2 is ln(64 * 512^2) sqrt(q_l / 512),
+    # below 1.18e-38 first at layer 253.
+    deep = laws.derive(I.glorot_normal().scheme, "relu", widths=[512] * 300)
+    assert deep.forward_factor == pytest.approx(0.5, rel=1e-12)
+    assert deep.forward_health == "vanishing"
+    m2 = math.log(64 * 512 * 512) ** 2 / 512
+    first = next(l for l in range(1, 300) if m2 * 0.5 ** (l - 1) < laws.FLOAT32_TINY**2)
+    assert first == 253 and "float32 underflows at layer 253" in deep.render()
 
 
 def test_cli_derive_runs(capsys):
@@ -190,3 +199,30 @@ def test_console_script_exit_code_unknown_name():
     )
     assert r.returncode == 2
     assert "valid names" in r.stderr and "Traceback" not in r.stderr
+
+
+# -- derive over a real sequence: a single layer given by its fans is that one layer ----------
+
+
+def _lines_once(out: str) -> None:
+    eqs = [ln.strip() for ln in out.splitlines() if " = " in ln and ln.startswith("     ")]
+    assert len(eqs) == len(set(eqs)), [e for e in eqs if eqs.count(e) > 1]
+
+
+def test_cli_derive_single_he_conv_layer_is_one_layer(capsys):
+    # A He conv 32 -> 64 channels with a 3x3 kernel: fan_in 288, fan_out 576. Its law keeps
+    # E[z^2] (chi_forward = 1) and doubles the gradient (chi_backward = n_out/n_in = 2) once:
+    # one layer compounds nothing, so nothing explodes and nothing leaves float32.
+    assert main(["derive", "--fan-in", "288", "--fan-out", "576"]) == 0
+    out = capsys.readouterr().out
+    assert "exploding" not in out and "overflows" not in out
+    assert "chi_backward = 2" in out
+    _lines_once(out)
+    assert "Verdict: forward preserved, backward preserved" in out
+
+
+def test_cli_derive_kernel_gives_the_same_fans(capsys):
+    assert main(["derive", "--widths", "32,64", "--kernel", "3x3"]) == 0
+    out = capsys.readouterr().out
+    assert "288 -> 576" in out and "exploding" not in out
+    _lines_once(out)

@@ -24,7 +24,7 @@ with the band [1/(1+delta), 1+delta]: inside at level alpha -> agrees, disjoint 
 alpha/5 -> disagrees, otherwise inconclusive (then more seeds are drawn, up to a budget).
 Rows whose values the law puts beyond float32 are not tested (``float32_limit``).
 
-**Health.** The end-to-end prediction (:mod:`varprop._src.prediction`) says whether E[z^2]
+**Health.** The end-to-end law (:func:`varprop.laws.propagate`) says whether E[z^2]
 and E[(dL/dz)^2] are preserved, vanish or explode over depth, and where float32 gives out;
 :mod:`varprop._src.health` says whether the network is degenerate whatever its law says.
 """
@@ -40,6 +40,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from varprop._src.core.network import make_network
 from varprop._src.errors import InputError
 from varprop._src.health import (
     diagnose,
@@ -50,13 +51,12 @@ from varprop._src.health import (
 from varprop._src.initializers import Initializer
 from varprop._src.laws import activations as A
 from varprop._src.laws.layers import FLOAT32_MAX, FLOAT32_TINY
+from varprop._src.laws.propagation import propagate
 from varprop._src.laws.schemes import Scheme
-from varprop._src.prediction import bias_second_moment, predict
 from varprop._src.probe import (
     NARROW_UNITS,
     available_memory_bytes,
     estimate_probe_bytes,
-    make_network,
     make_probe,
     output_redraws,
 )
@@ -413,7 +413,7 @@ def _rows(net, laws: list[_Law], pred, st, tol, alpha, batch, alpha_last):
                     meas_log = np.where(centered, red[:, 1, 0], red[:, 0, 0])
                     relvar = np.where(centered, red[:, 1, 1], red[:, 0, 1])
                     units = n_out * (1 + output_redraws(net))
-                e2e_pred, e2e_meas = pred.q[i], np.exp(f.z_lm2[:, i])
+                e2e_pred, e2e_meas = pred.forward[i], np.exp(f.z_lm2[:, i])
                 n_values = n_out
             else:
                 pred_log, (fw, fmu, _) = _combine(law, n_out, b.gz_lm2[:, i], b.gz_lrs2[:, i])
@@ -425,7 +425,7 @@ def _rows(net, laws: list[_Law], pred, st, tol, alpha, batch, alpha_last):
                 gram, diag = b.gz_gram[:, i], b.gz_diag[:, i]
                 sumfrac, meanfrac = b.gz_sumfrac[:, i], np.zeros_like(gram)
                 crossfrac = sign_mu_b = np.zeros_like(gram)
-                e2e_pred, e2e_meas = pred.g[i], np.exp(b.gz_lm2[:, i])
+                e2e_pred, e2e_meas = pred.backward[i], np.exp(b.gz_lm2[:, i])
                 n_values = n_in
             # Where float32 gives out, as the conditional law predicts (module docstring).
             contracted = n_in if direction == "forward" else n_out
@@ -616,7 +616,17 @@ def check(
         input_var = input_std**2
         input_cross = input_mean**2
     bm2 = [bias_second_moment(b, widths[i + 1]) for i, b in enumerate(binits)]
-    pred = predict(widths, activation, expected, bm2, input_m2, batch, norm, input_var, input_cross)
+    pred = propagate(
+        widths,
+        activation,
+        expected,
+        bias_second_moments=bm2,
+        input_second_moment=input_m2,
+        input_variance=input_var,
+        input_cross=input_cross,
+        batch=batch,
+        norm=norm,
+    )
 
     laws = [_expected_law(sc, (widths[i], widths[i + 1])) for i, sc in enumerate(expected)]
     _check_memory(net, batch, seeds, data)
@@ -677,11 +687,22 @@ def check(
         health,
         diagnosis,
         first_nf,
-        pred.nonfinite_layer,
+        pred.first_nonfinite,
         config,
         first_uf,
-        pred.underflow_layer,
+        pred.first_underflow,
     )
+
+
+def bias_second_moment(init: Initializer | None, n: int) -> float:
+    """E[b^2] of a bias of ``n`` units drawn by ``init`` (0 without a bias initializer)."""
+    if init is None:
+        return 0.0
+    s = init.scheme
+    shape = (n,)
+    if s.uses_fans and not s.distribution.is_constant:
+        raise ValueError(f"bias initializer {init!r} needs fans; use zeros, constant or normal")
+    return s.variance(shape) + s.mean(shape) ** 2
 
 
 _PROBES: dict[tuple, Any] = {}

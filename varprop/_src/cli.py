@@ -164,8 +164,9 @@ def _parser() -> argparse.ArgumentParser:
         help="print the derivation of a scheme's forward and backward layer law",
         description=(
             "Derive, step by step, Var(w) of an initializer, the activation's moments, the "
-            "forward and backward per-layer factors, the derived gain, and what they mean "
-            "over depth."
+            "forward and backward per-layer factors, the derived gain, and what they mean: "
+            "over depth for a constant-width stack (no widths), or end to end over a real "
+            "sequence (--widths, or one layer given by --fan-in/--fan-out)."
         ),
     )
     d.add_argument(
@@ -180,8 +181,35 @@ def _parser() -> argparse.ArgumentParser:
         metavar="SPEC",
         help="activation as NAME[:key=value,...], e.g. leaky_relu:negative_slope=0.2 (default relu)",
     )
-    d.add_argument("--fan-in", type=_positive_int, default=None, metavar="N")
-    d.add_argument("--fan-out", type=_positive_int, default=None, metavar="M")
+    d.add_argument(
+        "--widths",
+        default=None,
+        metavar="W",
+        help="the network's widths as in check, e.g. 784,512x3,10: derive over this sequence",
+    )
+    d.add_argument(
+        "--kernel",
+        default=None,
+        metavar="KxK",
+        help="conv kernel shape, e.g. 3x3: --widths are then channel counts, fan_in = "
+        "c_in*kh*kw and fan_out = c_out*kh*kw (borders and strides are not modelled yet)",
+    )
+    d.add_argument(
+        "--fan-in", type=_positive_int, default=None, metavar="N", help="one layer's fan_in"
+    )
+    d.add_argument(
+        "--fan-out",
+        type=_positive_int,
+        default=None,
+        metavar="M",
+        help="that layer's fan_out (default: --fan-in)",
+    )
+    d.add_argument(
+        "--batch",
+        type=_positive_int,
+        default=64,
+        help="examples the float32 limits count values over (default 64, as check)",
+    )
     d.add_argument("--format", choices=("text", "markdown", "latex"), default="text")
 
     for name in ("experiment", "report"):
@@ -302,8 +330,16 @@ def _cmd_derive(args: argparse.Namespace) -> int:
     act = _spec("--act", A.get_activation, args.act)
     if args.fan_out is not None and args.fan_in is None:
         raise _UsageError("--fan-out needs --fan-in too")
+    if args.widths is not None and args.fan_in is not None:
+        raise _UsageError("--widths and --fan-in/--fan-out: give one of them")
+    if args.kernel is not None and args.widths is None:
+        raise _UsageError("--kernel needs --widths (the channel counts)")
+    widths = parse_widths(args.widths) if args.widths is not None else None
+    kernel = _parse_kernel(args.kernel) if args.kernel is not None else ()
     try:
-        text = derivation.derive(scheme, act, args.fan_in, args.fan_out).render(args.format)
+        text = derivation.derive(
+            scheme, act, args.fan_in, args.fan_out, widths=widths, kernel=kernel, batch=args.batch
+        ).render(args.format)
     except InputError:
         raise
     except ArithmeticError as e:
@@ -316,6 +352,21 @@ def _cmd_derive(args: argparse.Namespace) -> int:
         raise _UsageError(f"--init {args.init} with --act {args.act}: {e}") from None
     print(text)
     return 0
+
+
+def _parse_kernel(text: str) -> tuple[int, ...]:
+    """``"3x3"`` -> ``(3, 3)``: a conv kernel's spatial shape (1 to 3 dims).
+
+    >>> _parse_kernel("3x3"), _parse_kernel("5")
+    ((3, 3), (5,))
+    """
+    parts = text.split("x")
+    dims = [_ascii_int(p) if _DIGITS.fullmatch(p.strip()) else None for p in parts]
+    if not 1 <= len(dims) <= 3 or any(k is None or k < 1 for k in dims):
+        raise _UsageError(
+            f"--kernel: bad shape {_show(text)}; expected KxK with whole numbers >= 1, e.g. 3x3"
+        )
+    return tuple(k for k in dims if k is not None)
 
 
 def parse_widths(text: str) -> list[int]:

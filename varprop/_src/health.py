@@ -8,8 +8,9 @@ from typing import Any
 
 import numpy as np
 
-from varprop._src.prediction import geometric_factor, hidden_stack
-from varprop._src.probe import NORM_EPSILON
+from varprop._src.laws.layers import classify_factor
+from varprop._src.laws.normalization import NORM_EPSILON
+from varprop._src.laws.propagation import HEALTH_TOLERANCE, geometric_factor, hidden_stack
 
 
 def first_nonfinite(f) -> int | None:
@@ -34,19 +35,10 @@ def first_underflow(f, net) -> int | None:
     return min(firsts) if firsts else None
 
 
-def classify_state(factor: float, steps: int) -> str:
-    if math.isnan(factor):
-        return "undetermined"
-    if math.isinf(factor):
-        return "exploding"
-    if factor == 0:
-        return "vanishing"
-    if abs(factor - 1) <= 0.02 or abs(math.log(factor)) * max(steps, 1) <= math.log(2):
-        return "preserved"
-    return "vanishing" if factor < 1 else "exploding"
-
-
 def health_report(rows, pred, L, net, st, first_nf, first_uf) -> dict[str, Any]:
+    """Each direction's state from the measured per-layer factor (the law's where the
+    measurement has none), next to the law's (``pred``, a :class:`~varprop.laws.Propagation`),
+    both by :func:`~varprop.laws.classify_factor`; and why the network is degenerate."""
     out: dict[str, Any] = {}
     for d, pf in (("forward", pred.forward_factor), ("backward", pred.backward_factor)):
         meas = [r.measured for r in rows if r.direction == d][hidden_stack(L)]
@@ -56,10 +48,10 @@ def health_report(rows, pred, L, net, st, first_nf, first_uf) -> dict[str, Any]:
         mf = geometric_factor(seq)
         sl = hidden_stack(L)
         steps = max(len(range(L)[sl]) - 1, 0)
-        state = classify_state(mf if math.isfinite(mf) else pf, steps)
+        state = classify_factor(mf if math.isfinite(mf) else pf, HEALTH_TOLERANCE, steps=steps)
         out[d] = {
             "state": state,
-            "predicted_state": classify_state(pf, steps),
+            "predicted_state": classify_factor(pf, HEALTH_TOLERANCE, steps=steps),
             "predicted_factor": pf,
             "measured_factor": mf,
         }
@@ -117,7 +109,7 @@ def degenerate_reasons(net, st, first_nf, first_uf) -> list[str]:
 
 def diagnose(rows, net, expected, pred, first_nf, first_uf, st, tol) -> list[str]:
     out = []
-    pred_nf, pred_uf = pred.nonfinite_layer, pred.underflow_layer
+    pred_nf, pred_uf = pred.first_nonfinite, pred.first_underflow
     fwd = [r for r in rows if r.direction == "forward"]
     swapped: set[int] = set()
     for r in rows:

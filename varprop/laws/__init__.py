@@ -15,16 +15,17 @@ from varprop._src.lazy import lazy_attributes
 #: Public name -> (module, attribute); attribute None: the name is that module itself.
 _LAZY: dict[str, tuple[str, str | None]] = {
     "Activation": ("varprop._src.laws.activations", "Activation"),
-    "activation_moments": ("varprop._src.laws.activations", "activation_moments"),
+    "activation_moments": ("varprop._src.laws.activation_moments", "activation_moments"),
     "activation_names": ("varprop._src.laws.activations", "activation_names"),
-    "ActivationMoments": ("varprop._src.laws.activations", "ActivationMoments"),
+    "ActivationMoments": ("varprop._src.laws.activation_moments", "ActivationMoments"),
     "backward_law": ("varprop._src.laws.layers", "backward_law"),
     "classify_factor": ("varprop._src.laws.layers", "classify_factor"),
     "compute_fans": ("varprop._src.laws.schemes", "compute_fans"),
-    "conventional_gain": ("varprop._src.laws.activations", "conventional_gain"),
-    "CONVENTIONAL_GAINS": ("varprop._src.laws.activations", "CONVENTIONAL_GAINS"),
+    "conventional_gain": ("varprop._src.laws.activation_gains", "conventional_gain"),
+    "CONVENTIONAL_GAINS": ("varprop._src.laws.activation_gains", "CONVENTIONAL_GAINS"),
     "Derivation": ("varprop._src.laws.derivation", "Derivation"),
     "derive": ("varprop._src.laws.derivation", "derive"),
+    "Distribution": ("varprop._src.laws.schemes", "Distribution"),
     "distribution_kurtosis": ("varprop._src.laws.schemes", "distribution_kurtosis"),
     "DISTRIBUTIONS": ("varprop._src.laws.schemes", "DISTRIBUTIONS"),
     "eval_mode_gain": ("varprop._src.laws.normalization", "eval_mode_gain"),
@@ -34,9 +35,9 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "FLOAT32_MAX": ("varprop._src.laws.layers", "FLOAT32_MAX"),
     "FLOAT32_TINY": ("varprop._src.laws.layers", "FLOAT32_TINY"),
     "forward_law": ("varprop._src.laws.layers", "forward_law"),
-    "gain": ("varprop._src.laws.activations", "gain"),
-    "gain_comparison": ("varprop._src.laws.activations", "gain_comparison"),
-    "gain_expr": ("varprop._src.laws.activations", "gain_expr"),
+    "gain": ("varprop._src.laws.activation_gains", "gain"),
+    "gain_comparison": ("varprop._src.laws.activation_gains", "gain_comparison"),
+    "gain_expr": ("varprop._src.laws.activation_gains", "gain_expr"),
     "get_activation": ("varprop._src.laws.activations", "get_activation"),
     "gradient_scale_factor": ("varprop._src.laws.normalization", "gradient_scale_factor"),
     "latex": ("varprop._src.laws.latex", "latex"),
@@ -44,10 +45,12 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "LayerFactors": ("varprop._src.laws.layers", "LayerFactors"),
     "mean_field_fixed_point": ("varprop._src.laws.layers", "mean_field_fixed_point"),
     "MODES": ("varprop._src.laws.schemes", "MODES"),
-    "moment_expressions": ("varprop._src.laws.activations", "moment_expressions"),
+    "moment_expressions": ("varprop._src.laws.activation_moments", "moment_expressions"),
     "OutputMoments": ("varprop._src.laws.normalization", "OutputMoments"),
+    "Propagation": ("varprop._src.laws.propagation", "Propagation"),
+    "propagate": ("varprop._src.laws.propagation", "propagate"),
     "prove_scale_invariance": ("varprop._src.laws.normalization", "prove_scale_invariance"),
-    "quadrature_moments": ("varprop._src.laws.activations", "quadrature_moments"),
+    "quadrature_moments": ("varprop._src.laws.activation_moments", "quadrature_moments"),
     "register_activation": ("varprop._src.laws.activations", "register_activation"),
     "running_average_after": ("varprop._src.laws.normalization", "running_average_after"),
     "scale_deviation_ratio": ("varprop._src.laws.normalization", "scale_deviation_ratio"),
@@ -73,9 +76,11 @@ __all__ = [
     "Activation",
     "ActivationMoments",
     "Derivation",
+    "Distribution",
     "FixedPoint",
     "LayerFactors",
     "OutputMoments",
+    "Propagation",
     "ScaleInvarianceProof",
     "Scheme",
     "Step",
@@ -100,6 +105,7 @@ __all__ = [
     "layer_factors",
     "mean_field_fixed_point",
     "moment_expressions",
+    "propagate",
     "prove_scale_invariance",
     "quadrature_moments",
     "register_activation",
@@ -121,19 +127,23 @@ __getattr__, __dir__ = lazy_attributes(__name__, _LAZY, __all__)
 
 if TYPE_CHECKING:  # what pyright and IDEs see; nothing is imported at run time
     from varprop._src.laws import symbols
-    from varprop._src.laws.activations import (
+    from varprop._src.laws.activation_gains import (
         CONVENTIONAL_GAINS,
-        Activation,
-        ActivationMoments,
-        activation_moments,
-        activation_names,
         conventional_gain,
         gain,
         gain_comparison,
         gain_expr,
-        get_activation,
+    )
+    from varprop._src.laws.activation_moments import (
+        ActivationMoments,
+        activation_moments,
         moment_expressions,
         quadrature_moments,
+    )
+    from varprop._src.laws.activations import (
+        Activation,
+        activation_names,
+        get_activation,
         register_activation,
     )
     from varprop._src.laws.catalog import (
@@ -170,9 +180,11 @@ if TYPE_CHECKING:  # what pyright and IDEs see; nothing is imported at run time
         train_output_moments,
         train_output_second_moment,
     )
+    from varprop._src.laws.propagation import Propagation, propagate
     from varprop._src.laws.schemes import (
         DISTRIBUTIONS,
         MODES,
+        Distribution,
         Scheme,
         compute_fans,
         distribution_kurtosis,

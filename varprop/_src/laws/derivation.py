@@ -12,16 +12,20 @@ formats them. Everything shown is computed by SymPy from the scheme and the acti
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import mpmath
 import sympy as sp
 
 from varprop._src.errors import InputError
+from varprop._src.laws import activation_gains as AG
+from varprop._src.laws import activation_moments as AM
 from varprop._src.laws import activations as A
 from varprop._src.laws import layers as Ly
 from varprop._src.laws import symbols as S
 from varprop._src.laws.latex import latex
+from varprop._src.laws.propagation import Propagation, propagate
 from varprop._src.laws.schemes import Scheme
 
 FORMATS = ("text", "markdown", "latex")
@@ -38,7 +42,14 @@ class Step:
 
 @dataclass
 class Derivation:
-    """The derivation of one scheme + activation, and its conclusions as numbers."""
+    """The derivation of one scheme + activation, and its conclusions as numbers.
+
+    ``forward_factor``/``backward_factor`` are the per-layer factors the health is read
+    from: without widths those of a constant-width stack (also exact, in the ``_exact``
+    fields); with widths those of :attr:`propagation` over the real sequence's hidden stack
+    (1.0 when nothing compounds). ``fan_in``/``fan_out`` are the layers' fans when all the
+    layers share them (else None).
+    """
 
     scheme: Scheme
     activation: A.Activation
@@ -52,6 +63,11 @@ class Derivation:
     #: The factors as exact SymPy numbers (for factors beyond float64: 5e-601).
     forward_factor_exact: sp.Expr | None = None
     backward_factor_exact: sp.Expr | None = None
+    #: The real sequence (channel counts with a ``kernel``), when one was given (a single
+    #: layer for ``fan_in``/``fan_out``), and its end-to-end law.
+    widths: tuple[int, ...] | None = None
+    kernel: tuple[int, ...] = ()
+    propagation: Propagation | None = None
 
     def render(self, fmt: str = "text") -> str:
         if fmt not in FORMATS:
@@ -81,25 +97,72 @@ def derive(
     activation: str | A.Activation = "relu",
     fan_in: int | None = None,
     fan_out: int | None = None,
+    *,
+    widths: Sequence[int] | None = None,
+    kernel: Sequence[int] = (),
+    batch: int = 64,
 ) -> Derivation:
     """Derive, step by step, what ``scheme`` followed by ``activation`` does to a signal.
 
     Steps: Var(w) of the scheme; the activation's moments for z ~ N(0, q); the forward and
-    backward laws and their per-layer factors (for the given widths, or symbolically and for
-    a constant-width stack); the derived gain next to the conventional one; and what the
-    factors mean over depth (preserved, vanishing, exploding, and where float32 gives out).
+    backward laws and their per-layer factors; the derived gain next to the conventional
+    one; and what they mean end to end.
+
+    Without widths the layer is symbolic and the last step reads the factors over depth for
+    a constant-width stack (n_out = n_in). With ``widths`` (channel counts when a conv
+    ``kernel`` such as ``(3, 3)`` is given: fan_in = c_in kh kw, fan_out = c_out kh kw;
+    borders and strides are not modelled) or with ``fan_in``/``fan_out`` (exactly one layer,
+    ``fan_out`` defaulting to ``fan_in``), the real sequence is derived by
+    :func:`~varprop.laws.propagate`: each layer's factors with its own fans, the end-to-end
+    moments from E[x^2] = 1, the float32 limits for ``batch`` examples, and the health of the
+    sequence (nothing compounds over a single layer).
 
     Example:
         >>> from varprop import laws, initializers
         >>> d = laws.derive(initializers.he_normal().scheme, "relu")
         >>> d.forward_health, d.backward_health
         ('preserved', 'preserved')
+        >>> d = laws.derive(initializers.he_normal().scheme, "relu", 288, 576)  # one layer
+        >>> d.backward_health, round(d.propagation.input_gradient, 12)  # x4 once: no depth
+        ('preserved', 4.0)
     """
     act = A.get_activation(activation) if isinstance(activation, str) else activation
-    for nm, v in (("fan_in", fan_in), ("fan_out", fan_out)):
+    for nm, v in (("fan_in", fan_in), ("fan_out", fan_out), ("batch", batch)):
         if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
             raise ValueError(f"{nm} must be an int >= 1, got {v!r}")
-    d = Derivation(scheme, act, fan_in, fan_out)
+    if fan_out is not None and fan_in is None:
+        raise ValueError("fan_out needs fan_in")
+    kernel = tuple(kernel)
+    if widths is not None and fan_in is not None:
+        raise ValueError("give either widths or fan_in/fan_out, not both")
+    if kernel and widths is None:
+        raise ValueError("a kernel needs widths (the channel counts)")
+    if widths is None and fan_in is not None:
+        widths = (fan_in, fan_out or fan_in)
+    if widths is not None:
+        widths = tuple(widths)
+        if len(widths) < 2 or any(
+            isinstance(w, bool) or not isinstance(w, int) or w < 1 for w in (*widths, *kernel)
+        ):
+            raise ValueError(
+                f"widths need an input and an output width and a kernel whole numbers >= 1, "
+                f"got widths {list(widths)}, kernel {list(kernel)}"
+            )
+    taps = math.prod(kernel)
+    fans = (
+        sorted({(widths[i] * taps, widths[i + 1] * taps) for i in range(len(widths) - 1)})
+        if widths is not None
+        else []
+    )
+    one_pair = fans[0] if len(fans) == 1 else None
+    d = Derivation(
+        scheme,
+        act,
+        one_pair[0] if one_pair else None,
+        one_pair[1] if one_pair else None,
+        widths=widths,
+        kernel=kernel,
+    )
     sub = _widths(d)
 
     # 1. The scheme.
@@ -107,7 +170,7 @@ def derive(
     eqs: list[tuple[sp.Expr | str, sp.Expr]] = [(vw, scheme.variance_expr)]
     if scheme.parameters:
         eqs.append((vw, scheme.law))
-    if sub and scheme.uses_fans and scheme.distribution not in ("orthogonal", "delta_orthogonal"):
+    if sub and scheme.uses_fans and not scheme.distribution.is_orthogonal:
         eqs.append((vw, sp.nsimplify(scheme.law.subs(sub))))
     params = ", ".join(f"{k} = {_compact(v)}" for k, v in scheme.parameters.items())
     d.steps.append(
@@ -116,7 +179,7 @@ def derive(
             f"{scheme.name} draws from a {scheme.distribution} distribution"
             + (f" with {params}" if params else "")
             + f". {scheme.description}",
-            tuple(eqs),
+            _unique(eqs),
         )
     )
 
@@ -147,6 +210,8 @@ def derive(
         )
 
     reason = scheme.degenerate_reason()
+    if reason is None and widths is not None:
+        reason = _degenerate_layer(scheme, widths, kernel)
     if reason is not None:
         d.steps.append(
             Step(
@@ -162,10 +227,10 @@ def derive(
 
     # 2. Activation moments.
     if act.closed_form:
-        mean_e, m2_e, g2_e = A.moment_expressions(act)
+        mean_e, m2_e, g2_e = AM.moment_expressions(act)
         text = f"For z ~ N(0, q), the moments of {act.name} are derived in closed form by SymPy."
     else:
-        mom = A.activation_moments(act, 1.0)
+        mom = AM.activation_moments(act, 1.0)
         mean_e, m2_e, g2_e = (
             sp.Float(v, 10) for v in (mom.mean, mom.second_moment, mom.grad_second_moment)
         )
@@ -173,8 +238,6 @@ def derive(
             f"{act.name} has no closed form here: the moments are computed by quadrature, "
             "shown at q = 1."
         )
-    phi = sp.Function(act.name)
-    z = sp.Symbol("z")
     d.steps.append(
         Step(
             "Activation moments",
@@ -186,7 +249,6 @@ def derive(
             ),
         )
     )
-    del phi, z
 
     # 3. Forward law and factor.
     f = Ly.layer_factors(scheme, act, 1.0)
@@ -199,7 +261,7 @@ def derive(
     ]
     if sub:
         f_eqs.append((chi_f, _tidy(f.forward.subs(sub))))
-    elif f.forward != f.forward_square:
+    elif widths is None and f.forward != f.forward_square:
         f_eqs.append((sp.Symbol("chi_forward (n_out = n_in)"), f.forward_square))
     q_note = "" if f.q is None else " (evaluated at q = 1: the map is not homogeneous)"
     d.steps.append(
@@ -208,7 +270,7 @@ def derive(
             "The pre-activation of the next layer has E[z^2] = n_in Var(w) E[phi(z)^2] "
             "(+ Var(b)); with bias 0 and E[x] = 0 this is Var(y) = n Var(w) Var(x). The "
             f"per-layer factor is chi_forward = n_in Var(w) E[phi(z)^2] / q{q_note}.",
-            tuple(f_eqs),
+            _unique(f_eqs),
         )
     )
 
@@ -217,7 +279,7 @@ def derive(
     b_eqs: list[tuple[sp.Expr | str, sp.Expr]] = [(bwd_eq.lhs, bwd_eq.rhs), (chi_b, f.backward)]
     if sub:
         b_eqs.append((chi_b, _tidy(f.backward.subs(sub))))
-    else:
+    elif widths is None:
         b_eqs.append((sp.Symbol("chi_backward (n_out = n_in)"), f.backward_square))
     d.steps.append(
         Step(
@@ -225,26 +287,36 @@ def derive(
             "The gradient reaching a layer's input has E[(dL/dx)^2] = n_out Var(w) "
             "E[phi'(z)^2] E[(dL/dh)^2] (gradient independence assumed): the per-layer factor is "
             "chi_backward = n_out Var(w) E[phi'(z)^2].",
-            tuple(b_eqs),
+            _unique(b_eqs),
         )
     )
 
     # 5. Gain.
-    g_der = A.gain(act)
-    g_exact = A.gain_expr(act)
-    g_conv = A.conventional_gain(act)
+    g_der = AG.gain(act)
+    g_exact = AG.gain_expr(act)
+    g_conv = AG.conventional_gain(act)
     g_eqs: list[tuple[sp.Expr | str, sp.Expr]] = [
         (sp.Symbol("g_derived"), g_exact if g_exact is not None else sp.Float(g_der, 10))
     ]
     if g_conv is not None:
         g_eqs.append((sp.Symbol("g_conventional"), sp.Float(g_conv, 10)))
-    d.steps.append(Step("Gain", A.gain_comparison(act), tuple(g_eqs)))
+    d.steps.append(Step("Gain", AG.gain_comparison(act), tuple(g_eqs)))
 
-    # 6. Depth. The factors stay exact SymPy numbers (a std of 1e-300 gives 1e-600, which
-    # no float holds); floats are taken only for the record and the classification.
-    widths_sub = sub or {S.fan_out: S.fan_in}
-    ff_e = sp.sympify(f.forward.subs(widths_sub).subs(S.fan_in, fan_in or 1))
-    fb_e = sp.sympify(f.backward.subs(widths_sub).subs(S.fan_in, fan_in or 1))
+    if widths is not None:
+        _derive_sequence(d, f, widths, kernel, batch)
+    else:
+        _derive_stack(d, f, mu)
+    return d
+
+
+def _derive_stack(d: Derivation, f: Ly.LayerFactors, mu: sp.Expr) -> None:
+    """The last step without widths: the factors over depth of a constant-width stack."""
+    scheme, act = d.scheme, d.activation
+    # The factors stay exact SymPy numbers (a std of 1e-300 gives 1e-600, which no float
+    # holds); floats are taken only for the record and the classification.
+    widths_sub = {S.fan_out: S.fan_in}
+    ff_e = sp.sympify(f.forward.subs(widths_sub).subs(S.fan_in, 1))
+    fb_e = sp.sympify(f.backward.subs(widths_sub).subs(S.fan_in, 1))
     ff, fb = _as_float(ff_e), _as_float(fb_e)
     d.forward_factor, d.backward_factor = ff, fb
     d.forward_factor_exact, d.backward_factor_exact = ff_e, fb_e
@@ -260,7 +332,7 @@ def derive(
     else:
         # The factor depends on q: iterate the mean-field map instead of powering it.
         n_vw_e = sp.sympify(
-            (S.fan_in * Ly.weight_variance(scheme)).subs(widths_sub).subs(S.fan_in, fan_in or 1)
+            (S.fan_in * Ly.weight_variance(scheme)).subs(widths_sub).subs(S.fan_in, 1)
         )
         n_vw = _as_float(n_vw_e)
         if not (MEAN_FIELD_RANGE[0] <= n_vw <= MEAN_FIELD_RANGE[1]):
@@ -278,9 +350,7 @@ def derive(
             d.forward_health = "vanishing"
         else:
             d.forward_health = "preserved"
-        d.backward_health = (
-            Ly.classify_factor(fp.chi, 1e-3) if math.isfinite(fp.chi) else "exploding"
-        )
+        d.backward_health = Ly.classify_factor(fp.chi, 1e-3)
         lines = [
             f"{act.name} is not homogeneous, so the factors above hold at q = 1 only. Iterating "
             f"the mean-field map q -> {_num(n_vw)} E[{act.name}(sqrt(q) z)^2] from q = 1 gives "
@@ -295,9 +365,168 @@ def derive(
             + f"; there the backward factor is chi_1 = {_num(fp.chi)}, so gradients are "
             f"{d.backward_health} over depth."
         ]
-    widths = f"n_in = {fan_in}, n_out = {fan_out or fan_in}" if fan_in else "n_out = n_in"
-    d.steps.append(Step(f"Over depth ({widths})", " ".join(lines)))
-    return d
+    d.steps.append(Step("Over depth (n_out = n_in)", " ".join(lines)))
+
+
+def _degenerate_layer(scheme: Scheme, widths: tuple[int, ...], kernel: tuple[int, ...]):
+    """Why a layer of the sequence is degenerate (its weights round to zero), else None.
+    Weights beyond float64 are not degenerate: the end-to-end step says where they overflow."""
+    for shape in dict.fromkeys((*kernel, widths[i], widths[i + 1]) for i in range(len(widths) - 1)):
+        try:
+            reason = scheme.degenerate_reason(shape)
+        except InputError as e:
+            if e.kind != "numerics":
+                raise
+            continue
+        if reason is not None:
+            return reason
+    return None
+
+
+def _unique(eqs: list[tuple[sp.Expr | str, sp.Expr]]) -> tuple[tuple[sp.Expr | str, sp.Expr], ...]:
+    """The equations without repeats (``chi_forward = 1`` once, not once per form)."""
+    out: list[tuple[sp.Expr | str, sp.Expr]] = []
+    for lhs, rhs in eqs:
+        if all(str(lhs) != str(a) or sp.sstr(rhs) != sp.sstr(b) for a, b in out):
+            out.append((lhs, rhs))
+    return tuple(out)
+
+
+def _groups(widths: tuple[int, ...], taps: int) -> list[tuple[int, int, int, int]]:
+    """Runs of consecutive layers with the same fans: ``(first, last, fan_in, fan_out)``."""
+    out: list[tuple[int, int, int, int]] = []
+    for i in range(len(widths) - 1):
+        n_in, n_out = widths[i] * taps, widths[i + 1] * taps
+        if out and out[-1][2:] == (n_in, n_out):
+            out[-1] = (out[-1][0], i + 1, n_in, n_out)
+        else:
+            out.append((i + 1, i + 1, n_in, n_out))
+    return out
+
+
+def _layers(first: int, last: int) -> str:
+    return f"layer {first}" if first == last else f"layers {first}-{last}"
+
+
+def _compress(widths: tuple[int, ...]) -> str:
+    """``(784, 512, 512, 512, 10)`` -> ``784,512x3,10`` (the ``--widths`` syntax)."""
+    out: list[list[int]] = []
+    for w in widths:
+        if out and out[-1][0] == w:
+            out[-1][1] += 1
+        else:
+            out.append([w, 1])
+    return ",".join(str(w) if n == 1 else f"{w}x{n}" for w, n in out)
+
+
+def _derive_sequence(
+    d: Derivation, f: Ly.LayerFactors, widths: tuple[int, ...], kernel: tuple[int, ...], batch: int
+) -> None:
+    """The last steps with widths: each layer's factors with its real fans, then the
+    end-to-end law of the sequence (:func:`~varprop.laws.propagate`)."""
+    act = d.activation
+    L = len(widths) - 1
+    taps = math.prod(kernel)
+    groups = _groups(widths, taps)
+    q_note = "" if f.q is None else " (at q = 1: the map is not homogeneous)"
+    if len({g[2:] for g in groups}) > 1:
+        eqs: list[tuple[sp.Expr | str, sp.Expr]] = []
+        for first, last, n_in, n_out in groups:
+            sub = {S.fan_in: n_in, S.fan_out: n_out}
+            eqs.append((f"chi_forward ({_layers(first, last)})", _tidy(f.forward.subs(sub))))
+            eqs.append((f"chi_backward ({_layers(first, last)})", _tidy(f.backward.subs(sub))))
+        parts = [f"{_layers(a, b)}: {n_in} -> {n_out}" for a, b, n_in, n_out in groups]
+        d.steps.append(
+            Step(
+                "Layer by layer",
+                "Each layer's factors with its own fans (fan_in -> fan_out): "
+                + "; ".join(parts)
+                + f"{q_note}. A factor acts once per layer: only a run of layers compounds.",
+                _unique(eqs),
+            )
+        )
+    conv = f", {'x'.join(map(str, kernel))} kernel" if kernel else ""
+    if L == 1:
+        fans = f", fans {widths[0] * taps} -> {widths[1] * taps}" if kernel else ""
+        unit = " channels" if kernel else ""
+        title = f"End to end (1 layer: {widths[0]} -> {widths[1]}{unit}{conv}{fans})"
+    else:
+        title = f"End to end ({L} layers: widths {_compress(widths)}{conv})"
+    try:
+        p = propagate(widths, act, d.scheme, batch=batch, kernel=kernel)
+    except InputError as e:
+        if e.kind != "numerics":
+            raise
+        # Var(w) beyond float64: the first layer's values are already far beyond float32.
+        n_in, n_out = groups[0][2:]
+        sub = {S.fan_in: n_in, S.fan_out: n_out}
+        ff_e, fb_e = sp.sympify(f.forward.subs(sub)), sp.sympify(f.backward.subs(sub))
+        d.forward_factor_exact, d.backward_factor_exact = ff_e, fb_e
+        d.forward_factor, d.backward_factor = _as_float(ff_e), _as_float(fb_e)
+        d.forward_health = Ly.classify_factor(d.forward_factor)
+        d.backward_health = Ly.classify_factor(d.backward_factor)
+        kind, layer = Ly.float32_limit_layer(ff_e, count=batch * widths[1])
+        d.steps.append(
+            Step(
+                title,
+                f"Var(w) is beyond float64 ({e}); layer 1 multiplies E[x^2] by "
+                f"{_num_exact(ff_e)}, so float32 {kind}s at layer {layer}.",
+            )
+        )
+        return
+    d.propagation = p
+    d.forward_factor, d.backward_factor = p.forward_factor, p.backward_factor
+    d.forward_health, d.backward_health = p.forward_health, p.backward_health
+    q, g = p.forward, p.backward
+    text = [
+        f"From E[x^2] = 1 at the input, {_propagated(q, 'E[z_l^2]', L)}; with "
+        f"E[(dL/dh_L)^2] = 1 at the output, {_propagated(g, 'E[(dL/dz_l)^2]', L)} and "
+        f"E[(dL/dx)^2] = {_num(p.input_gradient)} at the input."
+    ]
+    if p.steps == 0:
+        text.append(
+            "With fewer than two hidden layers to compare nothing compounds: each factor acts "
+            "once, and both directions count as preserved."
+        )
+    else:
+        sl = range(L)[slice(1, L - 1) if L >= 4 else slice(0, L - 1)]
+        text.append(
+            f"Over the hidden stack ({_layers(sl[0] + 1, sl[-1] + 1)}, {p.steps} steps) E[z^2] "
+            f"changes by x{_num(p.forward_factor)} per layer ({p.forward_health}) and "
+            f"E[(dL/dz)^2], read from the output back, by x{_num(p.backward_factor)} per "
+            f"layer ({p.backward_health})."
+        )
+    if p.fixed_point is not None:
+        fp = p.fixed_point
+        text.append(
+            f"{act.name} is not homogeneous: the hidden-to-hidden map "
+            f"q -> n_in Var(w) E[{act.name}(sqrt(q) z)^2] has its fixed point "
+            f"q* = {_num(fp.q_star)}, where the backward factor is chi_1 = {_num(fp.chi)}."
+        )
+    if p.first_nonfinite is not None:
+        text.append(
+            f"For a batch of {batch}, float32 overflows at layer {p.first_nonfinite} "
+            "(its largest value passes 3.4e38)."
+        )
+    elif p.first_underflow is not None:
+        text.append(
+            f"For a batch of {batch}, float32 underflows at layer {p.first_underflow} "
+            "(every product x_i w_ij is below 1.2e-38 and flushes to zero)."
+        )
+    else:
+        text.append(f"For a batch of {batch}, no layer leaves float32.")
+    if kernel:
+        text.append(
+            "The conv layers are read as dense layers with the kernel's fans: borders, "
+            "padding and strides are not modelled."
+        )
+    d.steps.append(Step(title, " ".join(text)))
+
+
+def _propagated(v, name: str, L: int) -> str:
+    if L == 1:
+        return f"{name.replace('_l', '_1')} = {_num(float(v[0]))}"
+    return f"{name} goes from {_num(float(v[0]))} at layer 1 to {_num(float(v[-1]))} at layer {L}"
 
 
 def _tidy(e: sp.Expr) -> sp.Expr:

@@ -56,6 +56,7 @@ from dataclasses import dataclass
 import numpy as np
 import sympy as sp
 
+from varprop._src.laws import activation_moments as AM
 from varprop._src.laws import activations as A
 from varprop._src.laws import symbols as S
 from varprop._src.laws.schemes import Scheme
@@ -81,13 +82,13 @@ def weight_variance(scheme: Scheme | None) -> sp.Expr:
     """
     if scheme is None:
         return S.weight_variance
-    if scheme.distribution == "constant":
+    if scheme.distribution.is_constant:
         raise ValueError(
             f"scheme {scheme.name!r} is degenerate (constant weights, Var(w) = 0): the i.i.d. "
             "layer law does not apply (every unit of a layer computes the same value; the "
             "'constant' and 'zeros' experiments in varprop.experiments show what happens)"
         )
-    if scheme.distribution in ("orthogonal", "delta_orthogonal"):
+    if scheme.distribution.is_orthogonal:
         # For a square layer both fans equal rows = cols; the law uses the per-entry E[w^2].
         return sp.simplify(scheme.law.subs({S.n_rows: S.fan_in, S.n_cols: S.fan_out}))
     return scheme.law
@@ -108,7 +109,7 @@ def weight_mean(scheme: Scheme | None) -> sp.Expr:
 
 def _variance_any(scheme: Scheme | None) -> sp.Expr:
     """Var(w) like :func:`weight_variance`, but 0 for constant schemes instead of raising."""
-    if scheme is not None and scheme.distribution == "constant":
+    if scheme is not None and scheme.distribution.is_constant:
         return sp.Integer(0)
     return weight_variance(scheme)
 
@@ -221,7 +222,7 @@ def backward_law(
     else:
         act = A.get_activation(activation) if isinstance(activation, str) else activation
         dphi2 = (
-            A.moment_expressions(act)[2]
+            AM.moment_expressions(act)[2]
             if act.closed_form
             else sp.Symbol(f"E[{act.name}'(z)^2]", positive=True)
         )
@@ -251,7 +252,7 @@ class LayerFactors:
 def _moment_exprs(act: A.Activation, q: float) -> tuple[sp.Expr, sp.Expr, sp.Expr]:
     """E[phi^2]/q, E[phi'^2] and E[phi]^2/q at q: exact where a closed form exists."""
     if act.closed_form:
-        m1, m2, g2 = A.moment_expressions(act)
+        m1, m2, g2 = AM.moment_expressions(act)
         if act.homogeneous:
             return sp.simplify(m2 / S.q), sp.simplify(g2), sp.simplify(m1**2 / S.q)
         qq = sp.nsimplify(q)
@@ -260,7 +261,7 @@ def _moment_exprs(act: A.Activation, q: float) -> tuple[sp.Expr, sp.Expr, sp.Exp
             sp.simplify(g2.subs(S.q, qq)),
             sp.simplify((m1**2 / S.q).subs(S.q, qq)),
         )
-    m = A.activation_moments(act, q)
+    m = AM.activation_moments(act, q)
     return (
         sp.Float(m.second_moment / q, 15),
         sp.Float(m.grad_second_moment, 15),
@@ -306,11 +307,26 @@ def layer_factors(
     )
 
 
-def classify_factor(factor: float, tol: float = 1e-9) -> str:
-    """``preserved`` (factor = 1 within ``tol``), ``vanishing`` (< 1) or ``exploding`` (> 1)."""
-    if not math.isfinite(factor):
+def classify_factor(factor: float, tol: float = 1e-9, *, steps: int | None = None) -> str:
+    """The health of a per-layer factor f on a second moment: the one classifier of varprop.
+
+    ``undetermined`` for NaN, ``exploding`` for inf, ``vanishing`` for 0; ``preserved`` when
+    |f - 1| <= ``tol``, or, given the number of ``steps`` the factor compounds over (a
+    network's hidden stack), when f^steps stays within a factor 2 (|ln f| steps <= ln 2);
+    else ``vanishing`` (f < 1) or ``exploding`` (f > 1).
+
+    >>> classify_factor(0.99), classify_factor(0.99, steps=10), classify_factor(0.99, 0.02)
+    ('vanishing', 'preserved', 'preserved')
+    """
+    if math.isnan(factor):
+        return "undetermined"
+    if math.isinf(factor):
         return "exploding"
+    if factor == 0:
+        return "vanishing"
     if abs(factor - 1.0) <= tol:
+        return "preserved"
+    if steps is not None and abs(math.log(factor)) * max(steps, 1) <= math.log(2):
         return "preserved"
     return "vanishing" if factor < 1.0 else "exploding"
 
@@ -512,14 +528,14 @@ def mean_field_fixed_point(
     for i in range(1, max_iter + 1):
         if q < 1e-300:
             return FixedPoint(
-                0.0, weight_scale * A.activation_moments(act, 1e-12).grad_second_moment, i
+                0.0, weight_scale * AM.activation_moments(act, 1e-12).grad_second_moment, i
             )
-        new = weight_scale * A.activation_moments(act, q).second_moment + bias_variance
+        new = weight_scale * AM.activation_moments(act, q).second_moment + bias_variance
         if not math.isfinite(new) or new > 1e300:
             return FixedPoint(math.inf, math.inf, i)
         if abs(new - q) <= rtol * max(q, 1e-300):
             q = new
             break
         q = new
-    chi = weight_scale * A.activation_moments(act, max(q, 1e-12)).grad_second_moment
+    chi = weight_scale * AM.activation_moments(act, max(q, 1e-12)).grad_second_moment
     return FixedPoint(q, chi, i)

@@ -59,6 +59,10 @@ from varprop._src.laws.symbols import (
 ExprLike = sp.Expr | int | float
 
 
+#: The epsilon added to the variance by each normalization (Flax's defaults, used by the
+#: probe, the modules and the laws alike).
+NORM_EPSILON = {"batchnorm": 1e-5, "layernorm": 1e-6}
+
 #: Running statistics of a freshly built BatchNorm (Flax, PyTorch and varprop alike).
 INITIAL_RUNNING_MEAN = 0
 INITIAL_RUNNING_VAR = 1
