@@ -226,3 +226,32 @@ def test_cli_derive_kernel_gives_the_same_fans(capsys):
     out = capsys.readouterr().out
     assert "288 -> 576" in out and "exploding" not in out
     _lines_once(out)
+
+
+def test_derive_a_real_sequence_layer_by_layer():
+    d = laws.derive(I.he_normal().scheme, "relu", widths=[784, 512, 512, 512, 10])
+    titles = [s.title for s in d.steps]
+    assert "Layer by layer" in titles and titles[-1].startswith("End to end (4 layers")
+    text = d.render()
+    assert "layer 1: 784 -> 512; layers 2-3: 512 -> 512; layer 4: 512 -> 10" in text
+    assert "chi_backward (layer 4) = 5/256" in text  # n_out Var(w) E[relu'^2] = 10 (2/512) / 2
+    assert d.propagation is not None and d.propagation.forward.round(12).tolist() == [2.0] * 4
+    assert (d.forward_health, d.backward_health) == ("preserved", "preserved")
+    _lines_once(text)
+    for fmt in ("markdown", "latex"):
+        assert "End to end" in d.render(fmt)
+
+
+@pytest.mark.parametrize(
+    ("argv", "match"),
+    [
+        (["--widths", "8,8", "--fan-in", "8"], "give one of them"),
+        (["--kernel", "3x3"], "--kernel needs --widths"),
+        (["--widths", "8,8", "--kernel", "3xq"], "bad shape '3xq'"),
+        (["--widths", "8"], "at least an input and an output width"),
+    ],
+)
+def test_cli_derive_sequence_usage_errors(argv, match, capsys):
+    assert main(["derive", *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("varprop derive: error:") and match in err
