@@ -182,34 +182,17 @@ def _parser() -> argparse.ArgumentParser:
         help="activation as NAME[:key=value,...], e.g. leaky_relu:negative_slope=0.2 (default relu)",
     )
     d.add_argument(
-        "--widths",
-        default=None,
-        metavar="W",
-        help="the network's widths as in check, e.g. 784,512x3,10: derive over this sequence",
+        "--widths", metavar="W", help="derive over these widths (as check: 784,512x3,10)"
     )
     d.add_argument(
         "--kernel",
-        default=None,
         metavar="KxK",
-        help="conv kernel shape, e.g. 3x3: --widths are then channel counts, fan_in = "
-        "c_in*kh*kw and fan_out = c_out*kh*kw (borders and strides are not modelled yet)",
+        help="conv kernel, e.g. 3x3: --widths are channels, fan_in = c_in*kh*kw, fan_out = "
+        "c_out*kh*kw (borders and strides are not modelled yet)",
     )
-    d.add_argument(
-        "--fan-in", type=_positive_int, default=None, metavar="N", help="one layer's fan_in"
-    )
-    d.add_argument(
-        "--fan-out",
-        type=_positive_int,
-        default=None,
-        metavar="M",
-        help="that layer's fan_out (default: --fan-in)",
-    )
-    d.add_argument(
-        "--batch",
-        type=_positive_int,
-        default=64,
-        help="examples the float32 limits count values over (default 64, as check)",
-    )
+    d.add_argument("--fan-in", type=_positive_int, metavar="N", help="one layer's fan_in")
+    d.add_argument("--fan-out", type=_positive_int, metavar="M", help="its fan_out (default N)")
+    d.add_argument("--batch", type=_positive_int, default=64, help="for float32's limits (64)")
     d.add_argument("--format", choices=("text", "markdown", "latex"), default="text")
 
     for name in ("experiment", "report"):
