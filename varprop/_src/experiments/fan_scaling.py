@@ -211,27 +211,19 @@ def run_he(cfg: RunConfig) -> ExperimentResult:
         "fan_out": [fan_out.scheme.std(s) for s in shapes],
         "seed Layer": [math.sqrt(2.0 / m) for _, m in shapes],
     }
-    seed_is = {
-        m: bool(np.allclose(kinds["seed Layer"], kinds[m], rtol=1e-12))
-        for m in ("fan_in", "fan_out")
-    }
+    sl = kinds["seed Layer"]
+    seed_is = {m: bool(np.allclose(sl, kinds[m], rtol=1e-12)) for m in ("fan_in", "fan_out")}
     pyramid = stack(width=widths, activation="relu", kernel_init=inits.normal(1.0))
     pyr, ok_profile, e2e, h = {}, {}, {}, len(widths) - 3  # h: the last hidden layer
     for kind, stds in kinds.items():  # one compiled probe, the same draws for every kind
         st = run_probe(pyramid, seeds=p_seeds, seed=cfg.seed, batch=64, tag=60, weight_scales=stds)
         prop = laws.propagate(widths, "relu", [inits.normal(s).scheme for s in stds], batch=64)
-        zz, gg, qp, gp = pyr[kind] = (
-            st.forward.z_lm2,
-            st.backward.gz_lm2,
-            prop.forward,
-            prop.backward,
-        )
+        zz, gg, qp, gp = st.forward.z_lm2, st.backward.gz_lm2, prop.forward, prop.backward
+        pyr[kind] = zz, gg, qp, gp
         ok_profile[kind] = _profile_ok(zz, qp)[0] and _profile_ok(gg, gp)[0]
         # Hidden-stack change, measured (geometric mean) and predicted: q_h / q_1, g_1 / g_h.
         mq, mg = np.exp(zz.mean(0)), np.exp(gg.mean(0))
-        e2e[kind] = tuple(
-            float(v) for v in (mq[h] / mq[0], qp[h] / qp[0], mg[0] / mg[h], gp[0] / gp[h])
-        )
+        e2e[kind] = tuple(map(float, (mq[h] / mq[0], qp[h] / qp[0], mg[0] / mg[h], gp[0] / gp[h])))
     factor = {
         f"ReLU {d} factor, {m}": sp.Eq(r, getattr(laws.layer_factors(i.scheme, "relu"), d))
         for d, m, i, r in (
@@ -251,13 +243,8 @@ def run_he(cfg: RunConfig) -> ExperimentResult:
         Row(f"square ReLU width {n}: {d} factor (fan_in)", one, m, f"± {crit * se:.2g} in log")
         for d, m, se in (("forward", s_fwd, s_fwd_se), ("backward", s_bwd, s_bwd_se))
     ]
-    rows.append(
-        Row(
-            "seed Layer(M, N) std sqrt(2/M) equals",
-            "fan_out",
-            ", ".join(k for k, v in seed_is.items() if v) or "neither",
-        )
-    )
+    equals = ", ".join(k for k, v in seed_is.items() if v) or "neither"
+    rows.append(Row("seed Layer(M, N) std sqrt(2/M) equals", "fan_out", equals))
     for kind, (mf, pf, mb, pb) in e2e.items():
         rows.append(Row(f"pyramid {kind}: q_4 / q_1 (forward)", pf, mf))
         rows.append(Row(f"pyramid {kind}: g_1 / g_4 (backward)", pb, mb))
@@ -297,15 +284,11 @@ def run_he(cfg: RunConfig) -> ExperimentResult:
     ]
     fig, axes = new_figure(ncols=2, width=4.6, height=3.6)
     layers = np.arange(1, len(widths))
-    for ax, (title, idx) in zip(
-        axes[0], (("forward: E[z_l²]", 0), ("backward: E[(dL/dz_l)²]", 1)), strict=True
-    ):
-        for (kind, vals), col, mk in zip(
-            pyr.items(), ("C0", "C1", "C2"), ("o", "s", "^"), strict=True
-        ):
+    panels = (("forward: E[z_l²]", 0), ("backward: E[(dL/dz_l)²]", 1))
+    for ax, (title, idx) in zip(axes[0], panels, strict=True):
+        for (kind, vals), col, mk in zip(pyr.items(), ("C0", "C1", "C2"), "os^", strict=True):
             per_layer_plot(ax, layers, vals[idx + 2], vals[idx], kind, col, mk)
-        ax.set_xticks(layers)
-        ax.set_xticklabels([f"{l}\n{widths[l - 1]}→{widths[l]}" for l in layers], fontsize=7)
+        ax.set_xticks(layers, [f"{l}\n{widths[l - 1]}→{widths[l]}" for l in layers], fontsize=7)
         ax.set_xlabel("layer (fan_in→fan_out)")
         ax.set_title(title, fontsize=10)
         ax.legend(fontsize=6)

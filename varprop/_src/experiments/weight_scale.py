@@ -151,27 +151,15 @@ def run_small_random(cfg: RunConfig) -> ExperimentResult:
         law("float32 underflow layer (sqrt(q_L) < tiny)", sp.Eq(sp.Symbol("L_{under}"), under)),
     ]
     meas_txt = ", ".join(map(str, meas_fwd)), ", ".join(map(str, meas_bwd))
+    ci_f, ci_b = (f"± {crit * se:.2g} in log" for se in (se_fwd, se_bwd))
+    ci_f += f" (t-interval over {seeds} seeds)"
+    below = f"{depth - pred_bwd} layers below the output"
     rows = [
         Row("per-layer factor n Var(w) (law)", factor, "-", f"n = {n}"),
-        Row(
-            f"forward factor q_(l+1)/q_l, layers {lo_f}-{hi_f}",
-            pf_fwd,
-            f_fwd,
-            f"± {crit * se_fwd:.2g} in log (t-interval over {seeds} seeds)",
-        ),
-        Row(
-            f"backward factor g_l/g_(l+1), layers {lo_b}-{hi_b}",
-            pf_bwd,
-            f_bwd,
-            f"± {crit * se_bwd:.2g} in log",
-        ),
+        Row(f"forward factor q_(l+1)/q_l, layers {lo_f}-{hi_f}", pf_fwd, f_fwd, ci_f),
+        Row(f"backward factor g_l/g_(l+1), layers {lo_b}-{hi_b}", pf_bwd, f_bwd, ci_b),
         Row("first layer whose z underflows (median |z| = 0)", pred_fwd, meas_txt[0], "per seed"),
-        Row(
-            "highest layer whose dL/dz underflows",
-            pred_bwd,
-            meas_txt[1],
-            f"{depth - pred_bwd} layers below the output",
-        ),
+        Row("highest layer whose dL/dz underflows", pred_bwd, meas_txt[1], below),
     ]
     claims = [
         Claim(
@@ -261,9 +249,7 @@ def run_standard_normal(cfg: RunConfig) -> ExperimentResult:
     mlp_q_meas = np.where(st.forward.z_finite > 0, st.forward.z_lm2, np.nan)
     cross = None
     if not cfg.quick:
-        cross = check(
-            (n,) * (depth + 1), "relu", init, batch=128, seeds=4, max_seeds=4, seed=cfg.seed
-        )
+        cross = check(prop.widths, "relu", init, batch=128, seeds=4, max_seeds=4, seed=cfg.seed)
     mp_ok = bool(np.all((mp_first > 0) & (np.abs(mp_first - mp_pred) <= 1)))
     mlp_ok = bool(np.all((mlp_first > 0) & (np.abs(mlp_first - mlp_pred) <= 1)))
     if cross is not None:
@@ -272,24 +258,18 @@ def run_standard_normal(cfg: RunConfig) -> ExperimentResult:
     over = (2 * sp.log(sp.Symbol("max_{f32}")) - sp.log(sp.Symbol("q_0"))) / sp.log(
         sp.Symbol("n") * S.weight_variance * sp.Symbol("c_phi")
     )
+    over_eq = sp.Eq(sp.Symbol("L_{over}"), sp.ceiling(over))
     laws_ = [
         law("forward law of N(0, 1)", laws.forward_law(init.scheme)),
         law("per-layer factor, linear (matrix products)", sp.Eq(Q_RATIO, lf["linear"])),
         law("per-layer factor, ReLU", sp.Eq(Q_RATIO, lf["relu"])),
-        law(
-            "first overflowing layer (sqrt(q_L) > float32 max)",
-            sp.Eq(sp.Symbol("L_{over}"), sp.ceiling(over)),
-        ),
+        law("first overflowing layer (sqrt(q_L) > float32 max)", over_eq),
     ]
     mp_set, mlp_set = sorted(set(mp_first.tolist())), sorted(set(mlp_first.tolist()))
+    mp_txt = ", ".join(map(str, mp_set))
     rows = [
         Row("matrix products: factor per step n Var(w)", mp_factor, "-", f"n = {n}"),
-        Row(
-            "matrix products: first step with inf/NaN",
-            mp_pred,
-            ", ".join(map(str, mp_set)),
-            f"{trials} trials",
-        ),
+        Row("matrix products: first step with inf/NaN", mp_pred, mp_txt, f"{trials} trials"),
         Row("ReLU MLP: factor per layer n Var(w)/2", relu_factor, "-", f"width {n}"),
         Row(
             "ReLU MLP: first layer with inf/NaN",
@@ -302,14 +282,8 @@ def run_standard_normal(cfg: RunConfig) -> ExperimentResult:
     cross_note = "."
     if cross is not None:
         cp, cf = cross.predicted_nonfinite_layer, cross.first_nonfinite_layer
-        rows.append(
-            Row(
-                "ReLU MLP: first layer with inf/NaN (varprop.check, 4 seeds)",
-                cp,
-                cf,
-                f"check verdict: {cross.verdict}",
-            )
-        )
+        label = "ReLU MLP: first layer with inf/NaN (varprop.check, 4 seeds)"
+        rows.append(Row(label, cp, cf, f"check verdict: {cross.verdict}"))
         cross_note = f"; varprop.check: {cf} vs predicted {cp}."
     claims = [
         Claim(
