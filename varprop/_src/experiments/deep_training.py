@@ -63,17 +63,6 @@ from varprop._src.probe import probe_params
 DEPTH = 30
 
 
-def _running_mean(v: np.ndarray, k: int) -> np.ndarray:
-    c = np.cumsum(np.insert(np.asarray(v, np.float64), 0, 0.0))
-    lo = np.maximum(0, np.arange(1, len(v) + 1) - k)
-    return (c[1:] - c[lo]) / (np.arange(1, len(v) + 1) - lo)
-
-
-def _first_below(v: np.ndarray, threshold: float) -> int | None:
-    idx = np.flatnonzero(v < threshold)
-    return int(idx[0]) + 1 if idx.size else None
-
-
 @experiment("deep_training", "Training a 30-layer ReLU MLP: Xavier stalls, He trains", order=8)
 def run_deep_training(cfg: RunConfig) -> ExperimentResult:
     """Train the same 30-layer ReLU MLP from Xavier and from He init (module docstring)."""
@@ -90,22 +79,12 @@ def run_deep_training(cfg: RunConfig) -> ExperimentResult:
 
     # -- the law: one layer in SymPy, the 30 layers by laws.propagate ----------------------
     relu_factor = {k: laws.layer_factors(v.scheme, "relu").forward_square for k, v in inits.items()}
-    first_factor = {
-        k: sp.simplify(
-            cast(sp.Expr, laws.forward_law(v.scheme).rhs.subs(laws.symbols.bias_variance, 0))
-        )
-        for k, v in inits.items()
-    }
-    l_sym, big_l = sp.symbols("l L", positive=True, integer=True)
+    first = [cast(sp.Expr, laws.forward_law(inits[k].scheme).rhs) for k in ("Xavier", "He")]
+    r, (l_sym, big_l) = relu_factor["Xavier"] / relu_factor["He"], sp.symbols("l L", positive=True)
     fwd_ratio = sp.simplify(
-        first_factor["Xavier"]
-        / first_factor["He"]
-        * (relu_factor["Xavier"] / relu_factor["He"]) ** (l_sym - 1)
+        (first[0] / first[1]).subs(laws.symbols.bias_variance, 0) * r ** (l_sym - 1)
     )
-    grad_ratio = sp.simplify(
-        (fwd_ratio.subs(l_sym, l_sym - 1))
-        * (relu_factor["Xavier"] / relu_factor["He"]) ** (big_l - l_sym)
-    )
+    grad_ratio = sp.simplify(fwd_ratio.subs(l_sym, l_sym - 1) * r ** (big_l - l_sym))
     q_in = float(np.mean(np.square(split.x_train), dtype=np.float64))
     prop = {
         k: laws.propagate(widths, "relu", v.scheme, input_second_moment=q_in)
@@ -163,7 +142,8 @@ def run_deep_training(cfg: RunConfig) -> ExperimentResult:
     @jax.vmap
     def evaluate(p):
         logits = forward(net, p, xv)
-        return ce(p, xv, yv), jnp.mean((jnp.argmax(logits, axis=-1) == yv).astype(jnp.float32))
+        acc = jnp.mean((jnp.argmax(logits, axis=-1) == yv).astype(jnp.float32))
+        return cross_entropy(logits, yv), acc
 
     rng = np.random.default_rng(cfg.seed)
     n_train = len(split.x_train)
@@ -183,9 +163,14 @@ def run_deep_training(cfg: RunConfig) -> ExperimentResult:
     he, xa = 0, 1
     tail = max(1, steps // 10)
     final = train_loss[-tail:].mean(axis=0)
-    smooth = np.stack([_running_mean(train_loss[:, j], 20) for j in range(2)], axis=1)
+    # the mean of the last 20 steps (fewer at the start), and the first step it is < threshold
+    window = np.minimum(np.arange(1, steps + 1), 20)[:, None]
+    smooth = np.cumsum(train_loss, 0) - np.cumsum(np.pad(train_loss, ((20, 0), (0, 0))), 0)[:-20]
+    smooth /= window
     threshold = 1.0
-    r_he, r_xa = (_first_below(smooth[:, j], threshold) for j in range(2))
+    r_he, r_xa = (
+        int(np.argmax(s < threshold)) + 1 if np.any(s < threshold) else None for s in smooth.T
+    )
     chance = math.log(ds.n_classes)
     meas_log2_out = float(np.log2(q_meas[xa, -1] / q_meas[he, -1]))
     log2_grad = np.log2(g_meas[xa] / g_meas[he])
@@ -297,17 +282,18 @@ def run_deep_training(cfg: RunConfig) -> ExperimentResult:
     fig, ax = new_figure(ncols=2, width=5.2)
     st = np.arange(1, steps + 1)
     for j, k in enumerate(names):
-        ax[0, 0].plot(st, train_loss[:, j], color=colors[k], alpha=0.25, lw=0.8)
-        ax[0, 0].plot(st, smooth[:, j], color=colors[k], lw=1.8, label=f"{k}: train (20-step mean)")
-        ax[0, 0].plot(eval_steps, v_loss_a[:, j], "o--", color=colors[k], ms=4, label=f"{k}: valid")
-        ax[0, 1].plot(eval_steps, v_acc_a[:, j], "o-", color=colors[k], ms=4, label=k)
+        c = colors[k]
+        ax[0, 0].plot(st, train_loss[:, j], color=c, alpha=0.25, lw=0.8)
+        ax[0, 0].plot(st, smooth[:, j], color=c, lw=1.8, label=f"{k}: train (20-step mean)")
+        ax[0, 0].plot(eval_steps, v_loss_a[:, j], "o--", color=c, ms=4, label=f"{k}: valid")
+        ax[0, 1].plot(eval_steps, v_acc_a[:, j], "o-", color=c, ms=4, label=k)
     ax[0, 0].axhline(chance, color="gray", ls=":", lw=1, label="chance, ln 10")
     ax[0, 0].set(xlabel="SGD step", ylabel="cross-entropy loss", title="loss")
-    ax[0, 0].legend(fontsize=7)
     ax[0, 1].axhline(0.1, color="gray", ls=":", lw=1, label="chance")
     ax[0, 1].set(xlabel="SGD step", ylabel="validation accuracy", title="validation accuracy")
     ax[0, 1].set_ylim(0, 1)
-    ax[0, 1].legend(fontsize=7)
+    for a in ax[0]:
+        a.legend(fontsize=7)
     fig_curves = Figure(
         "deep_training_curves",
         f"Training a 30-layer ReLU MLP (width {width}) on {ds.source} with SGD + momentum from "
@@ -319,18 +305,15 @@ def run_deep_training(cfg: RunConfig) -> ExperimentResult:
     fig, ax = new_figure(ncols=2, width=5.2)
     layers = np.arange(1, DEPTH + 1)
     for j, k in enumerate(names):
-        ax[0, 0].plot(layers, np.log2(q_meas[j]), "o", color=colors[k], ms=4, label=f"{k} measured")
-        ax[0, 0].plot(layers, np.log2(pred_q[k]), "-", color=colors[k], lw=1, label=f"{k} law")
-        ax[0, 1].plot(
-            layers, np.log2(g_meas[j]), "o-", color=colors[k], ms=4, label=f"{k}, sum(y v)"
-        )
-        ax[0, 1].plot(
-            layers, np.log2(g_ce[j]), "x:", color=colors[k], ms=4, label=f"{k}, cross-ent."
-        )
+        c = colors[k]
+        ax[0, 0].plot(layers, np.log2(q_meas[j]), "o", color=c, ms=4, label=f"{k} measured")
+        ax[0, 0].plot(layers, np.log2(pred_q[k]), "-", color=c, lw=1, label=f"{k} law")
+        ax[0, 1].plot(layers, np.log2(g_meas[j]), "o-", color=c, ms=4, label=f"{k}, sum(y v)")
+        ax[0, 1].plot(layers, np.log2(g_ce[j]), "x:", color=c, ms=4, label=f"{k}, cross-ent.")
     ax[0, 0].set(xlabel="layer l", ylabel="log2 E[z_l^2]", title="forward, at init")
-    ax[0, 0].legend(fontsize=7)
     ax[0, 1].set(xlabel="layer l", ylabel="log2 E[(dL/dW_l)^2]", title="weight gradients, at init")
-    ax[0, 1].legend(fontsize=7)
+    for a in ax[0]:
+        a.legend(fontsize=7)
     fig_init = Figure(
         "deep_training_init",
         "At init, on 512 training images. Left: log2 of each layer's E[z^2], measured (dots) "

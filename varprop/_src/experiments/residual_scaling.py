@@ -140,8 +140,7 @@ def run_fixup(cfg: RunConfig) -> ExperimentResult:
     # -- the law -----------------------------------------------------------------------------
     he, fx = I.he_normal(), I.fixup(blocks, 2)
     fixup_branch, he_branch = _branch(width, fx, I.zeros), _branch(width, he, he)
-    he_block = 1 + _branch_factor(he_branch)
-    fixup_block = 1 + _branch_factor(fixup_branch)
+    he_block, fixup_block = (1 + _branch_factor(b) for b in (he_branch, fixup_branch))
     he_sym, fixup_sym = (sp.nsimplify(round(f, 12)) for f in (he_block, fixup_block))
     # Fixup's first branch layer with the depth left symbolic, followed by an He last layer
     # (n Var(w2) = 2 times E[relu(z)^2]/q = 1/2):
@@ -157,7 +156,6 @@ def run_fixup(cfg: RunConfig) -> ExperimentResult:
     drawn = jax.vmap(lambda k: init_params(fixup_branch, k))(jax.random.split(k_w1, blocks))
     zeros_out = (jnp.zeros((width, ds.n_classes)), jnp.zeros((ds.n_classes,)))
     params = {"in": w_in, "blocks": tuple(s["W"] for s in drawn), "out": zeros_out}
-    del drawn
     xt, yt = jnp.asarray(split.x_train), jnp.asarray(split.y_train)
     x_eval, y_eval = jnp.asarray(split.x_valid[:256]), jnp.asarray(split.y_valid[:256])
 
@@ -175,7 +173,7 @@ def run_fixup(cfg: RunConfig) -> ExperimentResult:
     init, run = sgd(loss, lr, momentum)
     (params, _), losses = run((params, init(params)), batches)
     train_losses = [float(v) for v in losses]
-    params_finite = [bool(jnp.all(jnp.isfinite(v))) for v in jax.tree.leaves(params)]
+    params_finite = all(bool(jnp.all(jnp.isfinite(v))) for v in jax.tree.leaves(params))
     loss1, q_trained, fin_trained = (np.asarray(a) for a in evaluate(params))
     w2_rms = float(jnp.sqrt(jnp.mean(jnp.square(params["blocks"][1]))))
     del params
@@ -201,14 +199,12 @@ def run_fixup(cfg: RunConfig) -> ExperimentResult:
         )
         return first, jnp.log(jnp.mean(jnp.square(h0), axis=1))
 
-    first, log_q0 = [], []
-    chunk = 64
-    for c in cfg.progress(range(0, seeds, chunk), total=seeds // chunk, desc="fixup: He blow-up"):
-        f, lq = first_nonfinite(jax.random.split(jax.random.fold_in(k_he, c), chunk))
-        first.append(np.asarray(f))
-        log_q0.append(np.asarray(lq, np.float64))
-    first_a = np.concatenate(first).astype(np.float64)  # (seeds, per_seed)
-    log_q0_a = np.concatenate(log_q0)
+    chunks = cfg.progress(range(0, seeds, 64), total=seeds // 64, desc="fixup: He blow-up")
+    runs = [first_nonfinite(jax.random.split(jax.random.fold_in(k_he, c), 64)) for c in chunks]
+    # (seeds, per_seed) each: the first non-finite block, log E[x_0^2] of each sample
+    first_a, log_q0_a = (
+        np.concatenate([np.asarray(r[i], np.float64) for r in runs]) for i in (0, 1)
+    )
     pred_first = _predict_first_overflow(log_q0_a, width, np.random.default_rng(cfg.seed))
     meas_mean, pred_mean = float(first_a.mean()), float(pred_first.mean())
     meas_se = float(first_a.mean(axis=1).std(ddof=1) / math.sqrt(seeds))
@@ -216,25 +212,15 @@ def run_fixup(cfg: RunConfig) -> ExperimentResult:
     log_r = _he_block_law_samples(width, 200_000, np.random.default_rng(cfg.seed + 1))
 
     # -- numbers and claims ------------------------------------------------------------------
-    ratio_init = float(q_init[-1] / q_init[0])
+    ratio_init, fixup_pred = float(q_init[-1] / q_init[0]), fixup_block**blocks
     ratio_trained = float(q_trained[-1] / q_trained[0])
     all_finite_init = bool(fin_init.all() and np.isfinite(q_init).all())
-    all_finite_trained = bool(
-        fin_trained.all() and np.isfinite(q_trained).all() and all(params_finite)
-    )
+    all_finite_trained = bool(fin_trained.all() and np.isfinite(q_trained).all() and params_finite)
     decrease = float(loss0 - loss1)
     min_decrease = 0.05
     rows = [
-        Row(
-            "blocks / layers in the branches",
-            f"{blocks} / {2 * blocks}",
-            f"{blocks} / {2 * blocks}",
-        ),
-        Row(
-            "E[x_L^2] / E[x_0^2], Fixup at init",
-            f"{float(fixup_block) ** blocks:g}",
-            f"{ratio_init:.6f}",
-        ),
+        Row("blocks / layers in the branches", *[f"{blocks} / {2 * blocks}"] * 2),
+        Row("E[x_L^2] / E[x_0^2], Fixup at init", f"{fixup_pred:g}", f"{ratio_init:.6f}"),
         Row("all block outputs finite, Fixup at init", "yes", "yes" if all_finite_init else "no"),
         Row(
             f"held-out loss before / after {train_steps} SGD steps (Fixup)",
@@ -277,9 +263,9 @@ def run_fixup(cfg: RunConfig) -> ExperimentResult:
         Claim(
             f"Fixup keeps a {blocks:,}-block residual MLP finite at init without normalization "
             "(each block starts as the identity)",
-            all_finite_init and abs(ratio_init - float(fixup_block) ** blocks) <= 1e-5,
+            all_finite_init and abs(ratio_init - fixup_pred) <= 1e-5,
             f"all {blocks} block outputs finite; E[x_L^2]/E[x_0^2] = {ratio_init:.6f} vs "
-            f"{float(fixup_block) ** blocks:g} (tolerance 1e-5)",
+            f"{fixup_pred:g} (tolerance 1e-5)",
         ),
         Claim(
             f"The Fixup net trains: {train_steps} SGD steps lower the held-out loss and every "
@@ -300,15 +286,11 @@ def run_fixup(cfg: RunConfig) -> ExperimentResult:
 
     # -- figures -----------------------------------------------------------------------------
     fig, ax = new_figure(ncols=2, width=5.2)
-    ll = np.arange(blocks + 1)
-    ax[0, 0].plot(ll, q_init / q_init[0], color="tab:green", lw=1.5, label="Fixup at init")
-    ax[0, 0].plot(
-        ll,
-        q_trained / q_trained[0],
-        color="tab:blue",
-        lw=1.5,
-        label=f"Fixup after {train_steps} steps",
-    )
+    for q, color, when in (
+        (q_init, "tab:green", "at init"),
+        (q_trained, "tab:blue", f"after {train_steps} steps"),
+    ):
+        ax[0, 0].plot(q / q[0], color=color, lw=1.5, label=f"Fixup {when}")
     bins = np.arange(first_a.min() - 0.5, first_a.max() + 1.5)
     ax[0, 0].set(
         xlabel="residual block l", ylabel="E[x_l^2] / E[x_0^2]", title=f"Fixup, {blocks:,} blocks"
@@ -319,11 +301,12 @@ def run_fixup(cfg: RunConfig) -> ExperimentResult:
     ax[0, 1].hist(
         pred_first.ravel(), bins=bins, histtype="step", color="k", label="finite-width law"
     )
-    ax[0, 1].axvline(
-        meas_mean, color="tab:red", ls="--", lw=1, label=f"measured mean {meas_mean:.1f}"
-    )
-    ax[0, 1].axvline(pred_mean, color="k", ls=":", lw=1, label=f"law mean {pred_mean:.1f}")
-    ax[0, 1].axvline(mf_block, color="gray", ls="-.", lw=1, label=f"mean-field law {mf_block}")
+    for x, color, ls, label in (
+        (meas_mean, "tab:red", "--", f"measured mean {meas_mean:.1f}"),
+        (pred_mean, "k", ":", f"law mean {pred_mean:.1f}"),
+        (mf_block, "gray", "-.", f"mean-field law {mf_block}"),
+    ):
+        ax[0, 1].axvline(x, color=color, ls=ls, lw=1, label=label)
     ax[0, 1].set(xlabel="first non-finite block", ylabel="samples", title="He in every branch")
     ax[0, 1].legend(fontsize=7)
     fig_main = Figure(
