@@ -162,46 +162,24 @@ def run_gains(cfg: RunConfig) -> ExperimentResult:
     selu_ok = abs(derived["selu"] - 1.0) <= 1e-9 and conv["selu"] == 0.75
 
     # -- measurement: the deep tanh stack (gains as weight scales, the same draws) --------
+    def z2(net, seeds, batch, tag, scales, **inputs):
+        st = run_probe(
+            net, seeds=seeds, seed=cfg.seed, batch=batch, tag=tag, weight_scales=scales, **inputs
+        )
+        return np.exp(st.forward.z_lm2)  # (seeds, layers)
+
     net = stack(width=width, depth=depth, activation="tanh", kernel_init=I.normal(width**-0.5))
     rows_in = _unit_rows(batch, width)
-    q_meas = np.stack(
-        [
-            np.exp(
-                run_probe(
-                    net,
-                    seeds=seeds,
-                    seed=cfg.seed,
-                    batch=batch,
-                    tag=7,
-                    weight_scales=[g] * depth,
-                    inputs=rows_in,
-                ).forward.z_lm2
-            )
-            for g in gains
-        ],
-        axis=1,
-    )  # (seeds, gains, depth)
+    q_meas = np.stack([z2(net, seeds, batch, 7, [g] * depth, inputs=rows_in) for g in gains], 1)
     # ... and one layer per activation: input rows phi(z) drawn from a pool of 8x as many
     # as the seeds use (data, so one compile serves every phi), Var(w) = g_phi^2 / n.
     one = stack(width=(mc_n, mc_out), activation="linear", kernel_init=I.normal(mc_n**-0.5))
     z = np.random.default_rng(cfg.seed).standard_normal((8 * mc_seeds * mc_b, mc_n))
-    mc = np.stack(
-        [
-            np.exp(
-                run_probe(
-                    one,
-                    seeds=mc_seeds,
-                    seed=cfg.seed,
-                    batch=mc_b,
-                    tag=11,
-                    weight_scales=[derived[a]],
-                    data=L.get_activation(a).numpy_fn()(z),
-                ).forward.z_lm2[:, 0]
-            )
-            for a in names
-        ],
-        axis=1,
-    )  # (seeds, activations)
+
+    def through_one_layer(a):
+        return z2(one, mc_seeds, mc_b, 11, [derived[a]], data=L.get_activation(a).numpy_fn()(z))
+
+    mc = np.stack([through_one_layer(a)[:, 0] for a in names], 1)  # (seeds, activations)
     (q_mean, q_se), (mc_mean, mc_se) = seed_mean(q_meas), seed_mean(mc)
     mc_ok = np.abs(mc_mean - 1.0) <= 4.0 * mc_se
 
