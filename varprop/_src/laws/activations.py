@@ -502,24 +502,3 @@ def _breakpoints(expr: sp.Expr) -> list[float]:
             if p.is_finite:
                 out.add(float(p))
     return sorted(out)
-
-
-# TRANSITIONAL (removed once every importer names the new modules): moved names.
-_MOVED = {
-    **dict.fromkeys(
-        ("ActivationMoments", "activation_moments", "moment_expressions", "quadrature_moments"),
-        "activation_moments",
-    ),
-    **dict.fromkeys(
-        ("CONVENTIONAL_GAINS", "conventional_gain", "gain", "gain_comparison", "gain_expr"),
-        "activation_gains",
-    ),
-}
-
-
-def __getattr__(name: str):
-    import importlib
-
-    if name not in _MOVED:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f"varprop._src.laws.{_MOVED[name]}"), name)
