@@ -425,62 +425,36 @@ def run_batchnorm(cfg: RunConfig) -> ExperimentResult:
     ]
 
     if proof is not None:
-        claims.insert(
-            0,
-            Claim(
-                "SymPy proves BN(alpha W x) = BN(W x) for eps = 0 and grad L(alpha W) = grad L(W)/alpha.",
-                bool(proof.holds),
-                f"{proof}.",
-            ),
-        )
+        stmt = "SymPy proves BN(alpha W x) = BN(W x) for eps = 0 and grad L(alpha W) = grad L(W)/alpha."
+        claims.insert(0, Claim(stmt, bool(proof.holds), f"{proof}."))
 
     # -- figures ----------------------------------------------------------------------------
     fig, axes = new_figure(2, 2, width=5.0, height=3.4)
     cols = matplotlib.colormaps["coolwarm"](np.linspace(0, 1, len(alphas)))
     ax = axes[0, 0]
     for ia, a in enumerate(alphas):
-        ax.plot(
-            lay,
-            st0[:, ia, :, 1].mean(0),
-            "o-",
-            color=cols[ia],
-            ms=7 - 0.6 * ia,
-            lw=1,
-            label=f"BN, std {a:g}",
-        )
+        curve = st0[:, ia, :, 1].mean(0)
+        ax.plot(lay, curve, "o-", color=cols[ia], ms=7 - 0.6 * ia, lw=1, label=f"BN, std {a:g}")
     for ia in (0, len(alphas) - 1):
-        ax.plot(
-            lay,
-            st1[:, ia, :, 1].mean(0),
-            "x--",
-            color=cols[ia],
-            lw=0.8,
-            label=f"BN eps=1e-5, std {alphas[ia]:g}",
-        )
-    ax.set_xlabel("layer l")
-    ax.set_ylabel("E[h_l^2] (after BN and ReLU)")
+        curve, lab = st1[:, ia, :, 1].mean(0), f"BN eps=1e-5, std {alphas[ia]:g}"
+        ax.plot(lay, curve, "x--", color=cols[ia], lw=0.8, label=lab)
+    ax.set(xlabel="layer l", ylabel="E[h_l^2] (after BN and ReLU)")
     ax.set_title("With BatchNorm: scale-free (eps = 0)", fontsize=9)
     ax.legend(fontsize=6, ncol=2)
     ax = axes[0, 1]
     for ia, a in enumerate(alphas):
-        ax.plot(
-            lay, plain_mean[ia] / math.log(10), "o", color=cols[ia], label=f"measured, std {a:g}"
-        )
+        lab = f"measured, std {a:g}"
+        ax.plot(lay, plain_mean[ia] / math.log(10), "o", color=cols[ia], label=lab)
         ax.plot(lay, logq_law[ia] / math.log(10), "-", color=cols[ia], lw=1)
     ax.axhline(2 * math.log10(L.FLOAT32_MAX), color="k", ls=":", lw=0.8, label="float32 overflow")
-    ax.set_xlabel("layer l")
-    ax.set_ylabel("log10 E[z_l^2]")
+    ax.set(xlabel="layer l", ylabel="log10 E[z_l^2]")
     ax.set_title("Without BatchNorm (lines: law)", fontsize=9)
     ax.legend(fontsize=6, ncol=2)
     ax = axes[1, 0]
     ax.plot(ts, pred_e, "k-", lw=1.5, label="law m^t")
     for k, (lab, c) in enumerate((("running mean", "tab:blue"), ("running var", "tab:orange"))):
-        ax.errorbar(
-            ts, np.abs(e_m[k]), yerr=e_sd[k], fmt="o", ms=2.5, color=c, label=f"|bias|, {lab}"
-        )
-    ax.set_yscale("log")
-    ax.set_xlabel("step t")
-    ax.set_ylabel("(r_t - s)/(r_0 - s)")
+        ax.errorbar(ts, np.abs(e_m[k]), e_sd[k], fmt="o", ms=2.5, color=c, label=f"|bias|, {lab}")
+    ax.set(yscale="log", xlabel="step t", ylabel="(r_t - s)/(r_0 - s)")
     ax.set_title(f"Running statistics, momentum m = {m}", fontsize=9)
     ax.legend(fontsize=7)
     ax = axes[1, 1]
@@ -489,9 +463,7 @@ def run_batchnorm(cfg: RunConfig) -> ExperimentResult:
     ax.plot(t_all, g1.mean(0), "o", ms=2.5, color="tab:green", label="measured, layer 1")
     ax.plot(t_all, gout.mean(0), "s", ms=2.5, color="tab:purple", label="measured, network output")
     ax.plot(t_all, np.sqrt(floor), "k:", lw=1, label="noise floor")
-    ax.set_yscale("log")
-    ax.set_xlabel("step t")
-    ax.set_ylabel("||y_train - y_eval|| / ||y_train||")
+    ax.set(yscale="log", xlabel="step t", ylabel="||y_train - y_eval|| / ||y_train||")
     ax.set_title("Train vs eval mode", fontsize=9)
     ax.legend(fontsize=7)
     fig.tight_layout()
