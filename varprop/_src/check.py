@@ -31,6 +31,7 @@ and E[(dL/dz)^2] are preserved, vanish or explode over depth, and where float32 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections.abc import Callable, Sequence
@@ -50,24 +51,20 @@ from varprop._src.health import (
 )
 from varprop._src.initializers import Initializer
 from varprop._src.laws import activations as A
-from varprop._src.laws.layers import FLOAT32_MAX, FLOAT32_TINY
 from varprop._src.laws.propagation import propagate
-from varprop._src.laws.schemes import Scheme
 from varprop._src.probe import (
-    NARROW_UNITS,
     available_memory_bytes,
     estimate_probe_bytes,
     make_probe,
     output_redraws,
 )
-from varprop._src.stats import (
-    DISAGREE_ALPHA_FRACTION,
-    VERDICTS,
-    chi2_dof_needed,
-    chi2_interval,
-    law_relvar,
-    spread_interval,
-    two_level_verdict,
+from varprop._src.stats import NARROW_UNITS
+from varprop._src.verdicts import (
+    ExpectedLaw,
+    LayerMeasurement,
+    ProductStatistics,
+    layer_verdict,
+    overall_verdict,
 )
 
 
@@ -276,51 +273,6 @@ def _mean_ci(values: np.ndarray, alpha: float = 0.05):
     return m, max(m - h, 0.0), m + h
 
 
-#: Margins of the float32 range within which a measurement is not used (the values would be
-#: cut off by overflow or flushed to zero by underflow, biasing what survives): the largest
-#: predicted value above FLOAT32_MAX / 256, or the predicted RMS below FLOAT32_TINY * 4096.
-_OVERFLOW_MARGIN = math.log(FLOAT32_MAX) - math.log(256.0)
-_UNDERFLOW_MARGIN = math.log(FLOAT32_TINY) + math.log(4096.0)
-#: The smallest share of E[z^2] a tested part may have: below it, float32's relative
-#: precision (6e-8 on each value) costs more than 0.1% of the part's second moment.
-_RESOLVED_LOG = math.log(1e-7)
-
-
-@dataclass
-class _Law:
-    """The expected scheme of one layer, as the conditional test needs it."""
-
-    var: float  # Var(w)
-    mean: float  # E[w]
-    kurtosis: float  # of the entries (3 where the scheme has none: orthogonal, constant)
-
-
-def _expected_law(scheme: Scheme, shape: tuple[int, int]) -> _Law:
-    k = scheme.kurtosis
-    kurt = 3.0 if k is None else float(k)
-    return _Law(float(scheme.variance(shape)), float(scheme.mean(shape)), kurt)
-
-
-def _combine(law: _Law, fan: int, v_lm2, v_lrs2, b_lm2=None, cross=None):
-    """Per-seed log prediction of a product's mean second moment given its input, and the
-    shares of it from Var(w), E[w] and the bias: for z = v W + b,
-    E_W[mean z^2] = fan Var(w) mean v^2 + E[w]^2 mean_b (sum_i v_bi)^2 + mean b^2 + cross
-    (``docs/checker_statistics.md``); ``fan`` is the contracted dimension."""
-    with np.errstate(divide="ignore", invalid="ignore"):
-        log_mu2 = 2 * np.log(abs(law.mean)) if law.mean != 0 else -np.inf
-        pw = (np.log(fan * law.var) if law.var > 0 else -np.inf) + v_lm2
-        pmu = log_mu2 + v_lrs2
-        pb = np.full_like(pw, -np.inf) if b_lm2 is None else b_lm2
-        cross = np.zeros_like(pw) if cross is None else cross
-        top = np.maximum(np.maximum(pw, pmu), pb)
-        top = np.where(np.isfinite(top), top, 0.0)
-        lin = np.exp(pw - top) + np.exp(pmu - top) + np.exp(pb - top) + cross * np.exp(-top)
-        pred = np.where(lin > 0, np.log(np.maximum(lin, 1e-300)) + top, -np.inf)
-        pred = np.where(np.isnan(pw), np.nan, pred)
-        shares = tuple(np.where(np.isfinite(pred), np.exp(t - pred), 0.0) for t in (pw, pmu, pb))
-    return pred, shares
-
-
 def look_schedule(seeds: int, max_seeds: int) -> list[int]:
     """The totals of seeds at which verdicts are computed: ``seeds`` doubling up to the
     budget, and the last full round. Every look is a test, so the Bonferroni correction
@@ -351,152 +303,134 @@ def look_alpha_shares(looks: int) -> list[float]:
     return [0.5] + [0.5 / (looks - 1)] * (looks - 1)
 
 
-def _rows(net, laws: list[_Law], pred, st, tol, alpha, batch, alpha_last):
-    """The rows of one look: ``alpha`` is this look's share of the family-wise level (its
-    intervals are Bonferroni-corrected over the layers of a direction), ``alpha_last`` the
-    last look's, which decides how many seeds a narrow row would need."""
-    tests = net.depth
+def _product(f, i: int, law: ExpectedLaw, centered: bool) -> ProductStatistics:
+    """The forward product z = x W + b of layer ``i`` as the conditional test reads it."""
+    if centered:  # the batch-centered x and z: the bias and the mean's cross term drop out
+        return ProductStatistics(
+            v_lm2=f.xc_lm2[:, i],
+            v_lrs2=f.xc_lrs2[:, i],
+            y_lm2=f.zc_lm2[:, i],
+            y_rv=f.zc_rv[:, i],
+            v_gram=f.xc_gram[:, i],
+            v_diag=f.xc_diag[:, i],
+            v_sumfrac=f.xc_sumfrac[:, i],
+        )
+    return ProductStatistics(
+        v_lm2=f.x_lm2[:, i],
+        v_lrs2=f.x_lrs2[:, i],
+        y_lm2=f.z_lm2[:, i],
+        y_rv=f.z_rv[:, i],
+        v_gram=f.x_gram[:, i],
+        v_diag=f.x_diag[:, i],
+        v_sumfrac=f.x_sumfrac[:, i],
+        v_meanfrac=f.x_meanfrac[:, i],
+        v_crossfrac=f.x_crossfrac[:, i],
+        b_lm2=f.b_lm2[:, i],
+        sign_mu_b=np.sign(law.mean * f.b_mean[:, i]),
+    )
+
+
+def _measurements(net, st, i: int, law: ExpectedLaw, batch: int) -> dict[str, LayerMeasurement]:
+    """Layer ``i``'s forward and backward measurements from the probe's statistics."""
     f, b = st.forward, st.backward
-    W = net.widths
-    L = net.depth
-    linear = A.get_activation(net.activation).name == "linear" and net.norm is None
-    rows: list[LayerRow] = []
+    n_in, n_out = net.widths[i], net.widths[i + 1]
+    plain, centered = _product(f, i, law, False), _product(f, i, law, True)
+    with np.errstate(invalid="ignore", over="ignore"):
+        cross = 2 * law.mean * n_in * f.x_mean[:, i] * f.b_mean[:, i]
+    plain = dataclasses.replace(plain, cross=np.where(np.isfinite(cross), cross, 0.0))
+    units = n_out
+    if i == net.depth - 1 and st.output_redraw is not None:
+        # The output layer's kernel redrawn on its saved input (see make_probe).
+        red = st.output_redraw
+        plain = dataclasses.replace(plain, y_lm2=red[:, 0, 0], y_rv=red[:, 0, 1])
+        centered = dataclasses.replace(centered, y_lm2=red[:, 1, 0], y_rv=red[:, 1, 1])
+        units = n_out * (1 + output_redraws(net))
     # A seed whose forward pass went non-finite anywhere has no valid backward statistics:
     # the gradient of every layer passes through the output.
     fwd_ok = np.all(f.z_finite > 0, axis=1)
+    return {
+        "forward": LayerMeasurement(
+            "forward",
+            n_in,
+            units,
+            batch * n_out,
+            plain,
+            centered,
+            output_finite=f.z_finite[:, i] > 0,
+        ),
+        "backward": LayerMeasurement(
+            "backward",
+            n_out,
+            n_in,
+            batch * n_in,
+            ProductStatistics(
+                v_lm2=b.gz_lm2[:, i],
+                v_lrs2=b.gz_lrs2[:, i],
+                y_lm2=b.gx_lm2[:, i],
+                y_rv=b.gx_rv[:, i],
+                v_gram=b.gz_gram[:, i],
+                v_diag=b.gz_diag[:, i],
+                v_sumfrac=b.gz_sumfrac[:, i],
+            ),
+            input_finite=fwd_ok & (b.gz_finite[:, i] > 0),
+            output_finite=b.gx_finite[:, i] > 0,
+        ),
+    }
+
+
+def _rows(net, laws: list[ExpectedLaw], pred, st, tol, alpha, batch, alpha_last):
+    """The rows of one look: ``alpha`` is this look's share of the family-wise level (its
+    intervals are Bonferroni-corrected over the layers of a direction), ``alpha_last`` the
+    last look's, which decides how many seeds a narrow row would need. Each row's test is
+    :func:`varprop.layer_verdict` on the probe's statistics of that layer."""
+    f, b = st.forward, st.backward
+    L = net.depth
+    linear = A.get_activation(net.activation).name == "linear" and net.norm is None
+    per_layer = [_measurements(net, st, i, laws[i], batch) for i in range(L)]
+    rows: list[LayerRow] = []
     for direction in ("forward", "backward"):
         for i in range(L):
-            n_in, n_out = W[i], W[i + 1]
-            law = laws[i]
-            redraw = direction == "forward" and i == L - 1 and st.output_redraw is not None
+            n_in, n_out = net.widths[i], net.widths[i + 1]
+            m = per_layer[i][direction]
             if direction == "forward":
-                with np.errstate(invalid="ignore", over="ignore"):
-                    cross = 2 * law.mean * n_in * f.x_mean[:, i] * f.b_mean[:, i]
-                cross = np.where(np.isfinite(cross), cross, 0.0)
-                pred_log, (fw, _, _) = _combine(
-                    law, n_in, f.x_lm2[:, i], f.x_lrs2[:, i], f.b_lm2[:, i], cross
-                )
-                # The test itself uses the batch-centered z = (x - mean_b x) W: the bias
-                # drops out and the batch's common direction, which dominates the variance
-                # of deep layers' inputs, is removed. Seeds whose centered part is below
-                # float32's resolution next to z (identical rows, a huge common value) use z
-                # itself; where the weights' part of z is below it too (a bias that swamps
-                # x W), float32 has kept nothing to test.
-                test_log_c, (fw_c, fmu_c, _) = _combine(law, n_in, f.xc_lm2[:, i], f.xc_lrs2[:, i])
-                _, (fw_u, fmu_u, fb_u) = _combine(
-                    law, n_in, f.x_lm2[:, i], f.x_lrs2[:, i], f.b_lm2[:, i], cross
-                )
-                with np.errstate(invalid="ignore"):
-                    centered = np.isfinite(f.xc_lm2[:, i]) & (
-                        test_log_c - pred_log >= _RESOLVED_LOG
-                    )
-                    resolved = centered | (np.log(np.maximum(fw_u, 1e-300)) >= _RESOLVED_LOG)
-                test_log = np.where(centered, test_log_c, pred_log)
-                tfw = np.where(centered, fw_c, fw_u)
-                tfmu = np.where(centered, fmu_c, fmu_u)
-                tfb = np.where(centered, 0.0, fb_u)
-                inputs_ok = np.isfinite(f.x_lm2[:, i]) | np.isneginf(f.x_lm2[:, i])
-                out_finite = f.z_finite[:, i] > 0
-                meas_log = np.where(centered, f.zc_lm2[:, i], f.z_lm2[:, i])
-                relvar = np.where(centered, f.zc_rv[:, i], f.z_rv[:, i])
-                units = n_out
-                gram = np.where(centered, f.xc_gram[:, i], f.x_gram[:, i])
-                diag = np.where(centered, f.xc_diag[:, i], f.x_diag[:, i])
-                sumfrac = np.where(centered, f.xc_sumfrac[:, i], f.x_sumfrac[:, i])
-                meanfrac = np.where(centered, 0.0, f.x_meanfrac[:, i])
-                crossfrac = np.where(centered, 0.0, f.x_crossfrac[:, i])
-                sign_mu_b = np.sign(law.mean * f.b_mean[:, i])
-                if redraw:
-                    # The output layer's kernel redrawn on its saved input (see make_probe).
-                    red = st.output_redraw
-                    assert red is not None
-                    meas_log = np.where(centered, red[:, 1, 0], red[:, 0, 0])
-                    relvar = np.where(centered, red[:, 1, 1], red[:, 0, 1])
-                    units = n_out * (1 + output_redraws(net))
                 e2e_pred, e2e_meas = pred.forward[i], np.exp(f.z_lm2[:, i])
-                n_values = n_out
+                inputs_ok = np.isfinite(f.x_lm2[:, i]) | np.isneginf(f.x_lm2[:, i])
             else:
-                pred_log, (fw, fmu, _) = _combine(law, n_out, b.gz_lm2[:, i], b.gz_lrs2[:, i])
-                resolved = np.ones_like(fw, dtype=bool)
-                test_log, tfw, tfmu, tfb = pred_log, fw, fmu, np.zeros_like(fw)
-                inputs_ok = fwd_ok & (b.gz_finite[:, i] > 0)
-                out_finite = b.gx_finite[:, i] > 0
-                meas_log, relvar, units = b.gx_lm2[:, i], b.gx_rv[:, i], n_in
-                gram, diag = b.gz_gram[:, i], b.gz_diag[:, i]
-                sumfrac, meanfrac = b.gz_sumfrac[:, i], np.zeros_like(gram)
-                crossfrac = sign_mu_b = np.zeros_like(gram)
                 e2e_pred, e2e_meas = pred.backward[i], np.exp(b.gz_lm2[:, i])
-                n_values = n_in
-            # Where float32 gives out, as the conditional law predicts (module docstring).
-            contracted = n_in if direction == "forward" else n_out
-            with np.errstate(invalid="ignore", divide="ignore"):
-                log_max = pred_log / 2 + 0.5 * np.log(2 * np.log(max(batch * n_values, 2)))
-                # 2 log of the RMS of one product x_i w_ij (or w_ij dL/dz_j): flushed to zero
-                # below FLOAT32_TINY whatever the sum would have been.
-                term_log = pred_log + np.log(fw) - np.log(contracted)
-                near_limit = (log_max > _OVERFLOW_MARGIN) | (
-                    (term_log / 2 < _UNDERFLOW_MARGIN) & (fw > 1e-6) & np.isfinite(term_log)
-                )
-            limit = ~inputs_ok | near_limit | ~resolved
-            usable = ~limit & np.isfinite(pred_log) | (~limit & np.isneginf(pred_log))
-            m, lo, hi = _mean_ci(np.where(inputs_ok & out_finite, e2e_meas, np.nan))
+                inputs_ok = np.asarray(m.input_finite, bool)
+            assert m.output_finite is not None
+            mean, lo, hi = _mean_ci(np.where(inputs_ok & m.output_finite, e2e_meas, np.nan))
+            redraw = direction == "forward" and m.units != n_out
+            narrow = min(n_in, n_out) < NARROW_UNITS and not redraw
+            t = layer_verdict(
+                m,
+                laws[i],
+                tolerance=tol,
+                alpha=alpha,
+                tests=L,
+                alpha_last=alpha_last,
+                narrow=narrow,
+            )
             row = LayerRow(
-                i + 1, direction, n_in, n_out, float(e2e_pred), m, lo, hi, None, None, None, ""
+                i + 1,
+                direction,
+                n_in,
+                n_out,
+                float(e2e_pred),
+                mean,
+                lo,
+                hi,
+                t.ratio,
+                t.ratio_low,
+                t.ratio_high,
+                t.verdict,
+                t.test,
+                t.dof,
+                t.note,
+                t.seeds_needed,
             )
             rows.append(row)
-            if not np.any(usable):
-                row.verdict = "float32_limit"
-                if not np.any(inputs_ok):
-                    row.note = "values beyond float32 before this layer"
-                elif not np.any(resolved & inputs_ok):
-                    row.note = "x W is below float32's resolution next to the bias"
-                else:
-                    row.note = "the law puts this layer's values at float32's limit"
-                continue
-            ml, pl = meas_log[usable], test_log[usable]
-            if np.any(~out_finite[usable]):
-                row.verdict = "disagrees"
-                row.note = "non-finite values where the law predicts finite ones"
-                continue
-            both_zero = np.isneginf(ml) & np.isneginf(pl)
-            if np.all(both_zero):
-                row.ratio = row.ratio_low = row.ratio_high = 1.0
-                row.verdict = "agrees"  # exactly zero, as the law says
-                continue
-            if np.any(np.isneginf(pl) & ~np.isneginf(ml)):
-                row.verdict = "disagrees"
-                row.note = "the law says exactly 0, the layer is not"
-                continue
-            keep = ~both_zero
-            with np.errstate(invalid="ignore", over="ignore"):
-                r = np.exp(ml[keep] - pl[keep])
-            if min(n_in, n_out) < NARROW_UNITS and not redraw:
-                rv0 = law_relvar(
-                    gram[usable][keep],
-                    diag[usable][keep],
-                    law.kurtosis,
-                    tfw[usable][keep],
-                    tfmu[usable][keep],
-                    sumfrac[usable][keep],
-                    tfb[usable][keep],
-                    meanfrac[usable][keep],
-                    crossfrac[usable][keep],
-                    sign_mu_b[usable][keep],
-                )
-                iv = chi2_interval(r, rv0 / units, alpha, tests)
-                iv_d = chi2_interval(r, rv0 / units, alpha * DISAGREE_ALPHA_FRACTION, tests)
-                row.test = "small-sample law"
-            else:
-                iv = spread_interval(r, relvar[usable][keep], units, alpha, tests)
-                iv_d = spread_interval(
-                    r, relvar[usable][keep], units, alpha * DISAGREE_ALPHA_FRACTION, tests
-                )
-                row.test = "spread"
-            row.ratio, row.ratio_low, row.ratio_high = iv.mean, max(iv.low, 0.0), iv.high
-            row.dof = iv.dof
-            row.verdict = two_level_verdict(iv, iv_d, tol)
-            narrow = min(n_in, n_out) < NARROW_UNITS
-            if direction == "backward" and narrow and i < L - 1 and not linear:
+            if direction == "backward" and narrow and i < L - 1 and not linear and t.test:
                 # dL/dz_l depends on W_l through phi'(z_l) and everything above it; with few
                 # units that dependence biases the backward law (measured: ratio 0.89 for a
                 # 4-wide tanh net, 0.96 at 16). The forward test of the same weights is exact.
@@ -504,46 +438,21 @@ def _rows(net, laws: list[_Law], pred, st, tol, alpha, batch, alpha_last):
                 fwd_row = rows[i]
                 if row.verdict == "disagrees" and fwd_row.verdict != "disagrees":
                     row.verdict = "inconclusive"
+                    row.seeds_needed = None
                     row.note = (
                         f"gradient independence does not hold at width {min(n_in, n_out)}: "
                         "dL/dz depends on this layer's own weights; the forward test of the "
                         f"same weights {fwd_row.verdict}"
                     )
-                    continue
-            if row.verdict == "inconclusive" and row.test == "small-sample law":
-                need = chi2_dof_needed(tol, alpha_last, tests)
-                n_seeds = max(int(np.sum(keep)), 1)
-                per_seed = iv.dof / n_seeds
-                seeds_needed = math.ceil(need / per_seed) if per_seed > 0 else math.inf
-                what = f"{units} unit{'s' if units != 1 else ''}"
-                if seeds_needed <= n_seeds:
-                    row.note = f"ratio {iv.mean:.3g} at the edge of the ±{tol:.0%} band"
-                    if row.assumption:
-                        row.note += (
-                            f" (gradient independence is approximate at width {min(n_in, n_out)})"
-                        )
-                elif math.isfinite(seeds_needed) and seeds_needed <= 10**6:
-                    row.seeds_needed = int(seeds_needed)
-                    row.note = f"{what}: about {seeds_needed} seeds needed for the ±{tol:.0%} band"
-                else:
-                    row.note = f"{what}: too narrow to test"
-            elif row.verdict == "inconclusive":
-                row.note = (
-                    f"interval [{row.ratio_low:.3g}, {row.ratio_high:.3g}] overlaps the edge "
-                    f"of the ±{tol:.0%} band; more seeds would narrow it"
-                )
+                elif row.verdict == "inconclusive" and row.note.startswith("ratio "):
+                    row.note += (
+                        f" (gradient independence is approximate at width {min(n_in, n_out)})"
+                    )
     return rows
 
 
 def _overall(rows) -> str:
-    """``disagrees`` if any tested row does; ``agrees`` if every tested row does (rows the
-    law puts beyond float32 are not tested); otherwise ``inconclusive``."""
-    vs = [r.verdict for r in rows if r.verdict in VERDICTS]
-    if "disagrees" in vs:
-        return "disagrees"
-    if vs and all(v == "agrees" for v in vs):
-        return "agrees"
-    return "inconclusive"
+    return overall_verdict([r.verdict for r in rows])
 
 
 def check(
@@ -628,7 +537,7 @@ def check(
         norm=norm,
     )
 
-    laws = [_expected_law(sc, (widths[i], widths[i + 1])) for i, sc in enumerate(expected)]
+    laws = [ExpectedLaw.of(sc, (widths[i], widths[i + 1])) for i, sc in enumerate(expected)]
     _check_memory(net, batch, seeds, data)
     probe = _cached_probe(net, batch, input_mean, input_std)
     data_arg = None if data is None else jax.numpy.asarray(data)
