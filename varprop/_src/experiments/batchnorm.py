@@ -43,16 +43,7 @@ from varprop._src.core.network import (
     scale_kernels,
 )
 from varprop._src.core.normalizers import batch_norm
-from varprop._src.experiments.base import (
-    Claim,
-    ExperimentResult,
-    Figure,
-    Row,
-    RunConfig,
-    experiment,
-    figure_png,
-    new_figure,
-)
+from varprop._src.experiments import base
 from varprop._src.experiments.measure import keys_for, law, run_probe, seed_mean, stack
 from varprop._src.laws import normalization as N
 from varprop._src.probe import COMPILER_OPTIONS
@@ -157,8 +148,8 @@ def _running(net: Network, batch: int, n_eval: int, steps: int, n_ref: int, m: f
     return jax.jit(jax.vmap(one), compiler_options=COMPILER_OPTIONS)
 
 
-@experiment("batchnorm", "BatchNorm: scale invariance, and train vs eval mode", 10)
-def run_batchnorm(cfg: RunConfig) -> ExperimentResult:
+@base.experiment("batchnorm", "BatchNorm: scale invariance, and train vs eval mode", 10)
+def run_batchnorm(cfg: base.RunConfig) -> base.ExperimentResult:
     r"""BatchNorm (Ioffe & Szegedy 2015) makes the weights' scale irrelevant, and its eval
     mode differs from its train mode until the running statistics have converged (the laws
     in the module docstring).
@@ -344,7 +335,7 @@ def run_batchnorm(cfg: RunConfig) -> ExperimentResult:
     rows = []
     for ia, a in enumerate(alphas):
         rows.append(
-            Row(
+            base.Row(
                 f"weight std {a:g}: BN (eps=0) E[z_hat^2], E[h^2] at layer {depth}",
                 "1, same for all scales",
                 f"{st0[:, ia, -1, 0].mean():.6f}, {st0[:, ia, -1, 1].mean():.6f}",
@@ -353,7 +344,7 @@ def run_batchnorm(cfg: RunConfig) -> ExperimentResult:
             )
         )
         rows.append(
-            Row(
+            base.Row(
                 f"weight std {a:g}: no BN, log10 E[z^2] at layer {depth}",
                 float(logq_law[ia, -1] / math.log(10)),
                 float(plain_mean[ia, -1] / math.log(10)) if finite[ia, -1] else "non-finite",
@@ -362,14 +353,14 @@ def run_batchnorm(cfg: RunConfig) -> ExperimentResult:
         )
     for t in (1, 10, 30, steps):
         rows.append(
-            Row(
+            base.Row(
                 f"step {t}: running mean / var relative bias (m^t)",
                 float(pred_e[t - 1]),
                 f"{e_m[0, t - 1]:.4g} / {e_m[1, t - 1]:.4g}",
             )
         )
         rows.append(
-            Row(
+            base.Row(
                 f"step {t}: layer-1 gap ||y_train - y_eval||/||y_train||",
                 float(pred_gap[:, t].mean()),
                 float(g1[:, t].mean()),
@@ -377,7 +368,7 @@ def run_batchnorm(cfg: RunConfig) -> ExperimentResult:
             )
         )
     claims = [
-        Claim(
+        base.Claim(
             "With BatchNorm (eps = 0) the per-layer statistics are the same for weight scales "
             "1e-3 ... 1e3, to float32 rounding.",
             bool(max_diff0 <= float_tol and stat_dev0 <= float_tol),
@@ -386,14 +377,14 @@ def run_batchnorm(cfg: RunConfig) -> ExperimentResult:
             f"max deviation of E[z_hat^2], E[h^2]: {stat_dev0:.3g}; tolerance L (sqrt(n) + 8) "
             f"eps32 = {float_tol:.3g}.",
         ),
-        Claim(
+        base.Claim(
             "With eps = 1e-5, E[z_hat^2] equals the law sigma_B^2/(sigma_B^2 + eps) at every "
             "scale, so the invariance fails only once alpha^2 sigma_B^2 is comparable to eps.",
             bool(law_dev1 <= float_tol),
             f"max |measured - law| {law_dev1:.3g} (tolerance {float_tol:.3g}); at std 1e-3 "
             f"E[z_hat^2] = {zhat2_eps_small:.4f} instead of 1.",
         ),
-        Claim(
+        base.Claim(
             "Without BatchNorm the same nets vanish or explode: log E[z^2] follows "
             "l log(n alpha^2 / 2) layer by layer.",
             bool(
@@ -407,14 +398,14 @@ def run_batchnorm(cfg: RunConfig) -> ExperimentResult:
             + (f"10^{plain_mean[-1, -1] / math.log(10):.1f}" if finite[-1, -1] else "non-finite")
             + "; every finite layer within 4 s.e. + l/n (log units).",
         ),
-        Claim(
+        base.Claim(
             f"The running statistics' relative bias decays like m^t (m = {m}).",
             bool(ok_e.all()),
             f"max |measured - m^t| mean {np.abs(e_m[0] - pred_e).max():.3g}, var "
             f"{np.abs(e_m[1] - pred_e).max():.3g}; tolerance 4 sd of the EMA of the batch "
             f"noise, over {bseeds} seeds (max {4 * e_sd.max():.3g}).",
         ),
-        Claim(
+        base.Claim(
             "The train/eval gap of the first BN layer follows the law (running statistics "
             "r_t, eval-mode moments, plus the batch-noise floor).",
             bool(ok_gap.all()),
@@ -426,10 +417,10 @@ def run_batchnorm(cfg: RunConfig) -> ExperimentResult:
 
     if proof is not None:
         stmt = "SymPy proves BN(alpha W x) = BN(W x) for eps = 0 and grad L(alpha W) = grad L(W)/alpha."
-        claims.insert(0, Claim(stmt, bool(proof.holds), f"{proof}."))
+        claims.insert(0, base.Claim(stmt, bool(proof.holds), f"{proof}."))
 
     # -- figures ----------------------------------------------------------------------------
-    fig, axes = new_figure(2, 2, width=5.0, height=3.4)
+    fig, axes = base.new_figure(2, 2, width=5.0, height=3.4)
     cols = matplotlib.colormaps["coolwarm"](np.linspace(0, 1, len(alphas)))
     ax = axes[0, 0]
     for ia, a in enumerate(alphas):
@@ -468,7 +459,7 @@ def run_batchnorm(cfg: RunConfig) -> ExperimentResult:
     ax.legend(fontsize=7)
     fig.tight_layout()
     figures = [
-        Figure(
+        base.Figure(
             "batchnorm",
             f"Top left: E[h_l^2] per layer of a ReLU MLP (width {width}) with training-mode "
             "BatchNorm before each activation, for weight stds 1e-3 ... 1e3: with eps = 0 the "
@@ -477,10 +468,10 @@ def run_batchnorm(cfg: RunConfig) -> ExperimentResult:
             "log10 E[z^2] measured (markers) and predicted (lines). Bottom left: relative bias "
             "of the running mean and variance vs m^t. Bottom right: train/eval output gap on "
             "a fixed batch, layer 1 against its law and the network output.",
-            figure_png(fig),
+            base.figure_png(fig),
         )
     ]
-    return ExperimentResult(
+    return base.ExperimentResult(
         name="batchnorm",
         title="BatchNorm: scale invariance, and train vs eval mode",
         summary=(

@@ -31,16 +31,7 @@ import numpy as np
 from varprop import initializers as I
 from varprop import laws as L
 from varprop._src.core.network import Network, forward, init_params, scale_kernels
-from varprop._src.experiments.base import (
-    Claim,
-    ExperimentResult,
-    Figure,
-    Row,
-    RunConfig,
-    experiment,
-    figure_png,
-    new_figure,
-)
+from varprop._src.experiments import base
 from varprop._src.experiments.gains import tanh_m2_series
 from varprop._src.experiments.measure import keys_for, law, run_probe, seed_mean, stack
 from varprop._src.probe import COMPILER_OPTIONS
@@ -74,8 +65,8 @@ def _gradient_histograms(net: Network, batch: int):
     return jax.jit(jax.vmap(one, (0, None, None)), compiler_options=COMPILER_OPTIONS)
 
 
-@experiment("histograms", "Histograms of activations and gradients per layer (tanh)", 9)
-def run_histograms(cfg: RunConfig) -> ExperimentResult:
+@base.experiment("histograms", "Histograms of activations and gradients per layer (tanh)", 9)
+def run_histograms(cfg: base.RunConfig) -> base.ExperimentResult:
     r"""Per-layer histograms of tanh activations and back-propagated gradients, standard
     init :math:`U[-1/\sqrt n, 1/\sqrt n]` vs normalized init, after Glorot & Bengio 2010,
     Figs. 6-7 (the law in the module docstring).
@@ -162,7 +153,7 @@ def run_histograms(cfg: RunConfig) -> ExperimentResult:
     rows = []
     for i, nm in enumerate(names):
         rows += [
-            Row(
+            base.Row(
                 f"{nm}: std(h_{l + 1}), std(dL/dz_{l + 1})",
                 f"{math.exp(la_law[i, l]):.4g}, {math.exp(lg_law[i, l]):.4g}",
                 f"{math.exp(la_m[i, l]):.4g}, {math.exp(lg_m[i, l]):.4g}",
@@ -170,14 +161,14 @@ def run_histograms(cfg: RunConfig) -> ExperimentResult:
             for l in range(depth)
         ]
         rows.append(
-            Row(
+            base.Row(
                 f"{nm}: std(h_{depth})/std(h_1), std(dL/dz_1)/std(dL/dz_{depth})",
                 f"{shrink_a_law[i]:.4g}, {shrink_g_law[i]:.4g}",
                 f"{shrink_a_m[i]:.4g}, {shrink_g_m[i]:.4g}",
             )
         )
     claims = [
-        Claim(
+        base.Claim(
             "With the standard init the activation std shrinks layer by layer as the law says "
             f"(n Var(w) = {width * var_h[0]:.4g}: a factor about 1/sqrt(3) per layer once tanh "
             "is linear).",
@@ -186,7 +177,7 @@ def run_histograms(cfg: RunConfig) -> ExperimentResult:
             f"every layer's log std within 4 s.e. + l/(2n) of the law "
             f"(max |dev| {np.abs(la_m[0] - la_law[0]).max():.3g}).",
         ),
-        Claim(
+        base.Claim(
             "With the standard init the back-propagated gradient std changes across layers "
             "(shrinks towards the input) as the backward law says.",
             bool(ok_g[0].all() and shrink_g_law[0] < 0.2),
@@ -195,7 +186,7 @@ def run_histograms(cfg: RunConfig) -> ExperimentResult:
             f"(log std relative to layer {depth}, 4 s.e. + (L-l+1)/(2n); max |dev| "
             f"{np.abs(lg_rel_m[0] - lg_rel_law[0]).max():.3g}).",
         ),
-        Claim(
+        base.Claim(
             "With the normalized init activations and gradients stay within a much narrower "
             "band across layers, by the law and measured.",
             bool(
@@ -216,7 +207,7 @@ def run_histograms(cfg: RunConfig) -> ExperimentResult:
 
     # -- figures --------------------------------------------------------------------------
     cmap = matplotlib.colormaps["viridis"]
-    fig, axes = new_figure(3, 2, width=4.6, height=3.2)
+    fig, axes = base.new_figure(3, 2, width=4.6, height=3.2)
     for i, nm in enumerate(names):
         for j, (counts, edges, what) in enumerate(
             ((ha[i], a_edges, "activation value h = tanh(z)"), (hg[i], grad_edges[i], "dL/dz"))
@@ -263,7 +254,7 @@ def run_histograms(cfg: RunConfig) -> ExperimentResult:
         "Right column: per-layer std, markers measured (mean over seeds, 1 s.e.), lines "
         "the forward/backward law with E[tanh^2], E[tanh'^2]; red standard, blue normalized."
     )
-    return ExperimentResult(
+    return base.ExperimentResult(
         name="histograms",
         title="Histograms of activations and gradients per layer (tanh)",
         summary=(
@@ -275,7 +266,7 @@ def run_histograms(cfg: RunConfig) -> ExperimentResult:
         laws=laws,
         rows=rows,
         claims=claims,
-        figures=[Figure("histograms", caption, figure_png(fig))],
+        figures=[base.Figure("histograms", caption, base.figure_png(fig))],
         notes=[
             "The loss is sum(y * v) with v ~ N(0, 1) (unit second moment of dL/dy), not the "
             "paper's softmax cross-entropy; inputs are N(0, 1), not Shapeset images.",
