@@ -103,36 +103,26 @@ def _running(net: Network, batch: int, n_eval: int, steps: int, n_ref: int, m: f
         def draw(k, size):
             return mu[None] + sd[None] * jax.random.normal(k, (size, n), jnp.float32)
 
-        def run(norms, x, train, momentum=m):
+        def run(norms, x, train, momentum=m):  # -> output, new state, running mean, var
             y, st = norm_forward(net, params, norms, x, train=train, momentum=momentum, epsilon=eps)
-            stats = [{**a, **b} for a, b in zip(norms, st, strict=True)]
-            return (
-                y,
-                stats,
-                jnp.concatenate([s["mean"] for s in st]),
-                jnp.concatenate([s["var"] for s in st]),
-            )
+            new = [{**a, **b} for a, b in zip(norms, st, strict=True)]
+            return y, new, *(jnp.concatenate([s[k] for s in st]) for k in ("mean", "var"))
 
         xe = draw(ke, n_eval)
         z1 = dense(xe, params[0]["W"][0], params[0]["b"][0])
 
-        def z1_norm(rm, rv, train):
-            return batch_norm(z1, None, None, rm, rv, train=train, epsilon=eps).y
+        def outputs(norms, train):  # layer 1's normalized z and the network's output
+            z1n = batch_norm(
+                z1, None, None, norms[0]["mean"][0], norms[0]["var"][0], train=train, epsilon=eps
+            ).y
+            return z1n, run(norms, xe, train)[0]
 
         norms0 = _norms(net)
-        y_tr, z1_tr = (
-            run(norms0, xe, True)[0],
-            z1_norm(norms0[0]["mean"][0], norms0[0]["var"][0], True),
-        )
+        train_out = outputs(norms0, True)
 
         def gaps(norms):
-            y_ev = run(norms, xe, False)[0]
-            z1_ev = z1_norm(norms[0]["mean"][0], norms[0]["var"][0], False)
-            rel = [
-                jnp.sqrt(jnp.sum((e - t) ** 2) / jnp.sum(t**2))
-                for e, t in ((z1_ev, z1_tr), (y_ev, y_tr))
-            ]
-            return jnp.stack(rel)
+            pairs = zip(outputs(norms, False), train_out, strict=True)
+            return jnp.stack([jnp.sqrt(jnp.sum((e - t) ** 2) / jnp.sum(t**2)) for e, t in pairs])
 
         def step(norms, k):
             _, norms, rm, rv = run(norms, draw(k, batch), True)
@@ -332,41 +322,37 @@ def run_batchnorm(cfg: base.RunConfig) -> base.ExperimentResult:
             L.layer_factors(I.normal(1.0).scheme, "relu").forward_square,
         ),
     ]
-    rows = []
+    rows: list[base.Row] = []
     for ia, a in enumerate(alphas):
-        rows.append(
+        rows += [
             base.Row(
                 f"weight std {a:g}: BN (eps=0) E[z_hat^2], E[h^2] at layer {depth}",
                 "1, same for all scales",
                 f"{st0[:, ia, -1, 0].mean():.6f}, {st0[:, ia, -1, 1].mean():.6f}",
                 f"eps=1e-5: E[z_hat^2] = {st1[:, ia, -1, 0].mean():.5f} "
                 f"(law {st1[:, ia, -1, 2].mean():.5f})",
-            )
-        )
-        rows.append(
+            ),
             base.Row(
                 f"weight std {a:g}: no BN, log10 E[z^2] at layer {depth}",
                 float(logq_law[ia, -1] / math.log(10)),
                 float(plain_mean[ia, -1] / math.log(10)) if finite[ia, -1] else "non-finite",
                 f"float32 limit: {limit[ia][0]} at layer {limit[ia][1]}",
-            )
-        )
+            ),
+        ]
     for t in (1, 10, 30, steps):
-        rows.append(
+        rows += [
             base.Row(
                 f"step {t}: running mean / var relative bias (m^t)",
                 float(pred_e[t - 1]),
                 f"{e_m[0, t - 1]:.4g} / {e_m[1, t - 1]:.4g}",
-            )
-        )
-        rows.append(
+            ),
             base.Row(
                 f"step {t}: layer-1 gap ||y_train - y_eval||/||y_train||",
                 float(pred_gap[:, t].mean()),
                 float(g1[:, t].mean()),
                 f"output gap {gout[:, t].mean():.4g}",
-            )
-        )
+            ),
+        ]
     claims = [
         base.Claim(
             "With BatchNorm (eps = 0) the per-layer statistics are the same for weight scales "

@@ -132,12 +132,8 @@ def _unit_rows(batch: int, width: int):
 
 @experiment("gains", "Gains: the tanh mean field and derived vs conventional gains", 7)
 def run_gains(cfg: RunConfig) -> ExperimentResult:
-    r"""The mean-field map of tanh for g = 1 and g = 5/3, and the gain of every activation.
-
-    Law (Poole et al. 2016; Saxe et al. 2014 for the linear/tanh regime):
-    :math:`q_{l+1} = g^2 E[\tanh(\sqrt{q_l} z)^2]` with fixed point q*; the derived gain
-    :math:`g_\phi = 1/\sqrt{E[\phi(z)^2]}` at q = 1 (He et al. 2015; Glorot & Bengio 2010).
-    """
+    """The mean-field map of tanh for g = 1 and g = 5/3, and the gain of every activation
+    (the laws and papers in the module docstring)."""
     # 32 seeds in quick mode: the per-layer test below is a t test over seeds, and with 8 its
     # tolerance would be 10 s.e. (t with 7 d.o.f. has heavy tails); the stack costs little.
     width, depth, seeds, batch = (128, 30, 32, 64) if cfg.quick else (512, 100, 8, 128)
