@@ -40,23 +40,14 @@ from scipy import stats as sstats
 from varprop import initializers as I
 from varprop._src.core.network import forward, init_params, make_network
 from varprop._src.data import Dataset, Split, load_classification, near, standardize_split
-from varprop._src.experiments.base import (
-    Claim,
-    ExperimentResult,
-    Figure,
-    Row,
-    RunConfig,
-    experiment,
-    figure_png,
-    new_figure,
-)
+from varprop._src.experiments import base
 from varprop._src.experiments.measure import law
 
 #: Fraction of the data held out for validation in every training experiment.
 VALID_FRACTION = 0.2
 
 
-def standardized(cfg: RunConfig) -> tuple[Dataset, Split]:
+def standardized(cfg: base.RunConfig) -> tuple[Dataset, Split]:
     """The classification data of ``cfg`` and its split, both parts standardized with the
     training part's mean and std (key ``cfg.seed``)."""
     ds = load_classification(cfg.data_dir)
@@ -92,8 +83,10 @@ def cross_entropy(logits: jax.Array, y: jax.Array) -> jax.Array:
     return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
 
-@experiment("data_standardization", "Standardizing data with the training split's statistics", 12)
-def run_data_standardization(cfg: RunConfig) -> ExperimentResult:
+@base.experiment(
+    "data_standardization", "Standardizing data with the training split's statistics", 12
+)
+def run_data_standardization(cfg: base.RunConfig) -> base.ExperimentResult:
     """Standardize the validation split with the *training* split's mean and std (see the
     module docstring for the law)."""
     ds, split = standardized(cfg)
@@ -172,46 +165,46 @@ def run_data_standardization(cfg: RunConfig) -> ExperimentResult:
 
     tol_mean, tol_std = 4.0 * se_mean, 4.0 * se_std
     rows = [
-        Row(
+        base.Row(
             "training split: mean, std (standardized)", "0, 1", f"{train_mean:.2e}, {train_std:.7f}"
         ),
-        Row(
+        base.Row(
             "validation split: mean",
             f"0 +- {se_mean:.4f} (1 s.e.)",
             f"{valid_mean:+.2e}",
             f"{valid_mean / se_mean:+.2f} s.e.",
         ),
-        Row(
+        base.Row(
             "validation split: std",
             f"1 +- {se_std:.4f} (1 s.e.)",
             f"{valid_std:.4f}",
             f"{(valid_std - 1) / se_std:+.2f} s.e.",
         ),
-        Row(
+        base.Row(
             f"spread of the validation mean over {reps} random splits",
             f"{se_mean:.4f}",
             f"{sd_vm:.4f}",
             f"pixels as if independent would say {naive_se:.5f}",
         ),
-        Row(
+        base.Row(
             f"spread of the validation std over {reps} random splits",
             f"{se_std:.4f}",
             f"{sd_vs:.4f}",
         ),
-        Row(
+        base.Row(
             "train+validation mean vs training mean (leakage), in validation s.e.",
             "O(1)",
             f"{leak / se_mean:+.2f}",
             f"{leak:+.5f} in standardized units",
         ),
-        Row(
+        base.Row(
             "largest shift of a one-class batch's mean, in training stds",
             "erased by its own standardization",
             f"{class_shift.max():.3f}",
             f"class means range {class_shift.min():.3f} .. {class_shift.max():.3f} in |.|",
         ),
     ] + [
-        Row(f"validation loss / accuracy, {k}", "", f"{s[0]:.3f} / {s[1]:.3f}")
+        base.Row(f"validation loss / accuracy, {k}", "", f"{s[0]:.3f} / {s[1]:.3f}")
         for k, s in score.items()
     ]
     unstd = score["not standardized"]
@@ -222,13 +215,13 @@ def run_data_standardization(cfg: RunConfig) -> ExperimentResult:
         for k in ("own mean/std per one-class batch", "own mean/std per image")
     )
     claims = [
-        Claim(
+        base.Claim(
             "Standardized with its own mean and std, the training split has mean 0 and std 1 "
             "(to float32 rounding)",
             near(train_mean, 0.0, 1e-5) and near(train_std, 1.0, 1e-5),
             f"mean {train_mean:.2e}, std {train_std:.7f} (tolerance 1e-5)",
         ),
-        Claim(
+        base.Claim(
             "The validation split, standardized with the training statistics, has mean close "
             "to 0 and std close to 1 -- within sampling error, but not exactly",
             near(valid_mean, 0.0, tol_mean)
@@ -237,7 +230,7 @@ def run_data_standardization(cfg: RunConfig) -> ExperimentResult:
             f"mean {valid_mean:+.2e} (|.| <= 4 s.e. = {tol_mean:.4f}), std {valid_std:.5f} "
             f"(|.-1| <= {tol_std:.4f}); neither is exact",
         ),
-        Claim(
+        base.Claim(
             "The deviation is sampling error with images (not pixels) as the unit: the "
             "standard errors predict the spread over random splits",
             0.8 <= sd_vm / se_mean <= 1.25 and 0.8 <= sd_vs / se_std <= 1.25,
@@ -245,7 +238,7 @@ def run_data_standardization(cfg: RunConfig) -> ExperimentResult:
             f"{sd_vs:.4f} vs {se_std:.4f} (ratio band [0.8, 1.25]); per-pixel independence "
             f"would predict {naive_se:.5f}",
         ),
-        Claim(
+        base.Claim(
             "Preparing the validation split any other way changes what the model sees: "
             "unstandardized inputs cost loss and accuracy, and batches standardized by their "
             "own statistics get inputs (and predictions) that depend on the batch",
@@ -261,7 +254,7 @@ def run_data_standardization(cfg: RunConfig) -> ExperimentResult:
     ]
 
     # -- figure ------------------------------------------------------------------------------
-    fig, ax = new_figure(ncols=3, width=4.4)
+    fig, ax = base.new_figure(ncols=3, width=4.4)
     pm_t, pm_v = xt64.mean(axis=0), xv64.mean(axis=0)
     ps_t, ps_v = xt64.std(axis=0), xv64.std(axis=0)
     bins_m = np.linspace(min(pm_t.min(), pm_v.min()), max(pm_t.max(), pm_v.max()), 40)
@@ -285,7 +278,7 @@ def run_data_standardization(cfg: RunConfig) -> ExperimentResult:
     )
     for a in ax[0]:
         a.legend(fontsize=7)
-    fig_main = Figure(
+    fig_main = base.Figure(
         "data_standardization",
         f"{ds.source} standardized with the training split's mean and std. Left and middle: "
         "histograms of the per-pixel means and stds of the training (filled) and validation "
@@ -293,9 +286,9 @@ def run_data_standardization(cfg: RunConfig) -> ExperimentResult:
         f"validation split's overall mean over {reps} random splits against the normal law "
         "with the predicted standard error (images as the sampling unit); the dashed line is "
         "the split used here.",
-        figure_png(fig),
+        base.figure_png(fig),
     )
-    return ExperimentResult(
+    return base.ExperimentResult(
         name="data_standardization",
         title="Standardizing data with the training split's statistics",
         summary=(

@@ -49,16 +49,7 @@ import sympy as sp
 from varprop import initializers as I
 from varprop import laws
 from varprop._src.core.network import forward, init_params, make_network
-from varprop._src.experiments.base import (
-    Claim,
-    ExperimentResult,
-    Figure,
-    Row,
-    RunConfig,
-    experiment,
-    figure_png,
-    new_figure,
-)
+from varprop._src.experiments import base
 from varprop._src.experiments.data_standardization import cross_entropy, sgd, standardized
 from varprop._src.experiments.measure import law
 from varprop._src.probe import probe_params
@@ -66,8 +57,8 @@ from varprop._src.probe import probe_params
 DEPTH = 30
 
 
-@experiment("deep_training", "Training a 30-layer ReLU MLP: Xavier stalls, He trains", order=8)
-def run_deep_training(cfg: RunConfig) -> ExperimentResult:
+@base.experiment("deep_training", "Training a 30-layer ReLU MLP: Xavier stalls, He trains", order=8)
+def run_deep_training(cfg: base.RunConfig) -> base.ExperimentResult:
     """Train the same 30-layer ReLU MLP from Xavier and from He init (module docstring)."""
     width, batch = 128, 128
     steps, chunk = (300, 60) if cfg.quick else (1200, 100)
@@ -188,45 +179,49 @@ def run_deep_training(cfg: RunConfig) -> ExperimentResult:
     margin_acc, slow = 0.15, 4
 
     rows = [
-        Row("per-layer forward factor, He", "1", f"{prop['He'].forward_factor:g}", "law (exact)"),
-        Row("per-layer forward factor, Xavier", "1/2", f"{prop['Xavier'].forward_factor:g}", ""),
-        Row(
+        base.Row(
+            "per-layer forward factor, He", "1", f"{prop['He'].forward_factor:g}", "law (exact)"
+        ),
+        base.Row(
+            "per-layer forward factor, Xavier", "1/2", f"{prop['Xavier'].forward_factor:g}", ""
+        ),
+        base.Row(
             "log2 E[logits^2] Xavier / He at init",
             f"{pred_log2_out:.2f}",
             f"{meas_log2_out:.3f}",
             "same normals, so exact up to rounding",
         ),
-        Row(
+        base.Row(
             "log2 E[(dL/dW_l)^2] Xavier / He, probe loss sum(y v), every layer",
             f"{pred_log2_grad:.1f}",
             f"{log2_grad.min():.3f} .. {log2_grad.max():.3f}",
             "same output gradient for both nets",
         ),
-        Row(
+        base.Row(
             "log2 E[(dL/dW_l)^2] Xavier / He, cross-entropy, median over layers",
             f"<= {pred_log2_grad:.0f}",
             f"{float(np.median(log2_grad_ce)):.2f} ({log2_grad_ce.min():.2f} .. "
             f"{log2_grad_ce.max():.2f})",
             "a uniform softmax makes dL/dlogits average out over the batch: smaller still",
         ),
-        Row(
+        base.Row(
             "ln(q_29 / q_1), He at init",
             "0",
             f"{he_drift:+.2f}",
             f"finite-width spread: +-{he_tol:.2f} (3 sigma)",
         ),
-        Row(
+        base.Row(
             f"train loss, mean of last {tail} steps: He / Xavier",
             "He < Xavier",
             f"{final[he]:.3f} / {final[xa]:.3f}",
             f"chance = ln 10 = {chance:.3f}",
         ),
-        Row(
+        base.Row(
             f"steps until the 20-step mean loss < {threshold}: He / Xavier",
             f"Xavier >= {slow}x He's, or never",
             f"{r_he} / {r_xa if r_xa else f'not in {steps}'}",
         ),
-        Row(
+        base.Row(
             "validation accuracy at the end: He / Xavier",
             f"He > Xavier + {margin_acc}",
             f"{v_acc_a[-1, he]:.3f} / {v_acc_a[-1, xa]:.3f}",
@@ -234,14 +229,14 @@ def run_deep_training(cfg: RunConfig) -> ExperimentResult:
         ),
     ]
     claims = [
-        Claim(
+        base.Claim(
             "With Xavier (Var(w) = 1/n) every ReLU layer halves E[z^2]: after 30 layers the "
             "logits carry 2^-30 of He's second moment",
             abs(meas_log2_out - pred_log2_out) <= 0.01,
             f"measured log2 ratio {meas_log2_out:.4f} vs predicted {pred_log2_out:.0f} "
             "(tolerance 0.01 octave)",
         ),
-        Claim(
+        base.Claim(
             "Every layer's weight gradient is 2^-29 times smaller (in second moment) with "
             "Xavier than with He, for the same output gradient; with cross-entropy smaller still",
             bool(
@@ -252,19 +247,19 @@ def run_deep_training(cfg: RunConfig) -> ExperimentResult:
             f"{log2_grad.max():.3f}] vs {pred_log2_grad:.0f} (tolerance 0.01 octave); "
             f"cross-entropy: median {float(np.median(log2_grad_ce)):.2f} <= {pred_log2_grad:.0f} + 1",
         ),
-        Claim(
+        base.Claim(
             "He keeps E[z^2] at its first-layer value through the ReLU layers",
             abs(he_drift) <= he_tol,
             f"ln(q_29/q_1) = {he_drift:+.2f}, inside the 3-sigma finite-width band +-{he_tol:.2f}",
         ),
-        Claim(
+        base.Claim(
             f"Xavier trains far slower: He's 20-step mean loss falls below {threshold} at "
             f"least {slow}x sooner than Xavier's (or Xavier's never does within the budget)",
             r_he is not None and (r_xa is None or r_xa >= slow * r_he),
             f"He at step {r_he}, Xavier "
             f"{'never' if r_xa is None else f'at step {r_xa}'} in {steps} steps",
         ),
-        Claim(
+        base.Claim(
             "When He has trained (its 20-step mean loss first below "
             f"{threshold}), Xavier's loss has not left chance (within 0.05 nat of ln 10)",
             bool(r_he is not None and abs(smooth[r_he, xa] - chance) <= 0.05),
@@ -272,7 +267,7 @@ def run_deep_training(cfg: RunConfig) -> ExperimentResult:
             + (f"{smooth[r_he, xa]:.3f}" if r_he is not None else "n/a")
             + f" (chance {chance:.3f}); final losses He {final[he]:.3f}, Xavier {final[xa]:.3f}",
         ),
-        Claim(
+        base.Claim(
             f"He ends the budget with a validation accuracy higher than Xavier's by more than "
             f"{margin_acc}",
             bool(v_acc_a[-1, he] - v_acc_a[-1, xa] > margin_acc),
@@ -282,7 +277,7 @@ def run_deep_training(cfg: RunConfig) -> ExperimentResult:
 
     # -- figures ---------------------------------------------------------------------------
     colors = {"He": "tab:blue", "Xavier": "tab:red"}
-    fig, ax = new_figure(ncols=2, width=5.2)
+    fig, ax = base.new_figure(ncols=2, width=5.2)
     st = np.arange(1, steps + 1)
     for j, k in enumerate(names):
         c = colors[k]
@@ -297,15 +292,15 @@ def run_deep_training(cfg: RunConfig) -> ExperimentResult:
     ax[0, 1].set_ylim(0, 1)
     for a in ax[0]:
         a.legend(fontsize=7)
-    fig_curves = Figure(
+    fig_curves = base.Figure(
         "deep_training_curves",
         f"Training a 30-layer ReLU MLP (width {width}) on {ds.source} with SGD + momentum from "
         "He (blue) and Xavier (red) init, same normals and same batches. Left: training loss "
         "per step (faint) and its 20-step mean, validation loss (dashed). Right: validation "
         "accuracy. Xavier stays at chance; He trains.",
-        figure_png(fig),
+        base.figure_png(fig),
     )
-    fig, ax = new_figure(ncols=2, width=5.2)
+    fig, ax = base.new_figure(ncols=2, width=5.2)
     layers = np.arange(1, DEPTH + 1)
     for j, k in enumerate(names):
         c = colors[k]
@@ -317,14 +312,14 @@ def run_deep_training(cfg: RunConfig) -> ExperimentResult:
     ax[0, 1].set(xlabel="layer l", ylabel="log2 E[(dL/dW_l)^2]", title="weight gradients, at init")
     for a in ax[0]:
         a.legend(fontsize=7)
-    fig_init = Figure(
+    fig_init = base.Figure(
         "deep_training_init",
         "At init, on 512 training images. Left: log2 of each layer's E[z^2], measured (dots) "
         "and the law (lines): flat for He, one octave down per layer for Xavier. Right: log2 "
         "of each layer's weight-gradient second moment for the probe loss sum(y v) (dots: Xavier "
         "exactly 29 octaves below He in every layer) and for cross-entropy (crosses: further "
         "below, the uniform softmax's gradient averages out over the batch).",
-        figure_png(fig),
+        base.figure_png(fig),
     )
 
     notes = [
@@ -335,7 +330,7 @@ def run_deep_training(cfg: RunConfig) -> ExperimentResult:
         f"SGD, lr {lr}, momentum {momentum}, batch {batch}, {steps} steps; the train/valid split "
         "and standardization use the training split's mean and std.",
     ]
-    return ExperimentResult(
+    return base.ExperimentResult(
         name="deep_training",
         title="Training a 30-layer ReLU MLP: Xavier stalls, He trains",
         summary=(

@@ -51,16 +51,7 @@ import sympy as sp
 from varprop import initializers as I
 from varprop import laws
 from varprop._src.core.network import Network, dense, forward, init_params, make_network
-from varprop._src.experiments.base import (
-    Claim,
-    ExperimentResult,
-    Figure,
-    Row,
-    RunConfig,
-    experiment,
-    figure_png,
-    new_figure,
-)
+from varprop._src.experiments import base
 from varprop._src.experiments.data_standardization import cross_entropy, sgd, standardized
 from varprop._src.experiments.measure import law
 
@@ -123,8 +114,8 @@ def _predict_first_overflow(
     return first.reshape(-1, paths).mean(axis=1).reshape(np.shape(log_q0))
 
 
-@experiment("fixup", "Fixup: a 10,000-block residual MLP without normalization", order=11)
-def run_fixup(cfg: RunConfig) -> ExperimentResult:
+@base.experiment("fixup", "Fixup: a 10,000-block residual MLP without normalization", order=11)
+def run_fixup(cfg: base.RunConfig) -> base.ExperimentResult:
     """Fixup keeps a 10,000-block residual MLP finite and trainable; He init explodes it
     (module docstring)."""
     blocks = FIXUP_BLOCKS
@@ -219,40 +210,42 @@ def run_fixup(cfg: RunConfig) -> ExperimentResult:
     decrease = float(loss0 - loss1)
     min_decrease = 0.05
     rows = [
-        Row("blocks / layers in the branches", *[f"{blocks} / {2 * blocks}"] * 2),
-        Row("E[x_L^2] / E[x_0^2], Fixup at init", f"{fixup_pred:g}", f"{ratio_init:.6f}"),
-        Row("all block outputs finite, Fixup at init", "yes", "yes" if all_finite_init else "no"),
-        Row(
+        base.Row("blocks / layers in the branches", *[f"{blocks} / {2 * blocks}"] * 2),
+        base.Row("E[x_L^2] / E[x_0^2], Fixup at init", f"{fixup_pred:g}", f"{ratio_init:.6f}"),
+        base.Row(
+            "all block outputs finite, Fixup at init", "yes", "yes" if all_finite_init else "no"
+        ),
+        base.Row(
             f"held-out loss before / after {train_steps} SGD steps (Fixup)",
             f"decreases by > {min_decrease}",
             f"{float(loss0):.4f} / {float(loss1):.4f}",
             f"training-batch losses: {', '.join(f'{v:.3f}' for v in train_losses)}",
         ),
-        Row(
+        base.Row(
             "everything finite after training (params and all block outputs)",
             "yes",
             "yes" if all_finite_trained else "no",
             f"E[x_L^2]/E[x_0^2] = {ratio_trained:.4f}, rms(W2) = {w2_rms:.2e}",
         ),
-        Row(
+        base.Row(
             "He branches: factor on E[x^2] per block",
             f"{he_sym}",
             f"E[r] = {np.exp(log_r).mean():.3f}",
             "law sample mean",
         ),
-        Row(
+        base.Row(
             "He branches: E[ln r] per block (finite width)",
             f"ln 3 = {math.log(3):.4f} (mean-field)",
             f"{log_r.mean():.4f} (width {width})",
             "Jensen: the typical sample grows slower than the mean",
         ),
-        Row(
+        base.Row(
             "He branches: first overflow block, mean-field law (typical size sqrt(E[x^2]))",
             f"{mf_block}",
             f"{meas_mean:.2f}",
             f"{mf_kind}; the mean of q, not a typical sample",
         ),
-        Row(
+        base.Row(
             "He branches: first non-finite block, mean over samples (finite-width law)",
             f"{pred_mean:.2f}",
             f"{meas_mean:.2f} +- {meas_se:.2f} (s.e., {seeds} seeds x {per_seed} samples)",
@@ -260,14 +253,14 @@ def run_fixup(cfg: RunConfig) -> ExperimentResult:
         ),
     ]
     claims = [
-        Claim(
+        base.Claim(
             f"Fixup keeps a {blocks:,}-block residual MLP finite at init without normalization "
             "(each block starts as the identity)",
             all_finite_init and abs(ratio_init - fixup_pred) <= 1e-5,
             f"all {blocks} block outputs finite; E[x_L^2]/E[x_0^2] = {ratio_init:.6f} vs "
             f"{fixup_pred:g} (tolerance 1e-5)",
         ),
-        Claim(
+        base.Claim(
             f"The Fixup net trains: {train_steps} SGD steps lower the held-out loss and every "
             "parameter and block output stays finite",
             all_finite_trained and decrease > min_decrease and w2_rms > 0,
@@ -275,7 +268,7 @@ def run_fixup(cfg: RunConfig) -> ExperimentResult:
             f"{min_decrease}); W2 no longer zero (rms {w2_rms:.2e}); E[x_L^2]/E[x_0^2] = "
             f"{ratio_trained:.4f}",
         ),
-        Claim(
+        base.Claim(
             "With He init in each branch, E[x^2] triples per block and float32 overflows at the "
             "block the law predicts (within 1 block)",
             abs(meas_mean - pred_mean) <= 1.0 and bool(np.all(first_a <= blocks)),
@@ -285,7 +278,7 @@ def run_fixup(cfg: RunConfig) -> ExperimentResult:
     ]
 
     # -- figures -----------------------------------------------------------------------------
-    fig, ax = new_figure(ncols=2, width=5.2)
+    fig, ax = base.new_figure(ncols=2, width=5.2)
     for q, color, when in (
         (q_init, "tab:green", "at init"),
         (q_trained, "tab:blue", f"after {train_steps} steps"),
@@ -309,14 +302,14 @@ def run_fixup(cfg: RunConfig) -> ExperimentResult:
         ax[0, 1].axvline(x, color=color, ls=ls, lw=1, label=label)
     ax[0, 1].set(xlabel="first non-finite block", ylabel="samples", title="He in every branch")
     ax[0, 1].legend(fontsize=7)
-    fig_main = Figure(
+    fig_main = base.Figure(
         "fixup",
         f"Left: E[x_l^2]/E[x_0^2] over the {blocks:,} blocks of the Fixup net at init (exactly 1) "
         f"and after {train_steps} SGD steps (finite, near 1). Right: with He init in both "
         "branch layers, the block at which each sample first becomes non-finite "
         f"({seeds} seeds x {per_seed} samples), against the finite-width law's prediction and "
         "the mean-field law's overflow block.",
-        figure_png(fig),
+        base.figure_png(fig),
     )
     notes = [
         f"Data: {ds.note}.",
@@ -328,7 +321,7 @@ def run_fixup(cfg: RunConfig) -> ExperimentResult:
         "He blow-up: weights drawn per block on the fly (fold_in(key, block)); the loop stops "
         "once every sample is non-finite.",
     ]
-    return ExperimentResult(
+    return base.ExperimentResult(
         name="fixup",
         title="Fixup: a 10,000-block residual MLP without normalization",
         summary=(
