@@ -119,7 +119,9 @@ def test_data_dir_without_mnist(capsys, tmp_path):
 
 def test_max_seeds_below_seeds(capsys):
     assert_refused(
-        capsys, ["check", "--seeds", "8", "--max-seeds", "4"], "--max-seeds 4 is below --seeds 8"
+        capsys,
+        ["check", "--seeds", "8", "--max-seeds", "4"],
+        "--max-seeds must be a whole number in [8,",
     )
 
 

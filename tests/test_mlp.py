@@ -97,7 +97,7 @@ def test_linen_probe_sows_and_perturbs():
 
 
 def test_mlp_rejects_bad_widths():
-    with pytest.raises(ValueError, match="every width must be an int >= 1"):
+    with pytest.raises(ValueError, match=r"widths must be whole numbers in \[1, "):
         varprop.nn.MLP([8, 0, 2], rngs=nnx.Rngs(0))
 
 

@@ -41,21 +41,24 @@ from typing import Any
 import jax
 import numpy as np
 
-from varprop._src.core.network import make_network
-from varprop._src.errors import InputError
+from varprop._src.check_inputs import (
+    InitArg,
+    as_inits,
+    bias_second_moment,
+    build_network,
+    cached_probe,
+    check_memory,
+    validate_options,
+)
 from varprop._src.health import (
     diagnose,
     first_nonfinite,
     first_underflow,
     health_report,
 )
-from varprop._src.initializers import Initializer
 from varprop._src.laws import activations as A
 from varprop._src.laws.propagation import propagate
 from varprop._src.probe import (
-    available_memory_bytes,
-    estimate_probe_bytes,
-    make_probe,
     output_redraws,
 )
 from varprop._src.stats import NARROW_UNITS
@@ -224,29 +227,6 @@ def _clean(x: Any) -> Any:
 
 
 # -- measurement -> verdicts ---------------------------------------------------------------
-
-InitArg = str | Initializer | Sequence[str | Initializer]
-
-
-def _as_inits(x: InitArg | None, depth: int, what: str) -> tuple[Initializer | None, ...]:
-    from varprop._src.initializers import from_spec
-
-    if x is None:
-        return (None,) * depth
-    if isinstance(x, (str, Initializer)):
-        x = [x] * depth
-    items = list(x)
-    if len(items) != depth:
-        raise ValueError(f"{what}: expected {depth} initializers (one per layer), got {len(items)}")
-    out = []
-    for it in items:
-        if isinstance(it, str):
-            out.append(from_spec(it))
-        elif isinstance(it, Initializer):
-            out.append(it)
-        else:
-            raise TypeError(f"{what}: expected a SPEC string or a varprop initializer, got {it!r}")
-    return tuple(out)
 
 
 def _to_np(tree) -> Any:
@@ -504,13 +484,15 @@ def check(
         >>> r.verdict
         'agrees'
     """
-    widths = tuple(widths)
-    _validate(widths, batch, seeds, max_seeds, tolerance, alpha, input_mean, input_std, data, seed)
-    depth = len(widths) - 1
-    kinits = _as_inits(init, depth, "init")
-    expected_inits = _as_inits(expect, depth, "expect") if expect is not None else kinits
-    binits = _as_inits(bias_init, depth, "bias_init")
-    net = make_network(widths, activation, kinits, binits, norm)  # type: ignore[arg-type]
+    net = build_network(widths, activation, init, bias_init, norm)
+    widths = net.widths
+    validate_options(
+        widths, batch, seeds, max_seeds, tolerance, alpha, input_mean, input_std, data, seed
+    )
+    depth = net.depth
+    kinits = net.kernel_inits
+    expected_inits = as_inits(expect, depth, "expect") if expect is not None else kinits
+    binits = net.bias_inits
     expected = [e.scheme for e in expected_inits]  # type: ignore[union-attr]
     if data is not None:
         data = np.asarray(data, dtype=np.float32)
@@ -538,8 +520,8 @@ def check(
     )
 
     laws = [ExpectedLaw.of(sc, (widths[i], widths[i + 1])) for i, sc in enumerate(expected)]
-    _check_memory(net, batch, seeds, data)
-    probe = _cached_probe(net, batch, input_mean, input_std)
+    check_memory(net, batch, seeds, data)
+    probe = cached_probe(net, batch, input_mean, input_std)
     data_arg = None if data is None else jax.numpy.asarray(data)
     base = jax.random.key(seed)
     looks = look_schedule(seeds, max_seeds)
@@ -601,107 +583,6 @@ def check(
         first_uf,
         pred.first_underflow,
     )
-
-
-def bias_second_moment(init: Initializer | None, n: int) -> float:
-    """E[b^2] of a bias of ``n`` units drawn by ``init`` (0 without a bias initializer)."""
-    if init is None:
-        return 0.0
-    s = init.scheme
-    shape = (n,)
-    if s.uses_fans and not s.distribution.is_constant:
-        raise ValueError(f"bias initializer {init!r} needs fans; use zeros, constant or normal")
-    return s.variance(shape) + s.mean(shape) ** 2
-
-
-_PROBES: dict[tuple, Any] = {}
-
-
-def _cached_probe(net, batch: int, mean: float, std: float):
-    """One compiled probe per architecture: a second check of the same net is warm."""
-    key = (
-        net.widths,
-        net.activation,
-        tuple(map(repr, net.kernel_inits)),
-        tuple(map(repr, net.bias_inits)),
-        net.norm,
-        batch,
-        float(mean),
-        float(std),
-    )
-    if key not in _PROBES:
-        if len(_PROBES) >= 32:
-            _PROBES.pop(next(iter(_PROBES)))
-        _PROBES[key] = make_probe(net, batch, mean, std)
-    return _PROBES[key]
-
-
-#: The seeds that give distinct runs: ``jax.random.key`` takes a C long but, with JAX's
-#: default 32-bit mode, ``key(2**32) == key(0)`` and ``key(-1) == key(2**32 - 1)``.
-SEED_RANGE = (0, 2**32 - 1)
-
-
-def _validate(widths, batch, seeds, max_seeds, tolerance, alpha, mean, std, data, seed=0):
-    def whole(name, v, lo, hi=2**31 - 1):
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not lo <= v <= hi:
-            raise InputError(f"{name} must be a whole number in [{lo}, {hi}], got {v!r}")
-
-    if len(widths) < 2:
-        raise InputError(f"widths needs an input and an output width, got {list(widths)}")
-    for w in widths:
-        whole("every width", w, 1)
-    whole("batch", batch, 2)
-    whole("seeds", seeds, 2)
-    whole("max_seeds", max_seeds, seeds)
-    whole("seed", seed, *SEED_RANGE)
-    for name, v in (("tolerance", tolerance), ("alpha", alpha)):
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
-            raise InputError(f"{name} must be a finite number > 0, got {v!r}")
-    if tolerance > 1:
-        raise InputError(
-            f"tolerance must be in (0, 1], got {tolerance}: a band wider than "
-            "[1/2, 2] accepts a wrong fan or gain and makes the verdict meaningless"
-        )
-    if alpha >= 1:
-        raise InputError(f"alpha must be in (0, 1), got {alpha}")
-    for name, v in (("input_mean", mean), ("input_std", std)):
-        if not math.isfinite(v):
-            raise InputError(f"{name} must be finite, got {v!r}")
-    if std <= 0:
-        raise InputError(f"input_std must be > 0, got {std}")
-    if data is not None:
-        arr = np.asarray(data)
-        if arr.ndim != 2 or arr.shape[1] != widths[0]:
-            raise InputError(
-                f"data must have shape (N, {widths[0]}) to feed input width {widths[0]}, "
-                f"got {arr.shape}",
-                kind="data",
-            )
-        if arr.shape[0] < 1:
-            raise InputError("data has no rows", kind="data")
-        if not np.all(np.isfinite(arr)):
-            bad = int(np.sum(~np.isfinite(arr)))
-            raise InputError(f"data contains {bad} non-finite value(s) (NaN or inf)", kind="data")
-
-
-def _check_memory(net, batch: int, seeds: int, data) -> None:
-    """Refuse, before compiling, a round that cannot fit in the device's memory."""
-    need = estimate_probe_bytes(net, batch, seeds) + (
-        0 if data is None else np.asarray(data).nbytes
-    )
-    have = available_memory_bytes()
-    if have is not None and need > 0.8 * have:
-        raise InputError(
-            f"a round of {seeds} seeds of widths {_short(net.widths)} at batch {batch} needs about "
-            f"{need / 2**30:.3g} GiB, more than 80% of the {have / 2**30:.3g} GiB available; "
-            "use smaller widths, --batch or --seeds",
-            kind="resources",
-        )
-
-
-def _short(widths) -> str:
-    w = list(widths)
-    return str(w) if len(w) <= 8 else f"[{w[0]}, {w[1]}, ... ({len(w)} widths), {w[-1]}]"
 
 
 def assert_agrees(*args, **kwargs) -> CheckResult:

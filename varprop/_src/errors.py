@@ -29,8 +29,11 @@ class InputError(ValueError):
         ('usage', '--batch must be >= 2, got 1')
     """
 
-    def __init__(self, message: str, kind: str = "usage") -> None:
+    def __init__(self, message: str, kind: str = "usage", param: str | None = None) -> None:
         if kind not in KINDS:
             raise ValueError(f"unknown error kind {kind!r}; allowed: {', '.join(KINDS)}")
         super().__init__(message)
         self.kind = kind
+        #: The parameter at fault when the message starts with its name (the CLI shows
+        #: it as its option, ``max_seeds`` -> ``--max-seeds``).
+        self.param = param

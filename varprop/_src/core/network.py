@@ -31,9 +31,11 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import sympy as sp
 
 from varprop._src.core.normalizers import batch_norm, batch_stats, layer_norm, normalize
+from varprop._src.errors import InputError
 from varprop._src.initializers import Initializer
 from varprop._src.laws import activations as A
 from varprop._src.laws import symbols as S
@@ -161,6 +163,23 @@ def _init_key(init: Initializer | None) -> str | None:
     return None if init is None else repr(init)
 
 
+def check_widths(widths: Sequence[int]) -> tuple[int, ...]:
+    """``widths`` as a tuple, or ``InputError`` (``param="widths"``): at least an input and
+    an output width, each a whole number in [1, 2**31 - 1]."""
+    ws = tuple(widths)
+    if len(ws) < 2:
+        raise InputError(
+            f"widths needs at least an input and an output width, got {list(ws)}", param="widths"
+        )
+    for w in ws:
+        if isinstance(w, bool) or not isinstance(w, (int, np.integer)) or not 1 <= w < 2**31:
+            raise InputError(
+                f"widths must be whole numbers in [1, {2**31 - 1}], got {w!r} in {list(ws)}",
+                param="widths",
+            )
+    return tuple(int(w) for w in ws)
+
+
 def make_network(
     widths: Sequence[int],
     activation: str,
@@ -175,33 +194,36 @@ def make_network(
     checked (the checker, the CLI and the Flax modules all build their network here).
 
     Raises:
-        ValueError: fewer than two widths, a width < 1, a list of initializers of the wrong
-            length, an unknown activation or norm.
+        InputError: (a ``ValueError``) fewer than two widths, a width < 1, a list of
+            initializers of the wrong length, an unknown activation or norm.
     """
-    widths = tuple(widths)
-    if len(widths) < 2:
-        raise ValueError(f"widths needs at least an input and an output width, got {widths}")
-    for w in widths:
-        if isinstance(w, bool) or not isinstance(w, int) or w < 1:
-            raise ValueError(f"every width must be an int >= 1, got {w!r} in {widths}")
+    widths = check_widths(widths)
     depth = len(widths) - 1
-    A.get_activation(activation)
+    try:
+        A.get_activation(activation)
+    except InputError:
+        raise
+    except (ValueError, TypeError) as e:
+        raise InputError(f"activation {activation!r}: {e}", param="activation") from None
 
     def per_layer(x, what):
         if isinstance(x, Initializer) or x is None:
             return (x,) * depth
         xs = tuple(x)
         if len(xs) != depth:
-            raise ValueError(
-                f"{what}: expected {depth} initializers (one per layer), got {len(xs)}"
+            raise InputError(
+                f"{what}: expected {depth} initializers (one per layer), got {len(xs)}",
+                param=what,
             )
         return xs
 
     if norm not in NORMS:
-        raise ValueError(f"unknown norm {norm!r}; allowed: {', '.join(map(str, NORMS))}")
+        raise InputError(
+            f"norm must be one of {', '.join(map(str, NORMS))}, got {norm!r}", param="norm"
+        )
     kinits = per_layer(kernel_init, "kernel_init")
     if any(k is None for k in kinits):
-        raise ValueError("kernel_init may not be None")
+        raise InputError("kernel_init may not be None", param="kernel_init")
     return Network(
         widths,
         activation,
