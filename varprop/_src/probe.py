@@ -182,12 +182,15 @@ def _tap_vjp(v: Array, carrier: Array, edges: Array | None, narrow: bool) -> Arr
 
 
 def _tap_fwd(v, carrier, edges, narrow):
-    del carrier, narrow
-    return v, edges
+    del narrow
+    return v, (carrier, edges)
 
 
-def _tap_bwd(narrow, edges, ct):
+def _tap_bwd(narrow, res, ct):
+    carrier, edges = res
     summary = jnp.concatenate([law_summary(ct, narrow), _histogram(ct, edges)])
+    # A tap without edges next to taps with them: zero counts fill its carrier.
+    summary = jnp.concatenate([summary, jnp.zeros(carrier.shape[0] - summary.shape[0])])
     return ct, summary, None if edges is None else jnp.zeros_like(edges)
 
 
@@ -291,9 +294,18 @@ def _zero_fraction(v: Array) -> Array:
     return jnp.mean((v == 0).astype(jnp.float32))
 
 
-def _layer(net: Network, h, W, b, cz, cx, act, linear: bool, edges: HistogramEdges | None):
-    narrow = min(W.shape) < NARROW_UNITS  # static
-    x = _tap(h, cx, False)
+def _moments_only(v: Array) -> tuple[TapSummary, TapSummary]:
+    """The lean probe's input summary: the four moments, NaN for the law's statistics."""
+    base = _summary(v, ddof=1)
+    nan = jnp.full((_N_SUMMARY - 4,), jnp.nan, jnp.float32)
+    return _fields(jnp.concatenate([base, nan])), _fields(jnp.full((_N_SUMMARY,), jnp.nan))
+
+
+def _layer(
+    net: Network, h, W, b, cz, cx, act, linear: bool, edges: HistogramEdges | None, lean: bool
+):
+    narrow = min(W.shape) < NARROW_UNITS and not lean  # static
+    x = h if lean else _tap(h, cx, False)
     z = dense(x, W, b)
     z = _tap(z, cz, narrow, None if edges is None else edges.gz)
     if linear:
@@ -301,8 +313,13 @@ def _layer(net: Network, h, W, b, cz, cx, act, linear: bool, edges: HistogramEdg
     else:
         out, dphi = jax.jvp(act, (normalize_at_init(net, z),), (jnp.ones_like(z),))
         dphi2 = jnp.mean(jnp.square(dphi.astype(jnp.float32)))
-    sx, sxc = (_fields(v) for v in law_summaries(x, narrow))
-    sz, szc = _summary_pair(z)
+    if lean:
+        sx, sxc = _moments_only(x)
+        sz = _summary(z, ddof=1)
+        szc = jnp.full((4,), jnp.nan, jnp.float32)
+    else:
+        sx, sxc = (_fields(v) for v in law_summaries(x, narrow))
+        sz, szc = _summary_pair(z)
     sh = _summary(out)
     b32 = b.astype(jnp.float32)
     stats = ForwardStats(
@@ -341,7 +358,13 @@ def _layer(net: Network, h, W, b, cz, cx, act, linear: bool, edges: HistogramEdg
 
 
 def network_loss(
-    net: Network, params, x: Array, v: Array, carriers, edges: HistogramEdges | None = None
+    net: Network,
+    params,
+    x: Array,
+    v: Array,
+    carriers,
+    edges: HistogramEdges | None = None,
+    lean: bool = False,
 ):
     """``sum(y * v)`` and the forward statistics; gradients w.r.t. ``carriers`` give the
     backward statistics. ``carriers`` is a list (per segment) of ``(k, 2, N)`` zeros, N the
@@ -355,13 +378,13 @@ def network_loss(
         if b == net.depth:
             x_last = h if b - a == 1 else None
         if b - a == 1:
-            h, st = _layer(net, h, p["W"][0], p["b"][0], c[0, 0], c[0, 1], act, linear, edges)
+            h, st = _layer(net, h, p["W"][0], p["b"][0], c[0, 0], c[0, 1], act, linear, edges, lean)
             fs.append(jax.tree.map(lambda s: s[None], st))
         else:
 
             def body(hh, xs, linear=linear):
                 W, bb, cc = xs
-                return _layer(net, hh, W, bb, cc[0], cc[1], act, linear, edges)
+                return _layer(net, hh, W, bb, cc[0], cc[1], act, linear, edges, lean)
 
             h, st = jax.lax.scan(body, h, (p["W"], p["b"], c))
             fs.append(st)
@@ -375,21 +398,31 @@ def _zero_carriers(net: Network, bins: int = 0):
 
 
 def _run(
-    net: Network, params, x: Array, v: Array, edges: HistogramEdges | None = None
+    net: Network, params, x: Array, v: Array, edges: HistogramEdges | None = None, lean=False
 ) -> tuple[ProbeStats, Array | None]:
     """One forward+backward pass: the statistics, and the output layer's input."""
     bins = 0 if edges is None else edges.gz.shape[0] - 1
     (loss, (fwd, x_last)), g = jax.value_and_grad(
-        lambda c: network_loss(net, params, x, v, c, edges), has_aux=True
+        lambda c: network_loss(net, params, x, v, c, edges, lean), has_aux=True
     )(_zero_carriers(net, bins))
-    return _stats(fwd, g, loss), x_last
+    stats = _stats(fwd, g, loss)
+    if lean:  # no tap on the layers' inputs: no statistics of dL/dx
+        nan = jnp.full_like(stats.backward.gx_lm2, jnp.nan)
+        back = stats.backward._replace(gx_lm2=nan, gx_rv=nan, gx_finite=nan)
+        stats = stats._replace(backward=back)
+    return stats, x_last
 
 
 def probe_params(
-    net: Network, params, x: Array, v: Array, edges: HistogramEdges | None = None
+    net: Network,
+    params,
+    x: Array,
+    v: Array,
+    edges: HistogramEdges | None = None,
+    lean: bool = False,
 ) -> ProbeStats:
     """Statistics of one forward+backward pass with the given weights (not jitted here)."""
-    return _run(net, params, x, v, edges)[0]
+    return _run(net, params, x, v, edges, lean)[0]
 
 
 def _stats(fwd: ForwardStats, g, loss) -> ProbeStats:
@@ -436,6 +469,7 @@ def make_probe(
     redraws: int | None = None,
     *,
     inputs: Callable[[Array], Array] | None = None,
+    lean: bool = False,
 ):
     """A jitted ``probe(keys, data=None, weight_scales=None, edges=None) -> ProbeStats``
     with a leading seed axis.
@@ -449,7 +483,12 @@ def make_probe(
     ``weight_scales[l]``: one compiled probe serves every scale of the same initializer,
     with the same draws (common random numbers). ``edges``, a :class:`HistogramEdges`
     (traced; its length is fixed at the first call), adds per-layer histograms of h and
-    dL/dz to the statistics.
+    dL/dz to the statistics. A ``lean`` probe keeps only what describes the values
+    themselves (the ``z_*``, ``h_*``, ``gz_*`` moments, zero fractions and finiteness,
+    ``x_lm2``, dphi2, the bias and the histograms) and leaves the conditional test's
+    statistics (of the inputs, the batch-centered values and dL/dx) NaN: a smaller program
+    for experiments (a 46-layer tanh probe compiled in 4.0 s instead of 5.4 s, measured
+    with both compiled in turn on a loaded machine).
 
     A narrow output layer has few units, so its forward test is weak, and in deep nets more
     seeds help little (the rows of its input become correlated). ``redraws`` extra kernels
@@ -491,7 +530,7 @@ def make_probe(
         else:
             x = _draw_inputs(kx, batch, n0, input_mean, input_std, data)
         v = jax.random.normal(kv, (batch, nl), jnp.float32)
-        stats, x_last = _run(net, params, x, v, edges)
+        stats, x_last = _run(net, params, x, v, edges, lean)
         if k_extra == 0 or x_last is None or net.output_activation:
             return stats
         b_last = params[-1]["b"][0]
