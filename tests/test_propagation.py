@@ -184,7 +184,9 @@ def test_inputs_are_checked():
     he = scheme_from_spec("he_normal")
     with pytest.raises(ValueError, match="one per layer"):
         propagate([4, 4, 4], "relu", [he])
-    with pytest.raises(ValueError, match="unknown norm"):
+    with pytest.raises(
+        ValueError, match="norm must be one of None, .batchnorm., .layernorm., got .groupnorm."
+    ):
         propagate([4, 4], "relu", he, norm="groupnorm")
     with pytest.raises(ValueError, match="at least an input and an output"):
         propagate([4], "relu", he)

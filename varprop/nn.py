@@ -78,8 +78,21 @@ __getattr__, __dir__ = lazy_attributes(__name__, _LAZY, __all__)
 
 
 if TYPE_CHECKING:  # what pyright and IDEs see; nothing is imported at run time
-    from varprop._src.nn import norm_linen as linen
     from varprop._src.core.network import jax_activation
+    from varprop._src.core.normalizers import (
+        BatchNormResult,
+        Moments,
+        batch_norm,
+        batch_stats,
+        group_norm,
+        instance_norm,
+        layer_norm,
+        momentum_from_torch,
+        momentum_to_torch,
+        normalize,
+        rms_norm,
+    )
+    from varprop._src.nn import norm_linen as linen
     from varprop._src.nn.mlp import (
         MLP,
         LinenMLP,
@@ -94,17 +107,4 @@ if TYPE_CHECKING:  # what pyright and IDEs see; nothing is imported at run time
         InstanceNorm,
         LayerNorm,
         RMSNorm,
-    )
-    from varprop._src.core.normalizers import (
-        BatchNormResult,
-        Moments,
-        batch_norm,
-        batch_stats,
-        group_norm,
-        instance_norm,
-        layer_norm,
-        momentum_from_torch,
-        momentum_to_torch,
-        normalize,
-        rms_norm,
     )

@@ -9,7 +9,6 @@ from typing import Any
 import numpy as np
 
 from varprop._src.laws.layers import classify_factor
-from varprop._src.laws.normalization import NORM_EPSILON
 from varprop._src.laws.propagation import HEALTH_TOLERANCE, geometric_factor, hidden_stack
 
 
@@ -162,11 +161,11 @@ def diagnose(rows, net, expected, pred, first_nf, first_uf, st, tol) -> list[str
     for r in rows:
         if r.verdict == "disagrees" and r.note:
             out.append(f"layer {r.layer} {r.direction}: {r.note}")
-    if net.norm == "batchnorm" and net.depth >= 2:
+    if net.norm_kind is not None and net.norm_kind.running_statistics and net.depth >= 2:
         from varprop._src.laws.normalization import eval_mode_gain
 
         q1 = float(np.exp(np.nanmean(st.forward.z_lm2[:, 0])))
-        gain = float(eval_mode_gain(0, 1, NORM_EPSILON["batchnorm"]))
+        gain = float(eval_mode_gain(0, 1, net.epsilon))
         out.append(
             "BatchNorm was checked in training mode. In eval mode with its initial running "
             f"statistics (mean 0, var 1) it multiplies by {gain:.6f}: it does not normalize, "

@@ -26,7 +26,6 @@ import jax
 import jax.numpy as jnp
 
 from varprop._src.core.network import (
-    NORM_EPSILON,  # noqa: F401  (re-exported until every importer takes it from the laws)
     Network,
     dense,
     forward,

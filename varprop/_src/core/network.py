@@ -39,14 +39,10 @@ from varprop._src.errors import InputError
 from varprop._src.initializers import Initializer
 from varprop._src.laws import activations as A
 from varprop._src.laws import symbols as S
+from varprop._src.laws.normalization import NormKind, norm_kind
 
 Array = jax.Array
 ActFn = Callable[[Array], Array]
-
-#: Normalizations the MLP can place before each hidden activation.
-NORMS = (None, "batchnorm", "layernorm")
-#: Their default epsilon (as in Flax).
-NORM_EPSILON = {"batchnorm": 1e-5, "layernorm": 1e-6}
 
 
 # -- activations ----------------------------------------------------------------------------
@@ -123,11 +119,17 @@ class Network:
         return len(self.widths) - 1
 
     @property
+    def norm_kind(self) -> NormKind | None:
+        """The normalization's record (None without one)."""
+        return norm_kind(self.norm)
+
+    @property
     def epsilon(self) -> float:
         """The epsilon of the normalization (0 without one)."""
-        if self.norm is None:
+        kind = self.norm_kind
+        if kind is None:
             return 0.0
-        return NORM_EPSILON[self.norm] if self.norm_epsilon is None else self.norm_epsilon
+        return kind.epsilon if self.norm_epsilon is None else self.norm_epsilon
 
     def is_linear(self, layer: int) -> bool:
         """Whether layer ``layer`` (0-based) has no activation (the linear output layer)."""
@@ -217,9 +219,12 @@ def make_network(
             )
         return xs
 
-    if norm not in NORMS:
+    norm_kind(norm)  # raises for an unknown norm
+    if norm is not None and output_activation:
         raise InputError(
-            f"norm must be one of {', '.join(map(str, NORMS))}, got {norm!r}", param="norm"
+            "output_activation with a norm is not supported: the norm stands before the "
+            "hidden activations only; use a linear output layer (output_activation=False)",
+            param="output_activation",
         )
     kinits = per_layer(kernel_init, "kernel_init")
     if any(k is None for k in kinits):
@@ -283,9 +288,10 @@ def dense(x: Array, W: Array, b: Array) -> Array:
 def normalize_at_init(net: Network, z: Array) -> Array:
     """Training-mode batch or layer normalization at init (scale 1, bias 0); the identity
     without a norm."""
-    if net.norm is None:
+    kind = net.norm_kind
+    if kind is None:
         return z
-    axis = 0 if net.norm == "batchnorm" else 1
+    axis = 0 if kind.over_batch else 1
     st = batch_stats(z, axis)
     return normalize(
         z,
@@ -363,7 +369,7 @@ def norm_forward(
 
     def hidden(h, xs):
         z = dense(h, xs["W"], xs["b"])
-        if net.norm == "batchnorm":
+        if net.norm_kind is not None and net.norm_kind.running_statistics:
             out = batch_norm(
                 z,
                 xs["scale"],

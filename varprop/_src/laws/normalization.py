@@ -37,6 +37,8 @@ from typing import NamedTuple
 
 import sympy as sp
 
+from varprop._src.errors import InputError
+
 # The symbols of the normalization laws live with all the others in ``symbols``;
 # they are bound here under their short names (used as the functions' defaults).
 from varprop._src.laws.symbols import (
@@ -59,9 +61,55 @@ from varprop._src.laws.symbols import (
 ExprLike = sp.Expr | int | float
 
 
+@dataclass(frozen=True)
+class NormKind:
+    """A normalization that can stand before each hidden activation, declared once.
+
+    Attributes:
+        name: how users name it (``norm="batchnorm"``).
+        over_batch: its statistics are per feature over the batch (BatchNorm) rather than
+            per example over the features (LayerNorm).
+        epsilon: the default epsilon added to the variance (Flax's).
+        running_statistics: it keeps running statistics for evaluation mode.
+    """
+
+    name: str
+    over_batch: bool
+    epsilon: float
+    running_statistics: bool
+
+    def removed_directions(self, batch: int, width: int) -> int:
+        """N in the backward factor 1 - 2/N: the size of what the statistics are over."""
+        return batch if self.over_batch else width
+
+    def __str__(self) -> str:
+        return self.name
+
+
+BATCHNORM = NormKind("batchnorm", over_batch=True, epsilon=1e-5, running_statistics=True)
+LAYERNORM = NormKind("layernorm", over_batch=False, epsilon=1e-6, running_statistics=False)
+#: Every normalization by name.
+NORM_KINDS = {k.name: k for k in (BATCHNORM, LAYERNORM)}
+#: The values a ``norm`` argument takes: a name of :data:`NORM_KINDS`, or None for none.
+NORMS = (None, *NORM_KINDS)
 #: The epsilon added to the variance by each normalization (Flax's defaults, used by the
 #: probe, the modules and the laws alike).
-NORM_EPSILON = {"batchnorm": 1e-5, "layernorm": 1e-6}
+NORM_EPSILON = {k.name: k.epsilon for k in NORM_KINDS.values()}
+
+
+def norm_kind(norm: str | NormKind | None) -> NormKind | None:
+    """The record of a ``norm`` argument (None for none).
+
+    >>> norm_kind("batchnorm").over_batch, norm_kind(None)
+    (True, None)
+    """
+    if norm is None or isinstance(norm, NormKind):
+        return norm
+    if norm not in NORM_KINDS:
+        allowed = ", ".join(repr(n) for n in NORMS)
+        raise InputError(f"norm must be one of {allowed}, got {norm!r}", param="norm")
+    return NORM_KINDS[norm]
+
 
 #: Running statistics of a freshly built BatchNorm (Flax, PyTorch and varprop alike).
 INITIAL_RUNNING_MEAN = 0

@@ -45,9 +45,10 @@ Nothing here imports JAX.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -62,15 +63,12 @@ from varprop._src.laws.layers import (
     log_largest_value,
     mean_field_fixed_point,
 )
-from varprop._src.laws.normalization import NORM_EPSILON
+from varprop._src.laws.normalization import norm_kind
 from varprop._src.laws.schemes import Scheme
 
 #: ``classify_factor``'s tolerance for the health of a network: a per-layer factor within
 #: 2 % of 1 is preserved (as is any factor whose compound effect stays within a factor 2).
 HEALTH_TOLERANCE = 0.02
-
-#: Normalizations :func:`propagate` models (before each hidden activation).
-NORMS = (None, "batchnorm", "layernorm")
 
 
 @dataclass(frozen=True)
@@ -121,7 +119,14 @@ class Propagation:
     steps: int
     forward_health: str
     backward_health: str
-    fixed_point: FixedPoint | None
+    #: What :attr:`fixed_point` is computed from, when it is first asked for.
+    _fixed_point_inputs: tuple = field(repr=False, compare=False, default=())
+
+    @functools.cached_property
+    def fixed_point(self) -> FixedPoint | None:
+        """The mean-field fixed point (see the class docstring), computed on first use:
+        at criticality its iteration is long."""
+        return _fixed_point(*self._fixed_point_inputs) if self._fixed_point_inputs else None
 
     @property
     def depth(self) -> int:
@@ -146,8 +151,7 @@ def _validate(widths, kernel, batch, norm) -> tuple[tuple[int, ...], tuple[int, 
         raise ValueError(f"need at least an input and an output width, got {list(ws)}")
     if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or batch < 1:
         raise ValueError(f"batch must be a whole number >= 1, got {batch!r}")
-    if norm not in NORMS:
-        raise ValueError(f"unknown norm {norm!r}; allowed: {NORMS}")
+    norm_kind(norm)  # raises for an unknown norm
     return tuple(int(w) for w in ws), tuple(int(k) for k in kernel)
 
 
@@ -164,6 +168,7 @@ def propagate(
     norm: str | None = None,
     output_activation: bool = False,
     kernel: Sequence[int] = (),
+    norm_epsilon: float | None = None,
 ) -> Propagation:
     r"""E[z_l^2] forward and E[(dL/dz_l)^2] backward through ``widths``, from the laws.
 
@@ -173,8 +178,8 @@ def propagate(
     centred input) and cross moment ``input_cross`` = E[x_i x_k] between units (default
     E[x]^2); only weights with a mean or BatchNorm read the last two. ``batch`` is the
     number of examples the float32 limits count values over; ``norm`` one of
-    ``"batchnorm"``, ``"layernorm"`` (before each hidden activation) or None.
-    ``output_activation=True`` applies phi to the last layer too, the loss gradient arriving
+    ``"batchnorm"``, ``"layernorm"`` (before each hidden activation) or None, with
+    ``norm_epsilon`` (default the norm's own). ``output_activation=True`` applies phi to the last layer too, the loss gradient arriving
     at h_L (g_L = E[phi'(z_L)^2]). ``kernel`` (e.g. ``(3, 3)``) makes every layer a conv:
     the widths are channel counts and the fans are multiplied by its taps (borders and
     strides are not modelled).
@@ -194,6 +199,7 @@ def propagate(
         (28, 'exploding')
     """
     ws, kernel = _validate(widths, tuple(kernel), batch, norm)
+    kind = norm_kind(norm)
     act = A.get_activation(activation) if isinstance(activation, str) else activation
     L = len(ws) - 1
     sch = _per_layer(schemes, L, "schemes")
@@ -224,12 +230,11 @@ def propagate(
             post[i] = q[i]
             break
         qa = q[i]
-        if norm is not None and i < L - 1:
-            eps = NORM_EPSILON[norm]
-            s2 = n * var[i] * v_prev if norm == "batchnorm" else q[i]
+        if kind is not None and i < L - 1:
+            eps = kind.epsilon if norm_epsilon is None else norm_epsilon
+            s2 = n * var[i] * v_prev if kind.over_batch else q[i]
             qa = s2 / (s2 + eps) if s2 > 0 else 0.0
-            n_removed = batch if norm == "batchnorm" else ws[i + 1]
-            back[i] = (1 - 2 / n_removed) / (s2 + eps)
+            back[i] = (1 - 2 / kind.removed_directions(batch, ws[i + 1])) / (s2 + eps)
         if has_mean and (norm is None or i == L - 1) and math.isfinite(q[i]):
             # z_j = c + e_j: c = E[w] sum_i x_i is shared by the units of an example,
             # e_j = sum_i (w_ij - E[w]) x_i (+ b_j) is not.
@@ -291,7 +296,7 @@ def propagate(
         steps=steps,
         forward_health=classify_factor(ff, HEALTH_TOLERANCE, steps=steps),
         backward_health=classify_factor(fb, HEALTH_TOLERANCE, steps=steps),
-        fixed_point=_fixed_point(act, q, var, mu, bias_m2, fi, norm, output_activation),
+        _fixed_point_inputs=(act, q, var, mu, bias_m2, fi, norm, output_activation),
     )
 
 

@@ -30,8 +30,6 @@ import jax.numpy as jnp
 from flax import nnx
 
 from varprop._src.core.network import (
-    NORM_EPSILON,
-    NORMS,
     Network,
     forward,
     hidden_shapes,
@@ -40,6 +38,7 @@ from varprop._src.core.network import (
     norm_forward,
 )
 from varprop._src.initializers import Initializer, he_normal, zeros
+from varprop._src.laws.normalization import NORM_EPSILON, NORMS
 from varprop._src.probe import _summary
 
 Array = jax.Array
@@ -181,7 +180,7 @@ class MLP(nnx.Module):
             shapes = hidden_shapes(self.network)
             self.norm_scales = nnx.List([nnx.Param(jnp.ones(s, param_dtype)) for s in shapes])
             self.norm_biases = nnx.List([nnx.Param(jnp.zeros(s, param_dtype)) for s in shapes])
-        if norm == "batchnorm":
+        if self.network.norm_kind is not None and self.network.norm_kind.running_statistics:
             shapes = hidden_shapes(self.network)
             self.norm_means = nnx.List([nnx.BatchStat(jnp.zeros(s, jnp.float32)) for s in shapes])
             self.norm_vars = nnx.List([nnx.BatchStat(jnp.ones(s, jnp.float32)) for s in shapes])
@@ -197,7 +196,7 @@ class MLP(nnx.Module):
             {"scale": s[...], "bias": b[...]}
             for s, b in zip(self.norm_scales, self.norm_biases, strict=True)
         ]
-        if self.norm == "batchnorm":
+        if self.network.norm_kind is not None and self.network.norm_kind.running_statistics:
             for d, m, v in zip(out, self.norm_means, self.norm_vars, strict=True):
                 d["mean"], d["var"] = m[...], v[...]
         return out
@@ -208,7 +207,8 @@ class MLP(nnx.Module):
         if self.norm is None:
             return forward(self.network, self.params_list(), x)
         ura = self.use_running_average if use_running_average is None else use_running_average
-        train = self.norm == "batchnorm" and not ura
+        kind = self.network.norm_kind
+        train = kind is not None and kind.running_statistics and not ura
         y, stats = norm_forward(
             self.network,
             self.params_list(),
@@ -293,7 +293,7 @@ class LinenMLP(linen.Module):
                     lambda _, s=shape: {"scale": jnp.ones(s, dtype), "bias": jnp.zeros(s, dtype)},
                 )
             )
-            if self.norm == "batchnorm":
+            if net.norm_kind is not None and net.norm_kind.running_statistics:
                 var = self.variable(
                     "batch_stats",
                     f"norm{i}",
@@ -307,7 +307,7 @@ class LinenMLP(linen.Module):
             norms.append(nrm)
         ura = self.use_running_average if use_running_average is None else use_running_average
         initializing = self.is_initializing()
-        train = self.norm == "batchnorm" and not ura
+        train = net.norm_kind is not None and net.norm_kind.running_statistics and not ura
         y, stats = norm_forward(
             net,
             params,
