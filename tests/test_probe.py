@@ -57,3 +57,12 @@ def test_lean_probe_keeps_the_moments_and_drops_the_test_statistics():
     for name in ("gz_lm2", "gz_rv", "gz_zero"):
         np.testing.assert_allclose(getattr(lean.backward, name), getattr(full.backward, name), 1e-6)
     assert np.all(np.isnan(lean.backward.gx_lm2)) and np.all(np.isnan(lean.forward.zc_lm2))
+
+
+def test_u_is_what_the_activation_sees():
+    # Training-mode BatchNorm at init: every hidden feature's batch variance is s^2/(s^2+eps)
+    # and its batch mean 0, so E[u^2] = 1 - eps/(s^2+eps), about 1 whatever the kernel scale.
+    net = make_network((64, 64, 64, 8), "relu", normal(1.0), norm="batchnorm")
+    st = make_probe(net, 32, redraws=0, lean=True)(KEYS, None, jnp.full((3,), 3.0))
+    np.testing.assert_allclose(np.exp(st.forward.u_lm2[:, :2]), 1.0, atol=1e-5)
+    np.testing.assert_array_equal(st.forward.u_lm2[:, 2], st.forward.z_lm2[:, 2])  # output

@@ -235,6 +235,7 @@ class ForwardStats(NamedTuple):
     z_zero: Array
     zc_lm2: Array  # log E[(z - mean_b z)^2], the batch-centered pre-activation
     zc_rv: Array
+    u_lm2: Array  # log E[u^2] of what the activation sees: the normalized z (z without a norm)
     h_lm2: Array  # log E[h^2] after the activation (= z for a linear output layer)
     h_rv: Array
     h_finite: Array
@@ -308,9 +309,10 @@ def _layer(
     z = dense(x, W, b)
     z = _tap(z, cz, narrow, None if edges is None else edges.gz)
     if linear:
-        out, dphi2 = z, jnp.float32(1.0)
+        u, out, dphi2 = z, z, jnp.float32(1.0)
     else:
-        out, dphi = jax.jvp(act, (normalize_at_init(net, z),), (jnp.ones_like(z),))
+        u = normalize_at_init(net, z)
+        out, dphi = jax.jvp(act, (u,), (jnp.ones_like(z),))
         dphi2 = jnp.mean(jnp.square(dphi.astype(jnp.float32)))
     if lean:
         sx, sxc = _moments_only(x)
@@ -343,6 +345,7 @@ def _layer(
         z_zero=_zero_fraction(z),
         zc_lm2=szc[0],
         zc_rv=szc[1],
+        u_lm2=sz[0] if u is z else log_mean_square(u.astype(jnp.float32)),
         h_lm2=sh[0],
         h_rv=sh[1],
         h_finite=sh[2],
