@@ -34,7 +34,7 @@ from varprop import laws
 from varprop._src.core.network import Network, make_network
 from varprop._src.experiments.base import Law
 from varprop._src.initializers import Initializer
-from varprop._src.probe import HistogramEdges, ProbeStats, make_probe
+from varprop._src.probe import HistogramEdges, make_probe
 
 Array = jax.Array
 
@@ -70,9 +70,9 @@ def stack(
 
 
 @functools.lru_cache(maxsize=64)
-def _cached_probe(net: Network, batch: int, inputs: Callable | None, bins: int):
+def _cached_probe(net: Network, batch: int, inputs: Callable | None, bins: int, lean: bool):
     del bins  # part of the key: a probe compiled for one histogram length
-    return make_probe(net, batch, redraws=0, inputs=inputs)
+    return make_probe(net, batch, redraws=0, inputs=inputs, lean=lean)
 
 
 def keys_for(seed: int, tag: int, n: int) -> Array:
@@ -91,8 +91,10 @@ def run_probe(
     edges: tuple[np.ndarray, np.ndarray] | None = None,
     inputs: Callable[[Array], Array] | None = None,
     data: np.ndarray | None = None,
-) -> ProbeStats:
-    """The probe's statistics of ``seeds`` independent draws, as float64 numpy arrays.
+    lean: bool = True,
+) -> Any:
+    """The probe's statistics of ``seeds`` independent draws: a
+    :class:`~varprop._src.probe.ProbeStats` of float64 numpy arrays.
 
     Args:
         net: the network (see :func:`stack`).
@@ -103,9 +105,11 @@ def run_probe(
         edges: ``(h_edges, gz_edges)`` bin edges for per-layer histograms of h and dL/dz.
         inputs: ``key -> (batch, n_0)`` input function (default standard normal).
         data: an ``(N, n_0)`` array to draw input rows from.
+        lean: the lean probe (the values' own statistics; see
+            :func:`~varprop._src.probe.make_probe`), a smaller program to compile.
     """
     bins = 0 if edges is None else len(edges[0]) - 1
-    probe = _cached_probe(net, batch, inputs, bins)
+    probe = _cached_probe(net, batch, inputs, bins, lean)
     scales = None if weight_scales is None else jnp.asarray(weight_scales, jnp.float32)
     e = None
     if edges is not None:
