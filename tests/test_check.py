@@ -107,7 +107,7 @@ def test_xavier_relu_agrees_and_vanishes_by_half():
     assert r.health["forward"]["state"] == "vanishing"
     assert r.health["forward"]["predicted_factor"] == pytest.approx(0.5, rel=1e-12)
     # The measured factor is (q_7 / q_2)^(1/5) from seed means of E[z^2]. Per seed,
-    # Var(log q_7 - log q_2) ~ 5 * sum(1/n_l) over the 5 layers between (DESIGN §3), so the
+    # Var(log q_7 - log q_2) ~ 5 * sum(1/n_l) over the 5 layers between (Hanin & Rolnick 2018), so the
     # log factor has s.d. about sqrt(5 * 5 / 128 / seeds) / 5; allow 4 of them.
     sd = math.sqrt(5 * 5 / 128 / r.seeds) / 5
     assert abs(math.log(r.health["forward"]["measured_factor"] / 0.5)) <= 4 * sd

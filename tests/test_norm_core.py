@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from varprop._src.core import example_norms as E
+from varprop._src.core import normalizers as N
 from varprop._src.laws import normalization as laws_normalization
 from varprop._src.nn import norm_linen as VL
 from varprop._src.nn import norm_nnx as VN
-from varprop._src.core import normalizers as N
 
 # Few distinct shapes: eager JAX compiles every operation once per shape, and that, not
 # the arithmetic, is what these tests spend their time on.
@@ -110,7 +111,7 @@ def test_output_dtype_rules():
     assert N.normalize(x, m.mean, m.var, jnp.ones(8), dtype=jnp.bfloat16, **kw).dtype == (
         jnp.bfloat16
     )
-    assert N.layer_norm(jnp.arange(16 * 8).reshape(X2)).dtype == jnp.float32  # ints -> float
+    assert E.layer_norm(jnp.arange(16 * 8).reshape(X2)).dtype == jnp.float32  # ints -> float
 
 
 # ---------------------------------------------------------------------------------------
@@ -234,16 +235,16 @@ def test_nnx_batchnorm_needs_a_mode():
 def test_group_norm_special_cases():
     x = normal(X4, loc=1.0)
     np.testing.assert_allclose(
-        N.group_norm(x, num_groups=1), N.layer_norm(x, reduction_axes=(1, 2, 3)), atol=1e-5
+        E.group_norm(x, num_groups=1), E.layer_norm(x, reduction_axes=(1, 2, 3)), atol=1e-5
     )
-    np.testing.assert_allclose(N.group_norm(x, num_groups=8), N.instance_norm(x), atol=1e-5)
+    np.testing.assert_allclose(E.group_norm(x, num_groups=8), E.instance_norm(x), atol=1e-5)
 
 
 def test_masked_per_example_norms_ignore_masked_values():
     x = normal(X2, loc=1.0)
     mask = jnp.arange(8)[None, :] < 5
-    y = N.layer_norm(x, mask=jnp.broadcast_to(mask, x.shape), epsilon=0.0)
-    y5 = N.layer_norm(x[:, :5], epsilon=0.0)
+    y = E.layer_norm(x, mask=jnp.broadcast_to(mask, x.shape), epsilon=0.0)
+    y5 = E.layer_norm(x[:, :5], epsilon=0.0)
     np.testing.assert_allclose(y[:, :5], y5, atol=1e-5)
 
 
@@ -297,9 +298,9 @@ def test_group_count_must_divide_features():
     with pytest.raises(ValueError, match=r"group_size=True does not divide"):
         VN.GroupNorm(8, num_groups=None, group_size=True, rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match=r"num_groups=0 does not divide"):
-        N.group_norm(x, num_groups=0)
+        E.group_norm(x, num_groups=0)
     with pytest.raises(ValueError, match="must include the last axis"):
-        N.group_norm(normal(X4), num_groups=2, reduction_axes=1)
+        E.group_norm(normal(X4), num_groups=2, reduction_axes=1)
 
 
 ALL_NNX = [VN.BatchNorm, VN.LayerNorm, VN.GroupNorm, VN.InstanceNorm, VN.RMSNorm]
@@ -320,11 +321,11 @@ def test_negative_epsilon_linen(cls):
 
 def test_negative_epsilon_core():
     x = normal(X2)
-    for fn in (N.layer_norm, N.rms_norm, N.instance_norm):
+    for fn in (E.layer_norm, E.rms_norm, E.instance_norm):
         with pytest.raises(ValueError, match="epsilon must be"):
             fn(x, epsilon=-1.0)
     with pytest.raises(ValueError, match="epsilon must be"):
-        N.group_norm(x, num_groups=2, epsilon=-1.0)
+        E.group_norm(x, num_groups=2, epsilon=-1.0)
     with pytest.raises(ValueError, match="epsilon must be"):
         N.batch_norm(x, None, None, jnp.zeros(8), jnp.ones(8), train=True, epsilon=-1.0)
     with pytest.raises(ValueError, match="epsilon must be"):
@@ -354,7 +355,7 @@ def test_other_bad_options():
     with pytest.raises(ValueError, match=r"running_var_mode must be one of"):
         VL.BatchNorm(running_var_mode="bessel")
     with pytest.raises(ValueError, match="cannot include axis 0"):
-        N.instance_norm(normal(X2), feature_axes=0)
+        E.instance_norm(normal(X2), feature_axes=0)
     with pytest.raises(ValueError, match="num_features must be a positive int"):
         VN.LayerNorm(0, rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="only real inputs"):
@@ -395,10 +396,10 @@ def _core_fns(**kw):
         "batch_norm": lambda x: (
             N.batch_norm(x, None, b, jnp.zeros(8), jnp.ones(8), train=True, **kw).y
         ),
-        "layer_norm": lambda x: N.layer_norm(x, None, b, **kw),
-        "rms_norm": lambda x: N.rms_norm(x, None, **kw) + 0.5,
-        "group_norm": lambda x: N.group_norm(x, None, b, num_groups=2, **kw),
-        "instance_norm": lambda x: N.instance_norm(x[:, None, :], None, b, **kw)[:, 0, :],
+        "layer_norm": lambda x: E.layer_norm(x, None, b, **kw),
+        "rms_norm": lambda x: E.rms_norm(x, None, **kw) + 0.5,
+        "group_norm": lambda x: E.group_norm(x, None, b, num_groups=2, **kw),
+        "instance_norm": lambda x: E.instance_norm(x[:, None, :], None, b, **kw)[:, 0, :],
     }
 
 
@@ -445,7 +446,7 @@ def test_all_false_mask_under_jit_is_defined():
     np.testing.assert_array_equal(np.asarray(out.y), 0.5)
     np.testing.assert_array_equal(np.asarray(out.running_mean), 0.25)
     np.testing.assert_array_equal(np.asarray(out.running_var), 2.0)
-    ln = jax.jit(lambda x, m: N.layer_norm(x, None, b, mask=m))(x, jnp.zeros(X2, bool))
+    ln = jax.jit(lambda x, m: E.layer_norm(x, None, b, mask=m))(x, jnp.zeros(X2, bool))
     np.testing.assert_array_equal(np.asarray(ln), 0.5)
 
 

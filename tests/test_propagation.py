@@ -185,7 +185,7 @@ def test_inputs_are_checked():
     with pytest.raises(ValueError, match="one per layer"):
         propagate([4, 4, 4], "relu", [he])
     with pytest.raises(
-        ValueError, match="norm must be one of None, .batchnorm., .layernorm., got .groupnorm."
+        ValueError, match=r"norm must be one of None, .batchnorm., .layernorm., got .groupnorm."
     ):
         propagate([4, 4], "relu", he, norm="groupnorm")
     with pytest.raises(ValueError, match="at least an input and an output"):

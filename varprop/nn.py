@@ -24,12 +24,12 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "batch_stats": ("varprop._src.core.normalizers", "batch_stats"),
     "BatchNorm": ("varprop._src.nn.norm_nnx", "BatchNorm"),
     "BatchNormResult": ("varprop._src.core.normalizers", "BatchNormResult"),
-    "group_norm": ("varprop._src.core.normalizers", "group_norm"),
+    "group_norm": ("varprop._src.core.example_norms", "group_norm"),
     "GroupNorm": ("varprop._src.nn.norm_nnx", "GroupNorm"),
-    "instance_norm": ("varprop._src.core.normalizers", "instance_norm"),
+    "instance_norm": ("varprop._src.core.example_norms", "instance_norm"),
     "InstanceNorm": ("varprop._src.nn.norm_nnx", "InstanceNorm"),
     "jax_activation": ("varprop._src.core.network", "jax_activation"),
-    "layer_norm": ("varprop._src.core.normalizers", "layer_norm"),
+    "layer_norm": ("varprop._src.core.example_norms", "layer_norm"),
     "LayerNorm": ("varprop._src.nn.norm_nnx", "LayerNorm"),
     "linen": ("varprop._src.nn.norm_linen", None),
     "linen_probe_statistics": ("varprop._src.nn.mlp", "linen_probe_statistics"),
@@ -42,7 +42,7 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "normalize": ("varprop._src.core.normalizers", "normalize"),
     "Probe": ("varprop._src.nn.mlp", "Probe"),
     "probe_statistics": ("varprop._src.nn.mlp", "probe_statistics"),
-    "rms_norm": ("varprop._src.core.normalizers", "rms_norm"),
+    "rms_norm": ("varprop._src.core.example_norms", "rms_norm"),
     "RMSNorm": ("varprop._src.nn.norm_nnx", "RMSNorm"),
 }
 
@@ -78,19 +78,16 @@ __getattr__, __dir__ = lazy_attributes(__name__, _LAZY, __all__)
 
 
 if TYPE_CHECKING:  # what pyright and IDEs see; nothing is imported at run time
+    from varprop._src.core.example_norms import group_norm, instance_norm, layer_norm, rms_norm
     from varprop._src.core.network import jax_activation
     from varprop._src.core.normalizers import (
         BatchNormResult,
         Moments,
         batch_norm,
         batch_stats,
-        group_norm,
-        instance_norm,
-        layer_norm,
         momentum_from_torch,
         momentum_to_torch,
         normalize,
-        rms_norm,
     )
     from varprop._src.nn import norm_linen as linen
     from varprop._src.nn.mlp import (

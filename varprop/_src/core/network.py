@@ -34,7 +34,8 @@ import jax.numpy as jnp
 import numpy as np
 import sympy as sp
 
-from varprop._src.core.normalizers import batch_norm, batch_stats, layer_norm, normalize
+from varprop._src.core.example_norms import layer_norm
+from varprop._src.core.normalizers import batch_norm, batch_stats, normalize
 from varprop._src.errors import InputError
 from varprop._src.initializers import Initializer
 from varprop._src.laws import activations as A

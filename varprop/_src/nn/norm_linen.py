@@ -33,6 +33,7 @@ import jax
 import jax.numpy as jnp
 from jax.nn.initializers import Initializer, ones, zeros
 
+from varprop._src.core import example_norms as E
 from varprop._src.core import norm_checks as C
 from varprop._src.core import normalizers as N
 
@@ -229,7 +230,7 @@ class LayerNorm(nn.Module):
         x = jnp.asarray(x)
         fshape = _feature_shape(x, self.feature_axes)
         scale, bias = _affine(self, fshape)
-        return N.layer_norm(
+        return E.layer_norm(
             x,
             scale,
             bias,
@@ -275,7 +276,7 @@ class RMSNorm(nn.Module):
         x = jnp.asarray(x)
         fshape = _feature_shape(x, self.feature_axes)
         scale, _ = _affine(self, fshape)
-        return N.rms_norm(
+        return E.rms_norm(
             x,
             scale,
             epsilon=self.epsilon,
@@ -327,7 +328,7 @@ class GroupNorm(nn.Module):
         channels = x.shape[-1]
         num_groups = C.resolve_num_groups(channels, self.num_groups, self.group_size)
         scale, bias = _affine(self, (channels,))
-        return N.group_norm(
+        return E.group_norm(
             x,
             scale,
             bias,
@@ -375,7 +376,7 @@ class InstanceNorm(nn.Module):
         x = jnp.asarray(x)
         fshape = _feature_shape(x, self.feature_axes)
         scale, bias = _affine(self, fshape)
-        return N.instance_norm(
+        return E.instance_norm(
             x,
             scale,
             bias,

@@ -42,6 +42,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.nn.initializers import Initializer, ones, zeros
 
+from varprop._src.core import example_norms as E
 from varprop._src.core import norm_checks as C
 from varprop._src.core import normalizers as N
 
@@ -320,7 +321,7 @@ class LayerNorm(_Norm):
     def __call__(self, x: jax.Array, *, mask: jax.Array | None = None) -> jax.Array:
         x = jnp.asarray(x)
         _check_features("LayerNorm", self.num_features, x, self.feature_axes)
-        return N.layer_norm(
+        return E.layer_norm(
             x,
             _value(self.scale),
             _value(self.bias),
@@ -377,7 +378,7 @@ class RMSNorm(_Norm):
     def __call__(self, x: jax.Array, *, mask: jax.Array | None = None) -> jax.Array:
         x = jnp.asarray(x)
         _check_features("RMSNorm", self.num_features, x, self.feature_axes)
-        return N.rms_norm(
+        return E.rms_norm(
             x,
             _value(self.scale),
             epsilon=self.epsilon,
@@ -441,7 +442,7 @@ class GroupNorm(_Norm):
     def __call__(self, x: jax.Array, *, mask: jax.Array | None = None) -> jax.Array:
         x = jnp.asarray(x)
         _check_features("GroupNorm", self.num_features, x, -1)
-        return N.group_norm(
+        return E.group_norm(
             x,
             _value(self.scale),
             _value(self.bias),
@@ -501,7 +502,7 @@ class InstanceNorm(_Norm):
     def __call__(self, x: jax.Array, *, mask: jax.Array | None = None) -> jax.Array:
         x = jnp.asarray(x)
         _check_features("InstanceNorm", self.num_features, x, self.feature_axes)
-        return N.instance_norm(
+        return E.instance_norm(
             x,
             _value(self.scale),
             _value(self.bias),
