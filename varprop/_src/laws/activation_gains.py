@@ -35,6 +35,7 @@ import sympy as sp
 from varprop._src.laws import symbols as S
 from varprop._src.laws.activation_moments import activation_moments, moment_expressions
 from varprop._src.laws.activations import Activation, exact_decimal, get_activation
+from varprop._src.laws.layers import mean_field_fixed_point
 
 __all__ = [
     "CONVENTIONAL_GAINS",
@@ -108,16 +109,10 @@ def conventional_gain(act: str | Activation) -> float | None:
 
 
 def _fixed_point(act: Activation, g: float) -> float | None:
-    """q* of q -> g^2 E[phi(sqrt q z)^2] from q = 1 (None if it leaves (1e-8, 1e8))."""
-    q = 1.0
-    for _ in range(2000):
-        new = g * g * activation_moments(act, q).second_moment
-        if not (1e-8 < new < 1e8):
-            return None
-        if abs(new - q) <= 1e-12 * q:
-            return new
-        q = new
-    return q
+    """q* of q -> g^2 E[phi(sqrt q z)^2] from q = 1 (:func:`mean_field_fixed_point`; None
+    if it ends outside (1e-8, 1e8))."""
+    q = mean_field_fixed_point(act, g * g, max_iter=2000).q_star
+    return q if 1e-8 < q < 1e8 else None
 
 
 def gain_comparison(act: str | Activation) -> str:
