@@ -5,7 +5,6 @@ functions are written with NumPy/SciPy independently of the SymPy expressions un
 """
 
 import ast
-import doctest
 import math
 import pathlib
 
@@ -517,9 +516,3 @@ def test_module_never_imports_jax(module):
         elif isinstance(node, ast.ImportFrom):
             mods.add((node.module or "").split(".")[0])
     assert not mods & {"jax", "jaxlib", "flax", "optax"}, mods
-
-
-@pytest.mark.parametrize("module", _MODULES, ids=lambda m: m.__name__.rsplit(".", 1)[-1])
-def test_docstring_examples(module):
-    result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
-    assert result.attempted >= 1 and result.failed == 0

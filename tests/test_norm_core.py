@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import doctest
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -366,18 +364,6 @@ def test_linen_merge_param_still_requires_a_mode():
     with pytest.raises(Exception, match="use_running_average"):
         VL.BatchNorm().init(jax.random.key(0), normal(X2))
     assert isinstance(VL.BatchNorm(), nn.Module)
-
-
-# ---------------------------------------------------------------------------------------
-# Docstring examples run
-# ---------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("module", [N, VN, VL, laws_normalization])
-def test_docstring_examples(module):
-    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
-    assert result.attempted > 0
-    assert result.failed == 0
 
 
 # ---------------------------------------------------------------------------------------

@@ -382,14 +382,6 @@ def test_unwritable_out_is_refused_whoever_runs_the_tests(fakes, tmp_path, monke
     assert fakes.calls == []
 
 
-@pytest.mark.parametrize("module", [R, base])
-def test_docstring_examples(module):
-    import doctest
-
-    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
-    assert result.attempted >= 1 and result.failed == 0
-
-
 def test_out_dot_keeps_everything_else(fakes, tmp_path, monkeypatch):
     """``--out .`` in a directory of the user's: only report.html, report.md, figures/."""
     name = fakes.add("fake_ok")
