@@ -1,115 +1,64 @@
-r"""Experiment 12: standardizing data with the training split's statistics; and what every
-training experiment shares: that split (:func:`standardized`) and SGD (:func:`sgd`).
+r"""Experiment 12: standardizing data with the training split's statistics.
 
 fast.ai, "Deep learning from the foundations" (lesson 8): subtract the training mean
-:math:`\mu_t` and divide by the training std :math:`\sigma_t` in *both* splits, so they live
-on one scale. The training split then has mean 0 and std 1 exactly (up to float rounding),
-the validation split only approximately. With images as the sampling unit (pixels of one
-image are correlated), per-image means :math:`m_i` with spread :math:`s_m` and a random split
-into :math:`n_t + n_v` images give
+:math:`\mu_t` and divide by the training std :math:`\sigma_t` in *both* splits. The training
+split then has mean 0 and std 1 exactly (up to rounding), the validation split only
+approximately: with images as the sampling unit (pixels of one image are correlated),
+per-image means with spread :math:`s_m` and a random split into :math:`n_t + n_v` images give
 
 .. math:: \mathrm{SE}(\bar x_v) = \frac{s_m}{\sigma_t}\sqrt{\frac1{n_t} + \frac1{n_v}},
           \qquad
           \mathrm{SE}(\mathrm{sd}_v) \approx \frac{s_{2}}{2}\sqrt{\frac1{n_t} + \frac1{n_v}}
 
 (:math:`s_2` the spread of the per-image mean of the standardized :math:`x^2`; delta method),
-checked over many random splits. "Close to 0 / 1" is tested with
-:func:`varprop._src.data.near` and a tolerance of 4 standard errors.
-
-What goes wrong otherwise, measured with a linear classifier (a one-layer
-:mod:`varprop._src.core.network`) fitted on the standardized training split: the validation
-split standardized with its *own* statistics (the same pixel then means something else in
-each split; drastic for small or shifted batches, e.g. a batch of one digit class), or not
-standardized at all (the inputs the model sees are shifted and rescaled). Statistics of
-train + validation together leak the validation set into the preprocessing, by an amount of
-the order of the standard error above.
+checked over many random splits; "close to 0 / 1" is :func:`varprop._src.data.near` within 4
+standard errors. What goes wrong otherwise, measured with a linear classifier (a one-layer
+:mod:`varprop._src.core.network`): the validation split standardized with its *own*
+statistics (drastic for small or shifted batches, e.g. one digit class), or not at all.
+Statistics of train + validation together leak the validation set into the preprocessing,
+by about one standard error.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import sympy as sp
 from scipy import stats as sstats
 
 from varprop import initializers as I
 from varprop._src.core.network import forward, init_params, make_network
-from varprop._src.data import Dataset, Split, load_classification, near, standardize_split
-from varprop._src.experiments import base
-from varprop._src.experiments.measure import law
+from varprop._src.data import near
+from varprop._src.experiments import base, measure
+from varprop._src.experiments.measure import cross_entropy, figure, law, sgd, standardized
 
-#: Fraction of the data held out for validation in every training experiment.
-VALID_FRACTION = 0.2
-
-
-def standardized(cfg: base.RunConfig) -> tuple[Dataset, Split]:
-    """The classification data of ``cfg`` and its split, both parts standardized with the
-    training part's mean and std (key ``cfg.seed``)."""
-    ds = load_classification(cfg.data_dir)
-    return ds, standardize_split(ds.x, ds.y, VALID_FRACTION, seed=cfg.seed)
+TITLE = "Standardizing data with the training split's statistics"
 
 
-def sgd(loss: Callable, lr: float, momentum: float = 0.9):
-    """``(init, run)`` for SGD with momentum (optax): ``run((params, init(params)), batches)``
-    takes one step per batch in a jitted ``lax.scan`` and returns the new ``(params, state)``
-    and each step's record; ``loss(params, batch) -> (value, record)``.
-
-    Example:
-        >>> import jax.numpy as jnp
-        >>> init, run = sgd(lambda p, b: (jnp.sum((p - b) ** 2), p), lr=0.25, momentum=0.0)
-        >>> p0 = jnp.zeros(2)
-        >>> (p, _), seen = run((p0, init(p0)), jnp.ones((3, 2)))   # halfway to 1 per step
-        >>> p.tolist(), seen[:, 0].tolist()
-        ([0.875, 0.875], [0.0, 0.5, 0.75])
-    """
-    opt = optax.sgd(lr, momentum=momentum)
-
-    def step(carry, batch):
-        p, s = carry
-        (_, record), g = jax.value_and_grad(loss, has_aux=True)(p, batch)
-        u, s = opt.update(g, s, p)
-        return (optax.apply_updates(p, u), s), record
-
-    return opt.init, jax.jit(lambda carry, batches: jax.lax.scan(step, carry, batches))
-
-
-def cross_entropy(logits: jax.Array, y: jax.Array) -> jax.Array:
-    """Mean softmax cross-entropy of integer labels."""
-    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-
-
-@base.experiment(
-    "data_standardization", "Standardizing data with the training split's statistics", 12
-)
+@base.experiment("data_standardization", TITLE, 12)
 def run_data_standardization(cfg: base.RunConfig) -> base.ExperimentResult:
     """Standardize the validation split with the *training* split's mean and std (see the
     module docstring for the law)."""
     ds, split = standardized(cfg)
     n_t, n_v = len(split.x_train), len(split.x_valid)
     mu_t, sd_t = split.mean, split.std
-    xt64 = split.x_train.astype(np.float64)
-    xv64 = split.x_valid.astype(np.float64)
-    train_mean, train_std = float(xt64.mean()), float(xt64.std())
-    valid_mean, valid_std = float(xv64.mean()), float(xv64.std())
+    xt64, xv64 = split.x_train.astype(np.float64), split.x_valid.astype(np.float64)
+    (train_mean, train_std), (valid_mean, valid_std) = ((x.mean(), x.std()) for x in (xt64, xv64))
 
-    # -- the law: standard errors with images as the sampling unit -------------------------
+    # -- the law: standard errors with images as the sampling unit
     s_m, s_2, sig, nt, nv = sp.symbols("s_m s_2 sigma_t n_t n_v", positive=True)
-    se_mean_expr = s_m / sig * sp.sqrt(1 / nt + 1 / nv)
-    se_std_expr = s_2 / 2 * sp.sqrt(1 / nt + 1 / nv)
+    se_exprs = (s_m / sig * sp.sqrt(1 / nt + 1 / nv), s_2 / 2 * sp.sqrt(1 / nt + 1 / nv))
     x_all = ds.x.astype(np.float64)
     m_img = x_all.mean(axis=1)  # per-image means (raw)
     s_img = np.square((x_all - mu_t) / sd_t).mean(axis=1)  # per-image mean of standardized x^2
     subs = {s_m: m_img.std(ddof=1), s_2: s_img.std(ddof=1), sig: sd_t, nt: n_t, nv: n_v}
-    se_mean = float(se_mean_expr.subs(subs))
-    se_std = float(se_std_expr.subs(subs))
+    se_mean, se_std = (float(e.subs(subs)) for e in se_exprs)
     naive_se = float(xt64.std() / math.sqrt(n_t * xt64.shape[1]))
 
-    # -- many random splits: the spread of the validation mean and std ----------------------
+    # -- many random splits: the spread of the validation mean and std
     reps = 200 if cfg.quick else 1000
     rng = np.random.default_rng(cfg.seed + 1)
     raw_s2 = np.square(x_all).mean(axis=1)
@@ -121,9 +70,8 @@ def run_data_standardization(cfg: base.RunConfig) -> base.ExperimentResult:
         v_means[r], v_stds[r] = (mv - mt) / st, math.sqrt(raw_s2[vi].mean() - mv**2) / st
     sd_vm, sd_vs = float(v_means.std(ddof=1)), float(v_stds.std(ddof=1))
 
-    # -- what goes wrong: one classifier, five ways to prepare the validation inputs -------
-    # Softmax regression: a one-layer network, full-batch SGD + momentum with a small L2
-    # penalty (optax.adam breaks strict dtype promotion).
+    # -- what goes wrong: one classifier (softmax regression, full-batch SGD + momentum with a
+    # small L2 penalty), five ways to prepare the validation inputs
     steps = 300 if cfg.quick else 1000
     net = make_network((split.x_train.shape[1], ds.n_classes), "linear", I.normal(0.01))
     xt, yt = jnp.asarray(split.x_train), jnp.asarray(split.y_train)
@@ -135,34 +83,35 @@ def run_data_standardization(cfg: base.RunConfig) -> base.ExperimentResult:
     init, fit = sgd(penalized, 0.05)
     p0 = init_params(net, jax.random.key(cfg.seed))
     (clf, _), _ = fit((p0, init(p0)), jnp.arange(steps))
-
     raw_v = (xv64 * sd_t + mu_t).astype(np.float32)
-    own = ((raw_v - raw_v.mean()) / raw_v.std()).astype(np.float32)
     by_class = np.empty_like(raw_v)
     for c in range(ds.n_classes):  # a batch that holds one class only, standardized by itself
         blk = raw_v[split.y_valid == c]
         by_class[split.y_valid == c] = (blk - blk.mean()) / blk.std()
-    per_image = (raw_v - raw_v.mean(axis=1, keepdims=True)) / raw_v.std(axis=1, keepdims=True)
-    # How far each one-class batch's own standardization moves its inputs, in training stds:
-    # the offset of the class mean that the model was trained to see, erased.
+    # the offset of each class mean (training stds) that its own standardization erases
     class_shift = np.array([abs(xv64[split.y_valid == c].mean()) for c in range(ds.n_classes)])
     variants = {
         "training split's mean/std": split.x_valid,
-        "validation's own mean/std": own,
+        "validation's own mean/std": (raw_v - raw_v.mean()) / raw_v.std(),
         "own mean/std per one-class batch": by_class,
-        "own mean/std per image": per_image.astype(np.float32),
+        "own mean/std per image": (raw_v - raw_v.mean(1, keepdims=True))
+        / raw_v.std(1, keepdims=True),
         "not standardized": raw_v,
     }
-    y_valid = jnp.asarray(split.y_valid)
-    logits = {k: forward(net, clf, jnp.asarray(v)) for k, v in variants.items()}
+    logits = {k: forward(net, clf, jnp.asarray(v, jnp.float32)) for k, v in variants.items()}
     pred = {k: np.asarray(jnp.argmax(z, axis=-1)) for k, z in logits.items()}
+    y_valid = jnp.asarray(split.y_valid)
     score = {
         k: (float(cross_entropy(z, y_valid)), float(np.mean(pred[k] == split.y_valid)))
         for k, z in logits.items()
     }
-    right = score["training split's mean/std"]
+    right, unstd = score["training split's mean/std"], score["not standardized"]
     leak = (float(x_all.mean()) - mu_t) / sd_t
-
+    drop_raw, own_acc = right[1] - unstd[1], score["validation's own mean/std"][1]
+    class_flips, image_flips = (
+        int(np.sum(pred[k] != pred["training split's mean/std"]))
+        for k in ("own mean/std per one-class batch", "own mean/std per image")
+    )
     tol_mean, tol_std = 4.0 * se_mean, 4.0 * se_std
     rows = [
         base.Row(
@@ -203,17 +152,11 @@ def run_data_standardization(cfg: base.RunConfig) -> base.ExperimentResult:
             f"{class_shift.max():.3f}",
             f"class means range {class_shift.min():.3f} .. {class_shift.max():.3f} in |.|",
         ),
-    ] + [
-        base.Row(f"validation loss / accuracy, {k}", "", f"{s[0]:.3f} / {s[1]:.3f}")
-        for k, s in score.items()
+        *(
+            base.Row(f"validation loss / accuracy, {k}", "", f"{s[0]:.3f} / {s[1]:.3f}")
+            for k, s in score.items()
+        ),
     ]
-    unstd = score["not standardized"]
-    drop_raw = right[1] - unstd[1]
-    own_acc = score["validation's own mean/std"][1]
-    class_flips, image_flips = (
-        int(np.sum(pred[k] != pred["training split's mean/std"]))
-        for k in ("own mean/std per one-class batch", "own mean/std per image")
-    )
     claims = [
         base.Claim(
             "Standardized with its own mean and std, the training split has mean 0 and std 1 "
@@ -243,26 +186,23 @@ def run_data_standardization(cfg: base.RunConfig) -> base.ExperimentResult:
             "unstandardized inputs cost loss and accuracy, and batches standardized by their "
             "own statistics get inputs (and predictions) that depend on the batch",
             unstd[0] >= 1.5 * right[0] and drop_raw >= 0.01 and class_flips + image_flips > 0,
-            f"validation loss / accuracy {right[0]:.3f} / {right[1]:.3f} with the training "
-            f"statistics vs {unstd[0]:.3f} / {unstd[1]:.3f} unstandardized (loss >= 1.5x, "
-            f"accuracy -{drop_raw:.3f} >= 0.01); one-class batches standardized by themselves "
-            f"move by up to {class_shift.max():.3f} training stds and {class_flips} of {n_v} "
-            f"predictions change ({image_flips} when each image is standardized by itself); "
-            f"the whole validation split's own statistics give {own_acc:.3f} (same "
-            "distribution as training: nearly harmless here)",
+            f"loss / accuracy {right[0]:.3f} / {right[1]:.3f} with the training statistics vs "
+            f"{unstd[0]:.3f} / {unstd[1]:.3f} unstandardized (loss >= 1.5x, accuracy -"
+            f"{drop_raw:.3f} >= 0.01); {class_flips} of {n_v} predictions change with one-class "
+            f"batches standardized by themselves, {image_flips} per image; the split's own "
+            f"statistics give {own_acc:.3f} (same distribution: nearly harmless here)",
         ),
     ]
 
-    # -- figure ------------------------------------------------------------------------------
     fig, ax = base.new_figure(ncols=3, width=4.4)
-    pm_t, pm_v = xt64.mean(axis=0), xv64.mean(axis=0)
-    ps_t, ps_v = xt64.std(axis=0), xv64.std(axis=0)
-    bins_m = np.linspace(min(pm_t.min(), pm_v.min()), max(pm_t.max(), pm_v.max()), 40)
-    bins_s = np.linspace(0, max(ps_t.max(), ps_v.max()), 40)
-    for a, (t, v), bins, what, labels in (
-        (ax[0, 0], (pm_t, pm_v), bins_m, "mean", (f"train ({n_t})", f"valid ({n_v})")),
-        (ax[0, 1], (ps_t, ps_v), bins_s, "std", ("train", "valid")),
+    pixel_means, pixel_stds = (
+        np.stack([f(xt64, axis=0), f(xv64, axis=0)]) for f in (np.mean, np.std)
+    )
+    for a, (t, v), what, lo, labels in (
+        (ax[0, 0], pixel_means, "mean", pixel_means.min(), (f"train ({n_t})", f"valid ({n_v})")),
+        (ax[0, 1], pixel_stds, "std", 0, ("train", "valid")),
     ):
+        bins = np.linspace(lo, max(t.max(), v.max()), 40)
         a.hist(t, bins=bins, alpha=0.6, label=labels[0])
         a.hist(v, bins=bins, histtype="step", lw=1.5, color="k", label=labels[1])
         a.set(
@@ -270,15 +210,13 @@ def run_data_standardization(cfg: base.RunConfig) -> base.ExperimentResult:
         )
     ax[0, 2].hist(v_means, bins=30, density=True, alpha=0.6, label=f"{reps} random splits")
     grid = np.linspace(v_means.min(), v_means.max(), 200)
-    normal = sstats.norm.pdf(grid, scale=se_mean)
-    ax[0, 2].plot(grid, normal, "k-", label=f"N(0, s.e.^2), s.e. = {se_mean:.4f}")
+    pdf = sstats.norm.pdf(grid, scale=se_mean)
+    ax[0, 2].plot(grid, pdf, "k-", label=f"N(0, s.e.^2), s.e. = {se_mean:.4f}")
     ax[0, 2].axvline(valid_mean, color="tab:red", ls="--", label=f"this split {valid_mean:+.1e}")
     ax[0, 2].set(
         xlabel="validation mean (train-standardized)", ylabel="density", title="sampling error"
     )
-    for a in ax[0]:
-        a.legend(fontsize=7)
-    fig_main = base.Figure(
+    fig_main = figure(
         "data_standardization",
         f"{ds.source} standardized with the training split's mean and std. Left and middle: "
         "histograms of the per-pixel means and stds of the training (filled) and validation "
@@ -286,11 +224,11 @@ def run_data_standardization(cfg: base.RunConfig) -> base.ExperimentResult:
         f"validation split's overall mean over {reps} random splits against the normal law "
         "with the predicted standard error (images as the sampling unit); the dashed line is "
         "the split used here.",
-        base.figure_png(fig),
+        fig,
     )
     return base.ExperimentResult(
         name="data_standardization",
-        title="Standardizing data with the training split's statistics",
+        title=TITLE,
         summary=(
             f"Standardized with the training split's mean ({mu_t:.4f}) and std ({sd_t:.4f}), "
             f"the training split has mean {train_mean:.1e} and std {train_std:.6f}; the "
@@ -303,15 +241,15 @@ def run_data_standardization(cfg: base.RunConfig) -> base.ExperimentResult:
             "standardized by itself."
         ),
         laws=[
-            law("standard error of the validation mean", se_mean_expr),
-            law("standard error of the validation std (delta method)", se_std_expr),
+            law("standard error of the validation mean", se_exprs[0]),
+            law("standard error of the validation std (delta method)", se_exprs[1]),
         ],
         rows=rows,
         claims=claims,
         figures=[fig_main],
         notes=[
             f"Data: {ds.note}.",
-            f"Split {n_t} / {n_v} (validation fraction {VALID_FRACTION}), key {cfg.seed}; scalar "
+            f"Split {n_t} / {n_v} (validation fraction {measure.VALID_FRACTION}), key {cfg.seed}; scalar "
             "mean and std over all pixels, as in the fast.ai lesson.",
             f"Classifier: softmax regression, {steps} full-batch SGD + momentum steps on the "
             "standardized training split.",
@@ -319,15 +257,8 @@ def run_data_standardization(cfg: base.RunConfig) -> base.ExperimentResult:
         data={
             "train_mean_std": np.array([train_mean, train_std]),
             "valid_mean_std": np.array([valid_mean, valid_std]),
-            "standard_errors": np.array([se_mean, se_std]),
             "split_valid_means": v_means,
-            "split_valid_stds": v_stds,
-            "pixel_means": np.stack([pm_t, pm_v]),
-            "pixel_stds": np.stack([ps_t, ps_v]),
-            "accuracy": np.array([s[1] for s in score.values()]),
-            "loss": np.array([s[0] for s in score.values()]),
             "variants": np.array(list(score)),
-            "class_mean_shift": class_shift,
-            "prediction_changes": np.array([class_flips, image_flips]),
+            "accuracy": np.array([s[1] for s in score.values()]),
         },
     )

@@ -27,12 +27,14 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import sympy as sp
 from scipy import stats as sstats
 
 from varprop import laws
 from varprop._src.core.network import Network, make_network
-from varprop._src.experiments.base import Law
+from varprop._src.data import Dataset, Split, load_classification, standardize_split
+from varprop._src.experiments.base import Figure, Law, RunConfig, figure_png
 from varprop._src.initializers import Initializer
 from varprop._src.probe import HistogramEdges, make_probe
 
@@ -141,3 +143,51 @@ def profile_agrees(
     t = t_crit(log_measured.shape[0], log_measured.shape[1], alpha)
     ok = bool(np.all(np.abs(mean - lp) <= t * np.maximum(se, 1e-12)))
     return ok, float(np.max(np.abs(np.exp(mean - lp) - 1)))
+
+
+#: Fraction of the data held out for validation in every training experiment.
+VALID_FRACTION = 0.2
+
+
+def standardized(cfg: RunConfig) -> tuple[Dataset, Split]:
+    """The classification data of ``cfg`` and its split, both parts standardized with the
+    training part's mean and std (key ``cfg.seed``)."""
+    ds = load_classification(cfg.data_dir)
+    return ds, standardize_split(ds.x, ds.y, VALID_FRACTION, seed=cfg.seed)
+
+
+def sgd(loss: Callable, lr: float, momentum: float = 0.9):
+    """``(init, run)`` for SGD with momentum (optax): ``run((params, init(params)), batches)``
+    takes one step per batch in a jitted ``lax.scan`` and returns the new ``(params, state)``
+    and each step's record; ``loss(params, batch) -> (value, record)``.
+
+    Example:
+        >>> init, run = sgd(lambda p, b: (jnp.sum((p - b) ** 2), p), lr=0.25, momentum=0.0)
+        >>> p0 = jnp.zeros(2)
+        >>> (p, _), seen = run((p0, init(p0)), jnp.ones((3, 2)))   # halfway to 1 per step
+        >>> p.tolist(), seen[:, 0].tolist()
+        ([0.875, 0.875], [0.0, 0.5, 0.75])
+    """
+    opt = optax.sgd(lr, momentum=momentum)
+
+    def step(carry, batch):
+        p, s = carry
+        (_, record), g = jax.value_and_grad(loss, has_aux=True)(p, batch)
+        u, s = opt.update(g, s, p)
+        return (optax.apply_updates(p, u), s), record
+
+    return opt.init, jax.jit(lambda carry, batches: jax.lax.scan(step, carry, batches))
+
+
+def cross_entropy(logits: Array, y: Array) -> Array:
+    """Mean softmax cross-entropy of integer labels."""
+    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+
+def figure(name: str, caption: str, fig: Any) -> Figure:
+    """A report :class:`Figure` of a matplotlib figure: a legend (font size 7) on each of its
+    axes that has labelled artists, then the PNG (the figure is closed)."""
+    for ax in fig.axes:
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    return Figure(name, caption, figure_png(fig))
