@@ -54,24 +54,21 @@ def run_deep_training(cfg: base.RunConfig) -> base.ExperimentResult:
     steps, chunk = (300, 60) if cfg.quick else (1200, 100)
     ds, split = standardized(cfg)
     d_in = split.x_train.shape[1]
-    inits = {"He": I.he_normal(), "Xavier": I.xavier_fan_in_normal()}
-    names, he, xa = list(inits), 0, 1
+    names, inits, he, xa = ("He", "Xavier"), (I.he_normal(), I.xavier_fan_in_normal()), 0, 1
     widths = (d_in,) + (width,) * (DEPTH - 1) + (ds.n_classes,)
-    nets = [make_network(widths, "relu", v) for v in inits.values()]
+    nets = [make_network(widths, "relu", v) for v in inits]
     net = nets[he]  # the forward pass reads no initializer: one program runs both
 
     # -- the law: one layer in SymPy, the 30 layers by laws.propagate
-    relu_factor = [laws.layer_factors(v.scheme, "relu").forward_square for v in inits.values()]
-    first = [cast(sp.Expr, laws.forward_law(v.scheme).rhs) for v in inits.values()]
+    relu_factor = [laws.layer_factors(v.scheme, "relu").forward_square for v in inits]
+    first = [cast(sp.Expr, laws.forward_law(v.scheme).rhs) for v in inits]
     r, (l_sym, big_l) = relu_factor[xa] / relu_factor[he], sp.symbols("l L", positive=True)
     fwd_ratio = sp.simplify(
         (first[xa] / first[he]).subs(laws.symbols.bias_variance, 0) * r ** (l_sym - 1)
     )
     grad_ratio = sp.simplify(fwd_ratio.subs(l_sym, l_sym - 1) * r ** (big_l - l_sym))
     q_in = float(np.mean(np.square(split.x_train), dtype=np.float64))
-    prop = [
-        laws.propagate(widths, "relu", v.scheme, input_second_moment=q_in) for v in inits.values()
-    ]
+    prop = [laws.propagate(widths, "relu", v.scheme, input_second_moment=q_in) for v in inits]
     pred_q = np.stack([p.forward for p in prop])
     # E[h_{l-1}^2] E[(dL/dz_l)^2] of every layer's weight gradient (h_0 the data):
     grad_scale = [np.append(q_in, p.post_activation[:-1]) * p.backward for p in prop]
@@ -86,18 +83,16 @@ def run_deep_training(cfg: base.RunConfig) -> base.ExperimentResult:
     )
     xt, yt = jnp.asarray(split.x_train), jnp.asarray(split.y_train)
     xb, yb, xv, yv = xt[:512], yt[:512], jnp.asarray(split.x_valid), jnp.asarray(split.y_valid)
+    ce = lambda p, x, y: cross_entropy(forward(net, p, x), y)  # noqa: E731
     # Cross-entropy's weight gradients beside the probe loss's: at Xavier's near-zero logits
     # the softmax is uniform, so dL/dlogits averages to almost nothing over the batch.
     v_probe = jax.random.normal(jax.random.fold_in(key, 2), (512, ds.n_classes), jnp.float32)
-    losses = {
-        "probe": lambda p: jnp.sum(forward(net, p, xb) * v_probe),
-        "ce": lambda p: cross_entropy(forward(net, p, xb), yb),
-    }
 
     @jax.jit
     @jax.vmap
     def init_stats(p):
-        grads = [jax.grad(f)(p) for f in losses.values()]
+        probe_loss = lambda w: jnp.sum(forward(net, w, xb) * v_probe)  # noqa: E731
+        grads = [jax.grad(f)(p) for f in (probe_loss, lambda w: ce(w, xb, yb))]
         w_m2 = [jnp.concatenate([jnp.mean(jnp.square(s["W"]), (1, 2)) for s in g]) for g in grads]
         return probe_params(net, p, xb, v_probe, lean=True).forward.z_lm2, *w_m2
 
@@ -105,14 +100,13 @@ def run_deep_training(cfg: base.RunConfig) -> base.ExperimentResult:
     q_meas = np.exp(z_lm2)
 
     def both_ce(ps, idx):
-        values = jax.vmap(lambda p: cross_entropy(forward(net, p, xt[idx]), yt[idx]))(ps)
+        values = jax.vmap(lambda p: ce(p, xt[idx], yt[idx]))(ps)
         return jnp.sum(values), values
 
     @jax.jit
     @jax.vmap
     def evaluate(p):
-        logits = forward(net, p, xv)
-        return cross_entropy(logits, yv), jnp.mean(jnp.argmax(logits, axis=-1) == yv)
+        return ce(p, xv, yv), jnp.mean(jnp.argmax(forward(net, p, xv), axis=-1) == yv)
 
     rng, n_train = np.random.default_rng(cfg.seed), len(split.x_train)
     order = np.concatenate([rng.permutation(n_train) for _ in range(steps * batch // n_train + 1)])
