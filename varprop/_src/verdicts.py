@@ -267,7 +267,8 @@ def layer_verdict(
         if not np.any(inputs_ok):
             note = "values beyond float32 before this layer"
         elif not np.any(resolved & inputs_ok):
-            note = "v W is below float32's resolution next to the bias"
+            product = "x W" if m.direction == "forward" else "v W"
+            note = f"{product} is below float32's resolution next to the bias"
         else:
             note = "the law puts this layer's values at float32's limit"
         return LayerTest("float32_limit", note=note)
