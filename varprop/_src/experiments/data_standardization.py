@@ -14,9 +14,8 @@ per-image means with spread :math:`s_m` and a random split into :math:`n_t + n_v
 checked over many random splits; "close to 0 / 1" is :func:`varprop._src.data.near` within 4
 standard errors. What goes wrong otherwise, measured with a linear classifier (a one-layer
 :mod:`varprop._src.core.network`): the validation split standardized with its *own*
-statistics (drastic for small or shifted batches, e.g. one digit class), or not at all.
-Statistics of train + validation together leak the validation set into the preprocessing,
-by about one standard error.
+statistics (drastic for small or shifted batches, e.g. one digit class), or not at all;
+train + validation statistics leak the validation set, by about one standard error.
 """
 
 from __future__ import annotations
@@ -98,101 +97,64 @@ def run_data_standardization(cfg: base.RunConfig) -> base.ExperimentResult:
         / raw_v.std(1, keepdims=True),
         "not standardized": raw_v,
     }
-    logits = {k: forward(net, clf, jnp.asarray(v, jnp.float32)) for k, v in variants.items()}
-    pred = {k: np.asarray(jnp.argmax(z, axis=-1)) for k, z in logits.items()}
-    y_valid = jnp.asarray(split.y_valid)
-    score = {
-        k: (float(cross_entropy(z, y_valid)), float(np.mean(pred[k] == split.y_valid)))
-        for k, z in logits.items()
+    logits = [forward(net, clf, jnp.asarray(v, jnp.float32)) for v in variants.values()]
+    pred = [np.asarray(jnp.argmax(z, axis=-1)) for z in logits]
+    score = {  # validation loss and accuracy of each variant
+        k: (float(cross_entropy(z, jnp.asarray(split.y_valid))), float(np.mean(p == split.y_valid)))
+        for k, z, p in zip(variants, logits, pred, strict=True)
     }
-    right, unstd = score["training split's mean/std"], score["not standardized"]
+    right, own, by_class_score, _, unstd = score.values()
+    class_flips, image_flips = (int(np.sum(p != pred[0])) for p in pred[2:4])
     leak = (float(x_all.mean()) - mu_t) / sd_t
-    drop_raw, own_acc = right[1] - unstd[1], score["validation's own mean/std"][1]
-    class_flips, image_flips = (
-        int(np.sum(pred[k] != pred["training split's mean/std"]))
-        for k in ("own mean/std per one-class batch", "own mean/std per image")
-    )
+    drop_raw = right[1] - unstd[1]
     tol_mean, tol_std = 4.0 * se_mean, 4.0 * se_std
-    rows = [
-        base.Row(
-            "training split: mean, std (standardized)", "0, 1", f"{train_mean:.2e}, {train_std:.7f}"
-        ),
-        base.Row(
-            "validation split: mean",
-            f"0 +- {se_mean:.4f} (1 s.e.)",
-            f"{valid_mean:+.2e}",
-            f"{valid_mean / se_mean:+.2f} s.e.",
-        ),
-        base.Row(
-            "validation split: std",
-            f"1 +- {se_std:.4f} (1 s.e.)",
-            f"{valid_std:.4f}",
-            f"{(valid_std - 1) / se_std:+.2f} s.e.",
-        ),
-        base.Row(
-            f"spread of the validation mean over {reps} random splits",
-            f"{se_mean:.4f}",
-            f"{sd_vm:.4f}",
-            f"pixels as if independent would say {naive_se:.5f}",
-        ),
-        base.Row(
-            f"spread of the validation std over {reps} random splits",
-            f"{se_std:.4f}",
-            f"{sd_vs:.4f}",
-        ),
-        base.Row(
-            "train+validation mean vs training mean (leakage), in validation s.e.",
-            "O(1)",
-            f"{leak / se_mean:+.2f}",
-            f"{leak:+.5f} in standardized units",
-        ),
-        base.Row(
-            "largest shift of a one-class batch's mean, in training stds",
-            "erased by its own standardization",
-            f"{class_shift.max():.3f}",
-            f"class means range {class_shift.min():.3f} .. {class_shift.max():.3f} in |.|",
-        ),
-        *(
-            base.Row(f"validation loss / accuracy, {k}", "", f"{s[0]:.3f} / {s[1]:.3f}")
-            for k, s in score.items()
-        ),
-    ]
-    claims = [
-        base.Claim(
-            "Standardized with its own mean and std, the training split has mean 0 and std 1 "
-            "(to float32 rounding)",
-            near(train_mean, 0.0, 1e-5) and near(train_std, 1.0, 1e-5),
-            f"mean {train_mean:.2e}, std {train_std:.7f} (tolerance 1e-5)",
-        ),
-        base.Claim(
-            "The validation split, standardized with the training statistics, has mean close "
-            "to 0 and std close to 1 -- within sampling error, but not exactly",
-            near(valid_mean, 0.0, tol_mean)
-            and near(valid_std, 1.0, tol_std)
-            and (abs(valid_mean) > 1e-5 or abs(valid_std - 1.0) > 1e-5),
-            f"mean {valid_mean:+.2e} (|.| <= 4 s.e. = {tol_mean:.4f}), std {valid_std:.5f} "
-            f"(|.-1| <= {tol_std:.4f}); neither is exact",
-        ),
-        base.Claim(
-            "The deviation is sampling error with images (not pixels) as the unit: the "
-            "standard errors predict the spread over random splits",
-            0.8 <= sd_vm / se_mean <= 1.25 and 0.8 <= sd_vs / se_std <= 1.25,
-            f"over {reps} splits: sd of the mean {sd_vm:.4f} vs {se_mean:.4f}, sd of the std "
-            f"{sd_vs:.4f} vs {se_std:.4f} (ratio band [0.8, 1.25]); per-pixel independence "
-            f"would predict {naive_se:.5f}",
-        ),
-        base.Claim(
-            "Preparing the validation split any other way changes what the model sees: "
-            "unstandardized inputs cost loss and accuracy, and batches standardized by their "
-            "own statistics get inputs (and predictions) that depend on the batch",
-            unstd[0] >= 1.5 * right[0] and drop_raw >= 0.01 and class_flips + image_flips > 0,
-            f"loss / accuracy {right[0]:.3f} / {right[1]:.3f} with the training statistics vs "
-            f"{unstd[0]:.3f} / {unstd[1]:.3f} unstandardized (loss >= 1.5x, accuracy -"
-            f"{drop_raw:.3f} >= 0.01); {class_flips} of {n_v} predictions change with one-class "
-            f"batches standardized by themselves, {image_flips} per image; the split's own "
-            f"statistics give {own_acc:.3f} (same distribution: nearly harmless here)",
-        ),
-    ]
+    # fmt: off
+    rows = [base.Row(*r) for r in [
+        ("training split: mean, std (standardized)", "0, 1",
+         f"{train_mean:.2e}, {train_std:.7f}"),
+        ("validation split: mean", f"0 +- {se_mean:.4f} (1 s.e.)", f"{valid_mean:+.2e}",
+         f"{valid_mean / se_mean:+.2f} s.e."),
+        ("validation split: std", f"1 +- {se_std:.4f} (1 s.e.)", f"{valid_std:.4f}",
+         f"{(valid_std - 1) / se_std:+.2f} s.e."),
+        (f"spread of the validation mean over {reps} random splits", f"{se_mean:.4f}",
+         f"{sd_vm:.4f}", f"pixels as if independent would say {naive_se:.5f}"),
+        (f"spread of the validation std over {reps} random splits", f"{se_std:.4f}",
+         f"{sd_vs:.4f}"),
+        ("train+validation mean vs training mean (leakage), in validation s.e.", "O(1)",
+         f"{leak / se_mean:+.2f}", f"{leak:+.5f} in standardized units"),
+        ("largest shift of a one-class batch's mean, in training stds",
+         "erased by its own standardization", f"{class_shift.max():.3f}",
+         f"class means range {class_shift.min():.3f} .. {class_shift.max():.3f} in |.|"),
+        *((f"validation loss / accuracy, {k}", "", f"{s[0]:.3f} / {s[1]:.3f}")
+          for k, s in score.items()),
+    ]]
+    claims = [base.Claim(*c) for c in [
+        ("Standardized with its own mean and std, the training split has mean 0 and std 1 "
+         "(to float32 rounding)", near(train_mean, 0.0, 1e-5) and near(train_std, 1.0, 1e-5),
+         f"mean {train_mean:.2e}, std {train_std:.7f} (tolerance 1e-5)"),
+        ("The validation split, standardized with the training statistics, has mean close to 0 "
+         "and std close to 1 -- within sampling error, but not exactly",
+         near(valid_mean, 0.0, tol_mean) and near(valid_std, 1.0, tol_std)
+         and (abs(valid_mean) > 1e-5 or abs(valid_std - 1.0) > 1e-5),
+         f"mean {valid_mean:+.2e} (|.| <= 4 s.e. = {tol_mean:.4f}), std {valid_std:.5f} "
+         f"(|.-1| <= {tol_std:.4f}); neither is exact"),
+        ("The deviation is sampling error with images (not pixels) as the unit: the standard "
+         "errors predict the spread over random splits",
+         0.8 <= sd_vm / se_mean <= 1.25 and 0.8 <= sd_vs / se_std <= 1.25,
+         f"over {reps} splits: sd of the mean {sd_vm:.4f} vs {se_mean:.4f}, sd of the std "
+         f"{sd_vs:.4f} vs {se_std:.4f} (ratio band [0.8, 1.25]); per-pixel independence "
+         f"would predict {naive_se:.5f}"),
+        ("Preparing the validation split any other way changes what the model sees: "
+         "unstandardized inputs cost loss and accuracy, and batches standardized by their "
+         "own statistics get inputs (and predictions) that depend on the batch",
+         unstd[0] >= 1.5 * right[0] and drop_raw >= 0.01 and class_flips + image_flips > 0,
+         f"loss / accuracy {right[0]:.3f} / {right[1]:.3f} with the training statistics vs "
+         f"{unstd[0]:.3f} / {unstd[1]:.3f} unstandardized (loss >= 1.5x, accuracy -"
+         f"{drop_raw:.3f} >= 0.01); {class_flips} of {n_v} predictions change with one-class "
+         f"batches standardized by themselves, {image_flips} per image; the split's own "
+         f"statistics give {own[1]:.3f} (same distribution: nearly harmless here)"),
+    ]]
+    # fmt: on
 
     fig, ax = base.new_figure(ncols=3, width=4.4)
     pixel_means, pixel_stds = (
@@ -237,7 +199,7 @@ def run_data_standardization(cfg: base.RunConfig) -> base.ExperimentResult:
             f"(s.e. {se_mean:.4f} and {se_std:.4f}, confirmed over {reps} random splits). A "
             f"linear classifier scores {right[1]:.1%} on validation data prepared this way, "
             f"{unstd[1]:.1%} unstandardized and "
-            f"{score['own mean/std per one-class batch'][1]:.1%} when each one-class batch is "
+            f"{by_class_score[1]:.1%} when each one-class batch is "
             "standardized by itself."
         ),
         laws=[
@@ -249,8 +211,8 @@ def run_data_standardization(cfg: base.RunConfig) -> base.ExperimentResult:
         figures=[fig_main],
         notes=[
             f"Data: {ds.note}.",
-            f"Split {n_t} / {n_v} (validation fraction {measure.VALID_FRACTION}), key {cfg.seed}; scalar "
-            "mean and std over all pixels, as in the fast.ai lesson.",
+            f"Split {n_t} / {n_v} (validation fraction {measure.VALID_FRACTION}), key "
+            f"{cfg.seed}; scalar mean and std over all pixels, as in the fast.ai lesson.",
             f"Classifier: softmax regression, {steps} full-batch SGD + momentum steps on the "
             "standardized training split.",
         ],

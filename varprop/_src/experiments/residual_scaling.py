@@ -10,17 +10,15 @@ no block biases or scalar multipliers. With W2 independent of x and of zero mean
           c = \frac{E[\mathrm{branch}(x)^2]}{E[x^2]}
             = n\mathrm{Var}(w_1)\cdot\tfrac12\cdot n\mathrm{Var}(w_2),
 
-c from :func:`varprop.laws.propagate` over the branch's widths (n, n, n).
-
-*He in both branch layers*: a factor 3 per block, so the mean E[x^2] leaves float32 after
+c from :func:`varprop.laws.propagate` over the branch's widths (n, n, n). *He in both branch
+layers*: a factor 3 per block, so the mean E[x^2] leaves float32 after
 :math:`2\ln(3.4\cdot10^{38})/\ln 3 \approx 162` blocks (:func:`varprop.laws.float32_limit_layer`).
 One sample's :math:`\ln|x_l|^2` is a random walk with i.i.d. steps :math:`\ln r` (exactly, for
 Gaussian weights, by rotation invariance): with :math:`H = (2/n)\sum_{i\le n}\mathrm{relu}(g_i)^2`,
 :math:`r = (1 + \sqrt{2H/n}\,g_0)^2 + (2H/n)\,\chi^2_{n-1}`. E[r] = 3 but :math:`E[\ln r] < \ln 3`
 by O(1/n) (Jensen), so a sample overflows a few blocks later: when its largest entry squared,
 :math:`(|x_l|^2/n)\,\kappa` with :math:`\kappa = \max_j g_j^2 / \mathrm{mean}_j g_j^2` over n
-normals, passes :math:`\mathrm{FLOAT32\_MAX}^2`. The experiment predicts each sample's first
-non-finite block from that walk.
+normals, passes :math:`\mathrm{FLOAT32\_MAX}^2`; the experiment predicts that block per sample.
 
 *Fixup* (Zhang, Dauphin & Ma, "Fixup Initialization: Residual Learning Without
 Normalization", ICLR 2019): the branch's last layer and the classifier start at zero, the
@@ -52,11 +50,10 @@ TITLE = "Fixup: a 10,000-block residual MLP without normalization"
 def _run_blocks(branch: Network, p: dict, x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Logits, and per block: E[x_l^2] over the batch and whether x_l is all finite.
     ``p["blocks"]`` holds the branches' kernels ``(W1, W2)``, each ``(blocks, 1, n, n)``."""
+    b = jnp.zeros((1, p["in"].shape[1]), jnp.float32)
 
     def block(h, ws):
-        h = h + forward(
-            branch, [{"W": w, "b": jnp.zeros((1, w.shape[-1]), w.dtype)} for w in ws], h
-        )
+        h = h + forward(branch, [{"W": w, "b": b} for w in ws], h)
         return h, (jnp.mean(jnp.square(h)), jnp.all(jnp.isfinite(h)))
 
     h0 = x @ p["in"]
@@ -72,9 +69,8 @@ def _he_log_r(n: int, count: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def _predict_first_overflow(log_q0: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
-    """The block at which each sample's row first leaves float32, by the finite-width law:
-    8 walks ln(|x_l|^2/n) per sample, each stopped when the row's largest entry squared,
-    (|x_l|^2/n) * kappa, passes FLOAT32_MAX^2; the mean first block per sample."""
+    """Each sample's first block out of float32 by the finite-width law: the mean over 8 walks
+    of ln(|x_l|^2/n), each stopped when (|x_l|^2/n) * kappa passes FLOAT32_MAX^2."""
     paths, horizon, bank_r = 8, 1000, _he_log_r(n, 200_000, rng)
     g2 = np.square(rng.standard_normal((200_000, n)))
     bank_k = np.log(g2.max(axis=1) / g2.mean(axis=1))
@@ -97,10 +93,8 @@ def run_fixup(cfg: base.RunConfig) -> base.ExperimentResult:
     k_in, k_w1, k_he, k_batch = (jax.random.fold_in(jax.random.key(cfg.seed), i) for i in range(4))
 
     # -- the law: c of each branch from laws.propagate, the block's factor 1 + c
-    he, fx = I.he_normal(), I.fixup(blocks, 2)
-    fixup_branch, he_branch = (
-        make_network((width,) * 3, "relu", k) for k in ((fx, I.zeros), (he, he))
-    )
+    he, fx, n3 = I.he_normal(), I.fixup(blocks, 2), (width,) * 3
+    fixup_branch, he_branch = (make_network(n3, "relu", k) for k in ((fx, I.zeros), (he, he)))
     he_block, fixup_block = (
         1 + float(laws.propagate(b.widths, "relu", [k.scheme for k in b.kernel_inits]).forward[-1])
         for b in (he_branch, fixup_branch)
@@ -108,12 +102,11 @@ def run_fixup(cfg: base.RunConfig) -> base.ExperimentResult:
     he_sym, fixup_sym = (sp.nsimplify(round(f, 12)) for f in (he_block, fixup_block))
     # Fixup's first branch layer with the depth left symbolic, followed by an He last layer
     # (n Var(w2) = 2 times E[relu(z)^2]/q = 1/2):
-    var_w1 = fx.scheme.variance_expr.subs(
-        {laws.symbols.gain: sp.sqrt(2), laws.symbols.branch_layers: 2}
-    )
-    big_l = laws.symbols.depth
-    scaled_block = sp.simplify(1 + laws.symbols.fan_in * var_w1 * sp.Rational(1, 2) * 2)
-    bounded = sp.limit(scaled_block**big_l, big_l, sp.oo)
+    sym = laws.symbols
+    var_w1 = fx.scheme.variance_expr.subs({sym.gain: sp.sqrt(2), sym.branch_layers: 2})
+    scaled_block = sp.simplify(1 + sym.fan_in * var_w1 * sp.Rational(1, 2) * 2)
+    bounded = sp.limit(scaled_block**sym.depth, sym.depth, sp.oo)
+    mf_law = sp.ceiling(2 * sp.log(sp.Symbol("FLOAT32_MAX")) / sp.log(he_sym))
 
     # -- Fixup: init, a few SGD steps
     w_in = I.lecun_normal()(k_in, (d_in, width), jnp.float32)
@@ -123,19 +116,16 @@ def run_fixup(cfg: base.RunConfig) -> base.ExperimentResult:
     xt, yt = jnp.asarray(split.x_train), jnp.asarray(split.y_train)
     x_eval, y_eval = jnp.asarray(split.x_valid[:256]), jnp.asarray(split.y_valid[:256])
 
-    @jax.jit
-    def evaluate(p):
-        logits, q, finite = _run_blocks(fixup_branch, p, x_eval)
-        return cross_entropy(logits, y_eval), q, finite
+    def loss(p, x, y):  # the loss, and (the loss, E[x_l^2] and finiteness per block)
+        logits, q, finite = _run_blocks(fixup_branch, p, x)
+        value = cross_entropy(logits, y)
+        return value, (value, q, finite)
 
-    def loss(p, idx):
-        value = cross_entropy(_run_blocks(fixup_branch, p, xt[idx])[0], yt[idx])
-        return value, value
-
+    evaluate = jax.jit(lambda p: loss(p, x_eval, y_eval)[1])
     loss0, q_init, fin_init = (np.asarray(a) for a in evaluate(params))
     batches = jax.random.randint(k_batch, (train_steps, batch), 0, len(split.x_train), jnp.int32)
-    init, run = sgd(loss, lr, momentum)
-    (params, _), train_losses = run((params, init(params)), batches)
+    init, run = sgd(lambda p, idx: loss(p, xt[idx], yt[idx]), lr, momentum)
+    (params, _), (train_losses, _, _) = run((params, init(params)), batches)
     train_losses = np.asarray(train_losses, np.float64)
     params_finite = all(bool(jnp.all(jnp.isfinite(v))) for v in jax.tree.leaves(params))
     loss1, q_trained, fin_trained = (np.asarray(a) for a in evaluate(params))
@@ -144,8 +134,6 @@ def run_fixup(cfg: base.RunConfig) -> base.ExperimentResult:
 
     # -- He in every branch layer: where float32 gives out. Each block's weights are drawn on
     # the fly from fold_in(key, block); a while_loop stops once every sample has overflowed.
-    x_he = jnp.asarray(split.x_train[:per_seed])
-
     @jax.jit
     @jax.vmap
     def first_nonfinite(k):
@@ -155,7 +143,7 @@ def run_fixup(cfg: base.RunConfig) -> base.ExperimentResult:
             first = jnp.where(~jnp.all(jnp.isfinite(h), axis=1) & (first > blocks), l + 1, first)
             return l + 1, h, first
 
-        h0 = x_he @ w_in
+        h0 = jnp.asarray(split.x_train[:per_seed]) @ w_in
         start = (jnp.int32(0), h0, jnp.full((per_seed,), blocks + 1, jnp.int32))
         _, _, first = jax.lax.while_loop(
             lambda c: (c[0] < blocks) & jnp.any(c[2] > blocks), body, start
@@ -165,9 +153,7 @@ def run_fixup(cfg: base.RunConfig) -> base.ExperimentResult:
     chunks = cfg.progress(range(0, seeds, 64), total=seeds // 64, desc="fixup: He blow-up")
     runs = [first_nonfinite(jax.random.split(jax.random.fold_in(k_he, c), 64)) for c in chunks]
     # (seeds, per_seed) each: the first non-finite block, log E[x_0^2] of each sample
-    first_a, log_q0_a = (
-        np.concatenate([np.asarray(r[i], np.float64) for r in runs]) for i in (0, 1)
-    )
+    first_a, log_q0_a = (np.asarray(np.concatenate(a), np.float64) for a in zip(*runs, strict=True))
     pred_first = _predict_first_overflow(log_q0_a, width, np.random.default_rng(cfg.seed))
     meas_mean, pred_mean = float(first_a.mean()), float(pred_first.mean())
     meas_se = float(first_a.mean(axis=1).std(ddof=1) / math.sqrt(seeds))
@@ -181,69 +167,46 @@ def run_fixup(cfg: base.RunConfig) -> base.ExperimentResult:
     all_finite_trained = bool(fin_trained.all() and np.isfinite(q_trained).all() and params_finite)
     decrease, min_decrease = float(loss0 - loss1), 0.05
     yes = {True: "yes", False: "no"}
-    rows = [
-        base.Row("blocks / layers in the branches", *[f"{blocks} / {2 * blocks}"] * 2),
-        base.Row("E[x_L^2] / E[x_0^2], Fixup at init", f"{fixup_pred:g}", f"{ratio_init:.6f}"),
-        base.Row("all block outputs finite, Fixup at init", "yes", yes[all_finite_init]),
-        base.Row(
-            f"held-out loss before / after {train_steps} SGD steps (Fixup)",
-            f"decreases by > {min_decrease}",
-            f"{float(loss0):.4f} / {float(loss1):.4f}",
-            f"training-batch losses: {', '.join(f'{v:.3f}' for v in train_losses)}",
-        ),
-        base.Row(
-            "everything finite after training (params and all block outputs)",
-            "yes",
-            yes[all_finite_trained],
-            f"E[x_L^2]/E[x_0^2] = {ratio_trained:.4f}, rms(W2) = {w2_rms:.2e}",
-        ),
-        base.Row(
-            "He branches: factor on E[x^2] per block",
-            f"{he_sym}",
-            f"E[r] = {np.exp(log_r).mean():.3f}",
-            "law sample mean",
-        ),
-        base.Row(
-            "He branches: E[ln r] per block (finite width)",
-            f"ln 3 = {math.log(3):.4f} (mean-field)",
-            f"{log_r.mean():.4f} (width {width})",
-            "Jensen: the typical sample grows slower than the mean",
-        ),
-        base.Row(
-            "He branches: first overflow block, mean-field law (typical size sqrt(E[x^2]))",
-            f"{mf_block}",
-            f"{meas_mean:.2f}",
-            f"{mf_kind}; the mean of q, not a typical sample",
-        ),
-        base.Row(
-            "He branches: first non-finite block, mean over samples (finite-width law)",
-            f"{pred_mean:.2f}",
-            f"{meas_mean:.2f} +- {meas_se:.2f} (s.e., {seeds} seeds x {per_seed} samples)",
-            f"per-sample range {int(first_a.min())} .. {int(first_a.max())}",
-        ),
-    ]
-    claims = [
-        base.Claim(
-            f"Fixup keeps a {blocks:,}-block residual MLP finite at init without normalization "
-            "(each block starts as the identity)",
-            all_finite_init and abs(ratio_init - fixup_pred) <= 1e-5,
-            f"all {blocks} block outputs finite; ratio {ratio_init:.6f} (tolerance 1e-5)",
-        ),
-        base.Claim(
-            f"The Fixup net trains: {train_steps} SGD steps lower the held-out loss and every "
-            "parameter and block output stays finite",
-            all_finite_trained and decrease > min_decrease and w2_rms > 0,
-            f"held-out loss {float(loss0):.4f} -> {float(loss1):.4f} (decrease {decrease:.4f} > "
-            f"{min_decrease}); W2 no longer zero (rms {w2_rms:.2e}); all finite",
-        ),
-        base.Claim(
-            "With He init in each branch, E[x^2] triples per block and float32 overflows at the "
-            "block the law predicts (within 1 block)",
-            abs(meas_mean - pred_mean) <= 1.0 and bool(np.all(first_a <= blocks)),
-            f"mean first non-finite block {meas_mean:.2f} (s.e. {meas_se:.2f}) vs predicted "
-            f"{pred_mean:.2f}; every sample overflowed (mean-field law alone: {mf_block})",
-        ),
-    ]
+    # fmt: off
+    rows = [base.Row(*r) for r in [
+        ("blocks / layers in the branches", *[f"{blocks} / {2 * blocks}"] * 2),
+        ("E[x_L^2] / E[x_0^2], Fixup at init", f"{fixup_pred:g}", f"{ratio_init:.6f}"),
+        ("all block outputs finite, Fixup at init", "yes", yes[all_finite_init]),
+        (f"held-out loss before / after {train_steps} SGD steps (Fixup)",
+         f"decreases by > {min_decrease}", f"{float(loss0):.4f} / {float(loss1):.4f}",
+         f"training-batch losses: {', '.join(f'{v:.3f}' for v in train_losses)}"),
+        ("everything finite after training (params and all block outputs)", "yes",
+         yes[all_finite_trained],
+         f"E[x_L^2]/E[x_0^2] = {ratio_trained:.4f}, rms(W2) = {w2_rms:.2e}"),
+        ("He branches: factor on E[x^2] per block", f"{he_sym}",
+         f"E[r] = {np.exp(log_r).mean():.3f}", "law sample mean"),
+        ("He branches: E[ln r] per block (finite width)", f"ln 3 = {math.log(3):.4f} (mean-field)",
+         f"{log_r.mean():.4f} (width {width})",
+         "Jensen: the typical sample grows slower than the mean"),
+        ("He branches: first overflow block, mean-field law (typical size sqrt(E[x^2]))",
+         f"{mf_block}", f"{meas_mean:.2f}", f"{mf_kind}; the mean of q, not a typical sample"),
+        ("He branches: first non-finite block, mean over samples (finite-width law)",
+         f"{pred_mean:.2f}",
+         f"{meas_mean:.2f} +- {meas_se:.2f} (s.e., {seeds} seeds x {per_seed} samples)",
+         f"per-sample range {int(first_a.min())} .. {int(first_a.max())}"),
+    ]]
+    claims = [base.Claim(*c) for c in [
+        (f"Fixup keeps a {blocks:,}-block residual MLP finite at init without normalization "
+         "(each block starts as the identity)",
+         all_finite_init and abs(ratio_init - fixup_pred) <= 1e-5,
+         f"all {blocks} block outputs finite; ratio {ratio_init:.6f} (tolerance 1e-5)"),
+        (f"The Fixup net trains: {train_steps} SGD steps lower the held-out loss and every "
+         "parameter and block output stays finite",
+         all_finite_trained and decrease > min_decrease and w2_rms > 0,
+         f"held-out loss {float(loss0):.4f} -> {float(loss1):.4f} (decrease {decrease:.4f} > "
+         f"{min_decrease}); W2 no longer zero (rms {w2_rms:.2e}); all finite"),
+        ("With He init in each branch, E[x^2] triples per block and float32 overflows at the "
+         "block the law predicts (within 1 block)",
+         abs(meas_mean - pred_mean) <= 1.0 and bool(np.all(first_a <= blocks)),
+         f"mean first non-finite block {meas_mean:.2f} (s.e. {meas_se:.2f}) vs predicted "
+         f"{pred_mean:.2f}; every sample overflowed (mean-field law alone: {mf_block})"),
+    ]]
+    # fmt: on
 
     fig, ax = base.new_figure(ncols=2, width=5.2)
     ax[0, 0].plot(q_init / q_init[0], color="tab:green", lw=1.5, label="Fixup at init")
@@ -262,6 +225,13 @@ def run_fixup(cfg: base.RunConfig) -> base.ExperimentResult:
     ):
         ax[0, 1].axvline(x, color=color, ls=ls, lw=1, label=label)
     ax[0, 1].set(xlabel="first non-finite block", ylabel="samples", title="He in every branch")
+    caption = (
+        f"Left: E[x_l^2]/E[x_0^2] over the {blocks:,} blocks of the Fixup net at init (exactly 1) "
+        f"and after {train_steps} SGD steps (finite, near 1). Right: with He init in both "
+        "branch layers, the block at which each sample first becomes non-finite "
+        f"({seeds} seeds x {per_seed} samples), against the finite-width law's prediction and "
+        "the mean-field law's overflow block."
+    )
     return base.ExperimentResult(
         name="fixup",
         title=TITLE,
@@ -279,28 +249,16 @@ def run_fixup(cfg: base.RunConfig) -> base.ExperimentResult:
             law("Fixup's first-layer variance (m = 2, g^2 = 2)", var_w1),
             law("block factor if the last layer were He too", scaled_block),
             law("its product over L blocks as L -> oo", bounded),
-            law(
-                "He branches: first overflow block (mean-field)",
-                sp.ceiling(2 * sp.log(sp.Symbol("FLOAT32_MAX")) / sp.log(he_sym)),
-            ),
+            law("He branches: first overflow block (mean-field)", mf_law),
         ],
         rows=rows,
         claims=claims,
-        figures=[
-            figure(
-                "fixup",
-                f"Left: E[x_l^2]/E[x_0^2] over the {blocks:,} blocks of the Fixup net at init "
-                f"(exactly 1) and after {train_steps} SGD steps (finite, near 1). Right: with He "
-                "init in both branch layers, the block at which each sample first becomes "
-                f"non-finite ({seeds} seeds x {per_seed} samples), against the finite-width "
-                "law's prediction and the mean-field law's overflow block.",
-                fig,
-            )
-        ],
+        figures=[figure("fixup", caption, fig)],
         notes=[
             f"Data: {ds.note}.",
             f"{blocks:,} residual blocks of width {width} ({2 * blocks:,} layers in the "
-            f"branches), input layer {d_in} -> {width}, classifier {width} -> {ds.n_classes}.",
+            f"branches), input layer {d_in} -> {width}, classifier {width} -> {ds.n_classes}; "
+            "no normalization, no block biases, no scalar multipliers.",
             f"Fixup SGD: lr {lr}, momentum {momentum}, batch {batch}, {train_steps} steps; loss "
             "on 256 held-out images. He: weights drawn per block (fold_in(key, block)).",
         ],
