@@ -1,5 +1,5 @@
-"""Experiments 1-6 (degenerate_init, weight_scale, fan_scaling): each quick run against an
-independent prediction.
+"""Experiments 1-6 (degenerate_init: zeros, constant; weight_scale: the other four): each
+quick run against an independent prediction.
 
 The predictions here are recomputed from closed forms or NumPy (Gauss-Hermite quadrature),
 not read from the experiment's own rows.

@@ -24,8 +24,8 @@ linear); backpropagation gives
   (Goodfellow, Bengio & Courville, "Deep Learning", 2016, §8.4). The symmetry is exact;
   only float32 rounding could break it. Var(w) = 0, so the variance laws say nothing here.
 
-Both train small MLPs of :mod:`varprop._src.core.network` (``init_params``, ``forward``)
-with optax SGD in one jitted ``lax.scan``.
+Both train small MLPs of :mod:`varprop._src.core.network` with optax SGD in one jitted
+``lax.scan``.
 """
 
 from __future__ import annotations
@@ -33,36 +33,35 @@ from __future__ import annotations
 import functools
 import itertools
 import math
-from typing import TYPE_CHECKING, cast
+from typing import cast
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import sympy as sp
+from optax import softmax_cross_entropy_with_integer_labels as cross_entropy
 
 from varprop import initializers as inits
 from varprop import laws
 from varprop._src.core.network import Network, forward, init_params, make_network
-from varprop._src.experiments.base import (
-    Claim,
-    ExperimentResult,
-    Figure,
-    Row,
-    RunConfig,
-    experiment,
-    figure_png,
-    new_figure,
-)
+from varprop._src.experiments import base
+from varprop._src.experiments.base import Claim, Row
 from varprop._src.experiments.measure import law
 from varprop._src.laws import symbols as S
 from varprop._src.probe import COMPILER_OPTIONS
 
-if TYPE_CHECKING:
-    from matplotlib.image import AxesImage
-
 Array = jax.Array
 _ZERO_ACTS = ("tanh", "relu", "sigmoid")
+_jit = functools.partial(jax.jit, compiler_options=COMPILER_OPTIONS)
+
+
+def result(name: str, summary: str, laws_, rows, claims, figure: tuple, **kw):
+    """The experiment's :class:`~.base.ExperimentResult`, its title from the registry;
+    ``figure`` is ``(name suffix, caption, matplotlib figure)``."""
+    fig = base.Figure(f"{name}_{figure[0]}", figure[1], base.figure_png(figure[2]))
+    title = base.registry()[name].title
+    return base.ExperimentResult(name, title, summary, laws_, rows, claims, [fig], **kw)
 
 
 def _layers(params) -> list[tuple[Array, Array]]:
@@ -88,15 +87,10 @@ def _sgd(params, loss, steps: int, lr: float, record, opt_state=None):
     return jax.lax.scan(step, (params, state), None, length=steps)
 
 
-# -- 1. zeros ---------------------------------------------------------------------------------
-
-
 def _zero_pattern(depth: int, steps: int, phi0_nonzero: bool, dphi0_nonzero: bool) -> np.ndarray:
     """Which gradients are non-zero at each SGD step, from the backprop equations, when every
-    weight and bias starts at 0 (a ``(steps, depth, 2)`` bool array, ``[..., 0]`` kernel,
-    ``[..., 1]`` bias): a factor is non-zero when it is a generic (moved) value, or a
-    constant (phi(0), phi'(0) at z = 0) that is non-zero.
-    """
+    weight and bias starts at 0 (``(steps, depth, 2)`` bools, ``[..., 0]`` kernel, ``[..., 1]``
+    bias): a factor is non-zero when it has moved, or is a non-zero phi(0), phi'(0)."""
     moved = np.zeros((depth, 2), bool)
     out = np.zeros((steps, depth, 2), bool)
     for t in range(steps):
@@ -112,102 +106,88 @@ def _zero_pattern(depth: int, steps: int, phi0_nonzero: bool, dphi0_nonzero: boo
     return out
 
 
+@functools.partial(_jit, static_argnums=(1, 2))
 def _train_zeros(key: Array, net: Network, steps: int):
     """``steps`` SGD steps (lr 0.1) of MSE regression on Gaussian data from all-zero weights
-    and biases; per step and parameter, the max |grad| and the max |param| after the step
+    and biases; per step and parameter the max |grad| and the max |param| after the step
     (each ``(steps, L, 2)``)."""
     kx, kt = jax.random.split(key)
     d_in, d_out = net.widths[0], net.widths[-1]
     x = jax.random.normal(kx, (128, d_in), jnp.float32)
     y = x @ jax.random.normal(kt, (d_in, d_out), jnp.float32) / math.sqrt(d_in) + 1.0
-
-    def abs_max(params):
-        return jnp.array([[jnp.abs(w).max(), jnp.abs(b).max()] for w, b in _layers(params)])
-
-    def loss(p):
-        return jnp.mean(jnp.square(forward(net, p, x) - y))
-
-    return _sgd(init_params(net, key), loss, steps, 0.1, lambda v, g, p: (abs_max(g), abs_max(p)))[
-        1
-    ]
+    amax = lambda ps: jnp.array([[jnp.abs(w).max(), jnp.abs(b).max()] for w, b in _layers(ps)])  # noqa: E731
+    loss = lambda p: jnp.mean(jnp.square(forward(net, p, x) - y))  # noqa: E731
+    return _sgd(init_params(net, key), loss, steps, 0.1, lambda v, g, p: (amax(g), amax(p)))[1]
 
 
-def _zero_heatmap(ax, measured: np.ndarray, predicted: np.ndarray, title: str) -> AxesImage:
-    """log10 max|grad| per (parameter, step); exact zeros blank; predicted non-zero cells
+def _zero_heatmap(ax, measured: np.ndarray, predicted: np.ndarray, title: str):
+    """log10 max|grad| per (parameter, step), exact zeros blank; predicted non-zero cells
     outlined."""
     from matplotlib.patches import Rectangle
 
     steps, depth, _ = measured.shape
     grid = measured.reshape(steps, 2 * depth).T  # rows: W1, b1, W2, b2, ...
-    with np.errstate(divide="ignore"):
-        img = np.where(grid > 0, np.log10(np.where(grid > 0, grid, 1.0)), np.nan)
+    img = np.log10(np.where(grid > 0, grid, np.nan))
     im = ax.imshow(img, aspect="auto", cmap="viridis", vmin=-8, vmax=1, origin="upper")
     for r, c in zip(*np.nonzero(predicted.reshape(steps, 2 * depth).T), strict=True):
         ax.add_patch(Rectangle((c - 0.5, r - 0.5), 1, 1, fill=False, edgecolor="red", lw=1.5))
-    ax.set_yticks(range(2 * depth), [f"{k}{i + 1}" for i in range(depth) for k in ("W", "b")])
+    ax.set_yticks(range(2 * depth), [f"{k}{i + 1}" for i in range(depth) for k in "Wb"])
     ax.set_xticks(range(steps), [str(t + 1) for t in range(steps)])
-    ax.set_xlabel("SGD step")
+    ax.set(xlabel="SGD step")
     ax.set_title(title, fontsize=9)
     return im
 
 
-@experiment("zeros", "All-zero weights: hidden gradients are exactly zero", 1)
-def run_zeros(cfg: RunConfig) -> ExperimentResult:
+@base.experiment("zeros", "All-zero weights: hidden gradients are exactly zero", 1)
+def run_zeros(cfg: base.RunConfig) -> base.ExperimentResult:
     """All weights and biases 0: the parameters with a non-zero gradient at each SGD step,
     measured and from the backprop equations (see the module docstring)."""
     widths = (8, 16, 16, 16, 2) if cfg.quick else (16, 64, 64, 64, 64, 4)
     depth = len(widths) - 1
-    steps = depth + 2
-    key = jax.random.fold_in(jax.random.key(cfg.seed), 1)
-    measured, predicted, pmaxes, flags = {}, {}, {}, {}
-    train = jax.jit(_train_zeros, static_argnums=(1, 2), compiler_options=COMPILER_OPTIONS)
+    steps, key = depth + 2, jax.random.fold_in(jax.random.key(cfg.seed), 1)
+    measured, predicted, pmaxes, flags, rows = {}, {}, {}, {}, []
+    names = lambda m: ", ".join(f"{'Wb'[k]}{i + 1}" for i, k in zip(*np.nonzero(m), strict=True))  # noqa: E731
     for a in cfg.progress(_ZERO_ACTS, total=len(_ZERO_ACTS), desc="zeros"):
         net = make_network(widths, a, inits.zeros)
-        measured[a], pmaxes[a] = (np.asarray(v) for v in train(key, net, steps))
+        measured[a], pmaxes[a] = (np.asarray(v) for v in _train_zeros(key, net, steps))
         # phi(0), phi'(0) (ReLU's derivative at 0 is JAX's 0; relu(0) = 0 makes it moot).
         act = laws.get_activation(a)
-        flags[a] = phi0, dphi0 = tuple(
-            sp.nsimplify(e.subs(S.x, 0)) for e in (act.expr, act.grad_expr)
-        )
+        flags[a] = phi0, dphi0 = [sp.nsimplify(e.subs(S.x, 0)) for e in (act.expr, act.grad_expr)]
         predicted[a] = _zero_pattern(depth, steps, phi0 != 0, dphi0 != 0)
-
-    def names(mask):
-        return ", ".join(f"{'Wb'[k]}{i + 1}" for i in range(depth) for k in (0, 1) if mask[i, k])
-
-    rows, match = [], {}
-    for a, (phi0, dphi0) in flags.items():
-        match[a] = bool(np.array_equal(measured[a] > 0, predicted[a]))
         step1 = f"{a}: non-zero gradients at step 1 (phi(0)={phi0}, phi'(0)={dphi0})"
         rows.append(Row(step1, names(predicted[a][0]), names(measured[a][0] > 0)))
         moved = f"{a}: parameters that moved in {steps} SGD steps"
         rows.append(Row(moved, names(predicted[a].any(0)), names(pmaxes[a][-1] > 0)))
+    match = {a: bool(np.array_equal(measured[a] > 0, predicted[a])) for a in _ZERO_ACTS}
     hidden_zero = {a: float(measured[a][0, :-1].max()) for a in _ZERO_ACTS}
     moved_match = all(np.array_equal(pmaxes[a][-1] > 0, predicted[a].any(0)) for a in _ZERO_ACTS)
     delta_l, delta_n, w_n = map(sp.Symbol, (r"\delta_l", r"\delta_{l+1}", "W_{l+1}"))
     phi0_s, dphi0_s, dw_l = map(sp.Symbol, (r"\phi(0)", r"\phi'(0)", r"\partial L/\partial W_L"))
-    out_grad = sp.Eq(dw_l, phi0_s * sp.Symbol(r"\mathbf{1}^T\delta_L"))
     laws_ = [
         law("backprop through zero weights", sp.Eq(delta_l, dphi0_s * delta_n * w_n)),
         law("… with W_{l+1} = 0", sp.Eq(delta_l, (dphi0_s * delta_n * w_n).subs(w_n, 0))),
-        law("output kernel gradient at init (h = phi(0) everywhere)", out_grad),
+        law(
+            "output kernel gradient at init (h = phi(0) everywhere)",
+            sp.Eq(dw_l, phi0_s * sp.Symbol(r"\mathbf{1}^T\delta_L")),
+        ),
+    ] + [
+        law(f"{a}: phi(0)", sp.Eq(phi0_s, laws.get_activation(a).expr.subs(S.x, 0)))
+        for a in _ZERO_ACTS
     ]
-    for a in _ZERO_ACTS:
-        laws_.append(law(f"{a}: phi(0)", sp.Eq(phi0_s, laws.get_activation(a).expr.subs(S.x, 0))))
+    hz = ", ".join(f"{a} {v:.1e}" for a, v in hidden_zero.items())
+    eq = ", ".join(f"{a}: {'equal' if m else 'differs'}" for a, m in match.items())
     claims = [
         Claim(
             "With zero weights, every hidden layer's kernel and bias gradient is exactly 0.",
             all(v == 0.0 for v in hidden_zero.values()),
-            "max |dL/dW_l|, |dL/db_l| over hidden layers at step 1: "
-            + ", ".join(f"{a} {v:.1e}" for a, v in hidden_zero.items())
-            + " (exact criterion: == 0).",
+            f"max |dL/dW_l|, |dL/db_l| over hidden layers at step 1: {hz} (exact criterion: == 0).",
         ),
         Claim(
             "At every SGD step the set of parameters with a non-zero gradient is exactly the "
             "one the backprop equations predict from phi(0) and phi'(0).",
             all(match.values()),
-            f"{steps} steps x {2 * depth} parameters x {len(_ZERO_ACTS)} activations; "
-            + ", ".join(f"{a}: {'equal' if m else 'differs'}" for a, m in match.items())
-            + ". Only the output bias ever moves for tanh and ReLU (phi(0) = 0).",
+            f"{steps} steps x {2 * depth} parameters x {len(_ZERO_ACTS)} activations; {eq}. "
+            "Only the output bias ever moves for tanh and ReLU (phi(0) = 0).",
         ),
         Claim(
             "Training moves only the parameters the law allows (all others stay exactly 0).",
@@ -216,7 +196,7 @@ def run_zeros(cfg: RunConfig) -> ExperimentResult:
             "activation.",
         ),
     ]
-    fig, axes = new_figure(ncols=3, width=3.6, height=3.6)
+    fig, axes = base.new_figure(ncols=3, width=3.6, height=3.6)
     ims = [
         _zero_heatmap(ax, measured[a], predicted[a], f"{a}: φ(0)={f[0]}, φ'(0)={f[1]}")
         for ax, (a, f) in zip(axes[0], flags.items(), strict=True)
@@ -230,54 +210,27 @@ def run_zeros(cfg: RunConfig) -> ExperimentResult:
         "(phi(0) = 0) only the output bias, for sigmoid (phi(0) = 1/2) one more layer "
         "per step."
     )
-    return ExperimentResult(
-        "zeros",
-        "All-zero weights: hidden gradients are exactly zero",
+    summary = (
         "With all-zero weights every hidden gradient is exactly 0; under SGD only the "
         "output bias moves when phi(0) = 0, and for sigmoid exactly one more layer wakes "
-        "per step, as the backprop equations predict.",
-        laws_,
-        rows,
-        claims,
-        [Figure("zeros_gradients", caption, figure_png(fig))],
-        data={
-            "widths": np.array(widths),
-            "activations": np.array(_ZERO_ACTS),
-            "grad_max": np.stack([measured[a] for a in _ZERO_ACTS]),
-            "param_max": np.stack([pmaxes[a] for a in _ZERO_ACTS]),
-            "predicted_nonzero": np.stack([predicted[a] for a in _ZERO_ACTS]),
-        },
+        "per step, as the backprop equations predict."
     )
-
-
-# -- 2. constant ------------------------------------------------------------------------------
+    data = {"widths": np.array(widths), "activations": np.array(_ZERO_ACTS)}
+    for k, d in (("grad_max", measured), ("param_max", pmaxes), ("predicted_nonzero", predicted)):
+        data[k] = np.stack([d[a] for a in _ZERO_ACTS])
+    return result("zeros", summary, laws_, rows, claims, ("gradients", caption, fig), data=data)
 
 
 def _unit_spread(params) -> Array:
     """Per hidden layer, the largest difference between any unit and unit 0 of the layer
     over its incoming kernel column, its bias and its outgoing kernel row (``(L-1,)``)."""
-    units = [
-        jnp.concatenate([w.T, b[:, None], v], 1)
-        for (w, b), (v, _) in itertools.pairwise(_layers(params))
-    ]
+    pairs = itertools.pairwise(_layers(params))
+    units = [jnp.concatenate([w.T, b[:, None], v], 1) for (w, b), (v, _) in pairs]
     return jnp.stack([jnp.abs(u - u[:1]).max() for u in units])
 
 
-def _train_chunk(net: Network, params, opt_state, x, labels, *, steps: int, lr: float):
-    """``steps`` optax SGD steps of softmax cross-entropy; per step the loss and the
-    per-layer unit spread (:func:`_unit_spread`) after the step."""
-
-    def loss(p):
-        logits = forward(net, p, x)
-        return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels))
-
-    record = lambda v, g, p: (v, _unit_spread(p))  # noqa: E731
-    (params, opt_state), (losses, spread) = _sgd(params, loss, steps, lr, record, opt_state)
-    return params, opt_state, losses, spread
-
-
-@experiment("constant", "Constant weights: the units of a layer never become different", 2)
-def run_constant(cfg: RunConfig) -> ExperimentResult:
+@base.experiment("constant", "Constant weights: the units of a layer never become different", 2)
+def run_constant(cfg: base.RunConfig) -> base.ExperimentResult:
     """All weights c: the spread across the units of each hidden layer during SGD, predicted
     0 by the symmetry argument (see the module docstring), beside a random init's."""
     widths, c, lr = (16, 32, 32, 32, 4), 0.1, 0.1
@@ -287,14 +240,18 @@ def run_constant(cfg: RunConfig) -> ExperimentResult:
     labels = jnp.argmax(x @ jax.random.normal(kt, (widths[0], widths[-1]), jnp.float32), axis=1)
     # Both initial weight sets, stacked on a leading axis, train side by side (vmap).
     nets = [make_network(widths, "tanh", k) for k in (inits.constant(c), inits.glorot_normal())]
-    params = jax.tree.map(lambda a, b: jnp.stack([a, b]), *(init_params(n, kr) for n in nets))
-    state = jax.vmap(optax.sgd(lr).init)(params)
-    chunk_fn = functools.partial(_train_chunk, nets[0], steps=chunk, lr=lr)
-    vmapped = jax.vmap(chunk_fn, in_axes=(0, 0, None, None))
-    train = jax.jit(vmapped, compiler_options=COMPILER_OPTIONS)
-    spreads, losses = [np.asarray(jax.vmap(_unit_spread)(params))[:, None]], []
+    stack = lambda k: jax.tree.map(lambda *a: jnp.stack(a), *(init_params(n, k) for n in nets))  # noqa: E731
+    params = _jit(stack)(kr)
+    state = _jit(jax.vmap(optax.sgd(lr).init))(params)
+
+    def chunk_fn(p, s):  # chunk SGD steps; per step the loss and the unit spread after it
+        loss = lambda q: cross_entropy(forward(nets[0], q, x), labels).mean()  # noqa: E731
+        return _sgd(p, loss, chunk, lr, lambda v, g, q: (v, _unit_spread(q)), s)
+
+    train = _jit(jax.vmap(chunk_fn))
+    spreads, losses = [np.asarray(_jit(jax.vmap(_unit_spread))(params))[:, None]], []
     for _ in cfg.progress(range(n_chunks), total=n_chunks, desc="constant: SGD"):
-        params, state, lo, sp_ = train(params, state, x, labels)
+        (params, state), (lo, sp_) = train(params, state)
         losses.append(np.asarray(lo))
         spreads.append(np.asarray(sp_))
     # (2, steps + 1, L - 1) and (2, steps): constant, Glorot normal
@@ -310,11 +267,13 @@ def run_constant(cfg: RunConfig) -> ExperimentResult:
     i, n = sp.symbols("i n_in", integer=True, positive=True)
     z_j = sp.Eq(sp.Symbol("z_j"), sp.Sum(S.value * x_i[i], (i, 1, n)))
     spread_t = sp.Eq(sp.Symbol(r"\max_j |W_{:,j}(t) - W_{:,1}(t)|"), sp.Integer(0))
-    var_w = sp.Eq(sp.Symbol("Var(w)"), inits.constant(c).scheme.law)
     laws_ = [
         law("pre-activation of every unit j (W = c)", z_j),
         law("spread across units, any step t", spread_t),
-        law("weight variance of the scheme (the i.i.d. laws need > 0)", var_w),
+        law(
+            "weight variance of the scheme (the i.i.d. laws need > 0)",
+            sp.Eq(sp.Symbol("Var(w)"), inits.constant(c).scheme.law),
+        ),
     ]
     lab_c = f"max unit spread over {steps} steps (constant {c})"
     lab_g = f"unit spread after {steps} steps (Glorot normal)"
@@ -325,13 +284,8 @@ def run_constant(cfg: RunConfig) -> ExperimentResult:
         Row(f"hidden layer {l}: {lab_g}", "> 0", float(v), "control: random init")
         for l, v in enumerate(s_glorot[-1], 1)
     ]
-    rows.append(
-        Row(
-            "final training loss (constant / Glorot)",
-            "-",
-            f"{l_const[-1]:.3f} / {l_glorot[-1]:.3f}",
-        )
-    )
+    losses_txt = f"{l_const[-1]:.3f} / {l_glorot[-1]:.3f}"
+    rows.append(Row("final training loss (constant / Glorot)", "-", losses_txt))
     claims = [
         Claim(
             "With constant weights, all units of every hidden layer stay identical during "
@@ -349,13 +303,12 @@ def run_constant(cfg: RunConfig) -> ExperimentResult:
             f"(> 1000 x tolerance {tol:.1e}).",
         ),
     ]
-    fig, axes = new_figure(width=5.6, height=3.6)
+    fig, axes = base.new_figure(width=5.6, height=3.6)
     ax, t, floor = axes[0, 0], np.arange(steps + 1), 1e-12
     for l, col in zip(range(hidden), ("C0", "C1", "C2"), strict=False):
         for s, ls, label in ((s_const, "-", f"constant {c}"), (s_glorot, ":", "Glorot normal")):
-            ax.plot(
-                t, np.maximum(s[:, l], floor), color=col, ls=ls, label=f"{label}, layer {l + 1}"
-            )
+            y = np.maximum(s[:, l], floor)
+            ax.plot(t, y, color=col, ls=ls, label=f"{label}, layer {l + 1}")
     ax.axhline(tol, color="k", ls="--", lw=1, label="float32 rounding budget")
     ax.axhline(floor, color="red", lw=2.5, alpha=0.4, label="predicted: 0 (plotted at 1e-12)")
     ax.set(yscale="log", xlabel="SGD step", ylabel="max spread across units")
@@ -368,15 +321,10 @@ def run_constant(cfg: RunConfig) -> ExperimentResult:
         "the rounding budget (dashed; exact zeros are drawn at the 1e-12 floor); dotted: "
         "Glorot normal, whose units differ from the start."
     )
-    return ExperimentResult(
-        "constant",
-        "Constant weights: the units of a layer never become different",
+    summary = (
         f"With every weight equal to {c}, the units of each hidden layer stay identical "
         f"(max spread {max_spread:.1e}) through {steps} SGD steps, as the symmetry "
-        "argument predicts; a random init breaks the symmetry from step 0.",
-        laws_,
-        rows,
-        claims,
-        [Figure("constant_spread", caption, figure_png(fig))],
-        data={"spread_constant": s_const, "spread_glorot": s_glorot, "tolerance": np.float64(tol)},
+        "argument predicts; a random init breaks the symmetry from step 0."
     )
+    data = {"spread_constant": s_const, "spread_glorot": s_glorot, "tolerance": np.float64(tol)}
+    return result("constant", summary, laws_, rows, claims, ("spread", caption, fig), data=data)
