@@ -19,6 +19,7 @@ weight scales of one compiled tanh stack, on the same draws; the law is
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -27,24 +28,8 @@ import sympy as sp
 
 from varprop import initializers as I
 from varprop import laws as L
-from varprop._src.experiments.base import (
-    Claim,
-    ExperimentResult,
-    Figure,
-    Law,
-    Row,
-    RunConfig,
-    experiment,
-    figure_png,
-    new_figure,
-)
-from varprop._src.experiments.measure import (
-    law,
-    run_probe,
-    seed_mean,
-    stack,
-    t_crit,
-)
+from varprop._src.experiments import base
+from varprop._src.experiments.measure import law, probe_fields, seed_mean, stack, t_crit
 from varprop._src.laws import symbols as S
 
 
@@ -102,7 +87,7 @@ def tanh_finite_width(g2: float, depth: int, width: int) -> np.ndarray:
     return np.asarray(out)
 
 
-def _finite_width_laws() -> list[Law]:
+def _finite_width_laws() -> list[base.Law]:
     """The O(1/n) recursion of :func:`tanh_finite_width` as two laws (SymPy's LaTeX)."""
     f, f4 = sp.Function("f"), sp.Function("f_4")
     a, g, n, v_prev = sp.Symbol("a"), S.gain, S.fan_in, sp.Symbol("V_{l-1}")
@@ -130,8 +115,8 @@ def _unit_rows(batch: int, width: int):
     return inputs
 
 
-@experiment("gains", "Gains: the tanh mean field and derived vs conventional gains", 7)
-def run_gains(cfg: RunConfig) -> ExperimentResult:
+@base.experiment("gains", "Gains: the tanh mean field and derived vs conventional gains", 7)
+def run_gains(cfg: base.RunConfig) -> base.ExperimentResult:
     """The mean-field map of tanh for g = 1 and g = 5/3, and the gain of every activation
     (the laws and papers in the module docstring)."""
     # 32 seeds in quick mode: the per-layer test below is a t test over seeds, and with 8 its
@@ -152,30 +137,26 @@ def run_gains(cfg: RunConfig) -> ExperimentResult:
         c = L.CONVENTIONAL_GAINS[a]
         if isinstance(c, sp.Lambda):
             c = c(sp.nsimplify(dict(L.get_activation(a).params)["negative_slope"]))
-        g_expr = L.gain_expr(a)
-        assert g_expr is not None  # linear, relu and leaky_relu all have a closed-form gain
-        exact_same[a] = sp.simplify(g_expr - c) == 0
+        exact_same[a] = sp.simplify(L.gain_expr(a) - c) == 0  # type: ignore[operator]
     selu_ok = abs(derived["selu"] - 1.0) <= 1e-9 and conv["selu"] == 0.75
 
-    # -- measurement: the deep tanh stack (gains as weight scales, the same draws) --------
-    def z2(net, seeds, batch, tag, scales, **inputs):
-        st = run_probe(
-            net, seeds=seeds, seed=cfg.seed, batch=batch, tag=tag, weight_scales=scales, **inputs
-        )
-        return np.exp(st.forward.z_lm2)  # (seeds, layers)
-
+    # -- measurement: the deep tanh stack (gains as weight scales, the same draws), and one
+    # layer per activation: input rows phi(z) drawn from a pool of 8x as many as the seeds
+    # use (data, so one compile serves every phi), Var(w) = g_phi^2 / n.
     net = stack(width=width, depth=depth, activation="tanh", kernel_init=I.normal(width**-0.5))
+    one = stack(width=(mc_n, mc_out), activation="linear", kernel_init=I.normal(mc_n**-0.5))
+
+    def z2(nt, n, b, tag, scales, **inputs):  # E[z^2] per seed and layer
+        st = probe_fields(
+            nt, ["z_lm2"], seeds=n, seed=cfg.seed, batch=b, tag=tag, weight_scales=scales, **inputs
+        )
+        return np.exp(st["z_lm2"])
+
     rows_in = _unit_rows(batch, width)
     q_meas = np.stack([z2(net, seeds, batch, 7, [g] * depth, inputs=rows_in) for g in gains], 1)
-    # ... and one layer per activation: input rows phi(z) drawn from a pool of 8x as many
-    # as the seeds use (data, so one compile serves every phi), Var(w) = g_phi^2 / n.
-    one = stack(width=(mc_n, mc_out), activation="linear", kernel_init=I.normal(mc_n**-0.5))
     z = np.random.default_rng(cfg.seed).standard_normal((8 * mc_seeds * mc_b, mc_n))
-
-    def through_one_layer(a):
-        return z2(one, mc_seeds, mc_b, 11, [derived[a]], data=L.get_activation(a).numpy_fn()(z))
-
-    mc = np.stack([through_one_layer(a)[:, 0] for a in names], 1)  # (seeds, activations)
+    phi = {a: L.get_activation(a).numpy_fn()(z) for a in names}
+    mc = np.stack([z2(one, mc_seeds, mc_b, 11, [derived[a]], data=phi[a])[:, 0] for a in names], 1)
     (q_mean, q_se), (mc_mean, mc_se) = seed_mean(q_meas), seed_mean(mc)
     mc_ok = np.abs(mc_mean - 1.0) <= 4.0 * mc_se
 
@@ -198,8 +179,7 @@ def run_gains(cfg: RunConfig) -> ExperimentResult:
     z_layers = np.abs(q_mean - q_fw) / q_se
     ok_layers = z_layers <= k_layers
     tail = slice(2 * depth // 3, depth)
-    q_tail = q_meas[:, 1, tail].mean(1)
-    q_tail_mean, q_tail_se = (float(x) for x in seed_mean(q_tail))
+    q_tail_mean, q_tail_se = (float(x) for x in seed_mean(q_meas[:, 1, tail].mean(1)))
     tail_tol = 4.0 * q_tail_se + depth / width * fp.q_star
     # Sub-exponential decay for g = 1: q_L / q_(L/2) as the law says (about 1/2 for a
     # 1/(2l) decay), far above the exponential extrapolation of the first step.
@@ -223,102 +203,71 @@ def run_gains(cfg: RunConfig) -> ExperimentResult:
         law("Derived gain of leaky ReLU (slope 0.01)", L.gain_expr("leaky_relu")),
         law("Forward law of one layer", L.forward_law()),
     ]
-    rows = [
-        Row(
-            f"E[z^2] at layer {depth}, g = 1 (iterated law; q* = 0)",
-            float(q_law[0, -1]),
-            float(q_mean[0, -1]),
-            f"s.e. {q_se[0, -1]:.2g}; asymptote 1/(1 + 2(l-1)) = {asym[-1]:.4g}",
-        ),
-        Row(
-            f"E[z^2] at layer {depth}, g = 1, finite-width law (n = {width}, O(1/n))",
-            float(q_fw[0, -1]),
-            float(q_mean[0, -1]),
-            f"{q_fw[0, -1] / q_law[0, -1] - 1:+.2%} from the infinite-width law",
-        ),
-        Row(
-            f"q_{depth} / q_{h + 1}, g = 1 (sub-exponential)",
-            float(r_law),
-            float(r_meas),
-            f"exponential extrapolation of step 1: {r_exp:.3g}",
-        ),
-        Row(
-            "q* (g = 5/3), mean-field fixed point",
-            fp.q_star,
-            q_tail_mean,
-            f"mean of layers {tail.start + 1}..{depth}, s.e. {q_tail_se:.2g}",
-        ),
-        Row("sqrt(q*) (g = 5/3), per-layer std", math.sqrt(fp.q_star), math.sqrt(q_tail_mean)),
-        Row("chi_1 = g^2 E[tanh'(sqrt(q*) z)^2] (g = 5/3)", fp.chi, "", "law only"),
-    ]
-    rows += [
-        Row(
-            f"gain({a}): derived (predicted) vs conventional (measured column)",
-            derived[a],
-            conv[a] if conv[a] is not None else "none",
-            f"MC g^2 E[phi^2] through one layer = {mc_mean[i]:.4f} +- {mc_se[i]:.4f}",
-        )
-        for i, a in enumerate(names)
-    ]
-    claims = [
-        Claim(
-            "With g = 5/3 the per-layer E[z^2] of a deep tanh MLP converges to the non-zero "
+    table: list[tuple[Any, ...]] = [
+        (f"E[z^2] at layer {depth}, g = 1 (iterated law; q* = 0)", float(q_law[0, -1]),
+         float(q_mean[0, -1]), f"s.e. {q_se[0, -1]:.2g}; asymptote 1/(1 + 2(l-1)) = {asym[-1]:.4g}"),
+        (f"E[z^2] at layer {depth}, g = 1, finite-width law (n = {width}, O(1/n))",
+         float(q_fw[0, -1]), float(q_mean[0, -1]),
+         f"{q_fw[0, -1] / q_law[0, -1] - 1:+.2%} from the infinite-width law"),
+        (f"q_{depth} / q_{h + 1}, g = 1 (sub-exponential)", float(r_law), float(r_meas),
+         f"exponential extrapolation of step 1: {r_exp:.3g}"),
+        ("q* (g = 5/3), mean-field fixed point", fp.q_star, q_tail_mean,
+         f"mean of layers {tail.start + 1}..{depth}, s.e. {q_tail_se:.2g}"),
+        ("sqrt(q*) (g = 5/3), per-layer std", math.sqrt(fp.q_star), math.sqrt(q_tail_mean)),
+        ("chi_1 = g^2 E[tanh'(sqrt(q*) z)^2] (g = 5/3)", fp.chi, "", "law only"),
+        *((f"gain({a}): derived (predicted) vs conventional (measured column)", derived[a],
+           conv[a] if conv[a] is not None else "none",
+           f"MC g^2 E[phi^2] through one layer = {mc_mean[i]:.4f} +- {mc_se[i]:.4f}")
+          for i, a in enumerate(names)),
+    ]  # fmt: skip
+    rows = [base.Row(*r) for r in table]
+    claims = [base.Claim(statement, bool(held), evidence) for statement, held, evidence in (
+        ("With g = 5/3 the per-layer E[z^2] of a deep tanh MLP converges to the non-zero "
             "mean-field fixed point q* (std sqrt(q*)).",
-            bool(abs(q_tail_mean - fp.q_star) <= tail_tol),
+            abs(q_tail_mean - fp.q_star) <= tail_tol,
             f"q* = {fp.q_star:.4f} (std {math.sqrt(fp.q_star):.4f}); measured "
             f"{q_tail_mean:.4f} (std {math.sqrt(q_tail_mean):.4f}) over layers "
             f"{tail.start + 1}..{depth}; tolerance {tail_tol:.3g} = 4 s.e. + (L/n) q*.",
-        ),
-        Claim(
-            "With g = 1, E[z^2] decays towards q* = 0 sub-exponentially (like 1/(2l)), as the "
-            "iterated mean-field law says.",
-            bool(abs(r_meas - r_law) <= r_tol and r_exp < 0.5 * r_law),
+        ), ("With g = 1, E[z^2] decays towards q* = 0 sub-exponentially (like 1/(2l)), as "
+            "the iterated mean-field law says.",
+            abs(r_meas - r_law) <= r_tol and r_exp < 0.5 * r_law,
             f"q_{depth}/q_{h + 1}: law {r_law:.4f}, measured {r_meas:.4f} (tolerance "
             f"{r_tol:.3g} = 4 s.e. + (L/n) ratio); an exponential decay at the first step's "
             f"rate would give {r_exp:.3g}. Layer {depth}: law {q_law[0, -1]:.4g}, measured "
             f"{q_mean[0, -1]:.4g}.",
-        ),
-        Claim(
-            "Measured per-layer E[z^2] follows the iterated law for both gains (with its "
+        ), ("Measured per-layer E[z^2] follows the iterated law for both gains (with its "
             "finite-width correction).",
-            bool(ok_layers.all()),
-            f"{int(ok_layers.sum())}/{ok_layers.size} layers within {k_layers:.2f} s.e. of the "
-            f"finite-width law (t test over {seeds} seeds, Bonferroni over the layers, "
-            f"family-wise 1e-3); largest deviation {z_layers.max():.2f} s.e. Relative deviation "
-            f"from the infinite-width law at most {rel_dev[0].max():.3g} (g = 1) and "
-            f"{rel_dev[1].max():.3g} (g = 5/3); the finite-width correction accounts for "
-            f"{abs(q_fw[0, -1] / q_law[0, -1] - 1):.3g} of it at layer {depth}, g = 1.",
-        ),
-        Claim(
-            "The derived gains of linear (1), ReLU (sqrt 2) and leaky ReLU (sqrt(2/(1+a^2))) "
+            ok_layers.all(),
+            f"{int(ok_layers.sum())}/{ok_layers.size} layers within {k_layers:.2f} s.e. of "
+            f"the finite-width law (t test over {seeds} seeds, Bonferroni over the layers, "
+            f"family-wise 1e-3); largest deviation {z_layers.max():.2f} s.e. Relative "
+            f"deviation from the infinite-width law at most {rel_dev[0].max():.3g} (g = 1) "
+            f"and {rel_dev[1].max():.3g} (g = 5/3); the finite-width correction accounts "
+            f"for {abs(q_fw[0, -1] / q_law[0, -1] - 1):.3g} of it at layer {depth}, g = 1.",
+        ), ("The derived gains of linear (1), ReLU (sqrt 2) and leaky ReLU (sqrt(2/(1+a^2))) "
             "equal the conventional ones exactly.",
-            bool(all(exact_same.values())),
-            "; ".join(f"{a}: derived {L.gain_expr(a)}, equal: {v}" for a, v in exact_same.items())
+            all(exact_same.values()),
+            "; ".join(
+                f"{a}: derived {L.gain_expr(a)}, equal: {v}" for a, v in exact_same.items()
+            )
             + " (SymPy simplifies the difference to 0).",
-        ),
-        Claim(
-            "SELU's derived gain is 1 (its constants make q = 1 a fixed point), not the "
+        ), ("SELU's derived gain is 1 (its constants make q = 1 a fixed point), not the "
             "conventional empirical 3/4.",
-            bool(selu_ok),
+            selu_ok,
             f"derived {derived['selu']:.12f}, conventional {conv['selu']}.",
-        ),
-        Claim(
-            "Each derived gain preserves E[z^2] = 1 through one layer (Monte Carlo).",
-            bool(mc_ok.all()),
+        ), ("Each derived gain preserves E[z^2] = 1 through one layer (Monte Carlo).",
+            mc_ok.all(),
             ", ".join(
                 f"{a} {m:.4f}+-{s:.4f}" for a, m, s in zip(names, mc_mean, mc_se, strict=True)
             )
             + f" ({mc_seeds} seeds, {mc_n} -> {mc_out} units, batch {mc_b}; tolerance 4 s.e.).",
         ),
-    ]
+    )]  # fmt: skip
 
     # -- figures --------------------------------------------------------------------------
-    fig, axes = new_figure(2, 1, width=5.2, height=3.6)
-    ax = axes[0, 0]
+    fig, ((ax, bx),) = base.new_figure(2, 1, width=5.2, height=3.6)
     for i, (lab, c) in enumerate(zip(labels, ("tab:blue", "tab:red"), strict=True)):
-        ax.errorbar(
-            layers, q_mean[i], yerr=q_se[i], fmt="o", ms=3, color=c, label=f"measured, {lab}"
-        )
+        ax.errorbar(layers, q_mean[i], q_se[i], fmt="o", ms=3, color=c, label=f"measured, {lab}")
         ax.plot(layers, q_law[i], "-", color=c, lw=1.2, label=f"iterated law, {lab}")
         ax.plot(layers, q_fw[i], "--", color=c, lw=0.8, label=f"finite-width law, {lab}")
     ax.axhline(fp.q_star, color="tab:red", ls="--", lw=0.8, label="q* (g = 5/3)")
@@ -326,18 +275,14 @@ def run_gains(cfg: RunConfig) -> ExperimentResult:
     ax.set(yscale="log", xlabel="layer l", ylabel="E[z_l^2]")
     ax.set_title(f"tanh MLP, width {width}, Var(w) = g^2/n")
     ax.legend(fontsize=7)
-    ax = axes[0, 1]
     xs = np.arange(len(names))
     conv_arr = np.asarray([conv[a] if conv[a] is not None else np.nan for a in names])
-    ax.bar(xs - 0.2, [derived[a] for a in names], 0.4, label="derived 1/sqrt(E[phi(z)^2])")
-    ax.bar(xs + 0.2, conv_arr, 0.4, label="conventional (calculate_gain)")
-    ax.errorbar(
-        xs - 0.2, mc_mean, yerr=4 * mc_se, fmt="k_", ms=8, label="MC g^2 E[phi^2] (+-4 s.e.)"
-    )
-    ax.set_xticks(xs)
-    ax.set_xticklabels(names, rotation=60, fontsize=8)
-    ax.set(ylabel="gain", title="Gains per activation", ylim=(0.0, 2.5))
-    ax.legend(fontsize=7, loc="upper center", ncol=2)
+    bx.bar(xs - 0.2, [derived[a] for a in names], 0.4, label="derived 1/sqrt(E[phi(z)^2])")
+    bx.bar(xs + 0.2, conv_arr, 0.4, label="conventional (calculate_gain)")
+    bx.errorbar(xs - 0.2, mc_mean, 4 * mc_se, fmt="k_", ms=8, label="MC g^2 E[phi^2] (+-4 s.e.)")
+    bx.set_xticks(xs, names, rotation=60, fontsize=8)
+    bx.set(ylabel="gain", title="Gains per activation", ylim=(0.0, 2.5))
+    bx.legend(fontsize=7, loc="upper center", ncol=2)
     caption = (
         "Left: per-layer E[z^2] of a deep tanh MLP (markers, mean +- s.e. over seeds) and "
         "the iterated mean-field law (lines): g = 1 decays like 1/(2l) towards q* = 0, "
@@ -345,7 +290,13 @@ def run_gains(cfg: RunConfig) -> ExperimentResult:
         "registered activation; black ticks: measured g^2 E[phi(z)^2] through one layer "
         "(should be 1)."
     )
-    return ExperimentResult(
+    data = dict(
+        layers=layers, gains=np.asarray(gains), q_measured=q_meas, q_law=q_law, q_law_finite=q_fw,
+        layer_tolerance_se=k_layers, q_star=np.asarray([0.0, fp.q_star]),
+        activation_names=np.asarray(names), derived_gain=np.asarray([derived[a] for a in names]),
+        conventional_gain=conv_arr, mc_second_moment=mc,
+    )  # fmt: skip
+    return base.ExperimentResult(
         name="gains",
         title="Gains: the tanh mean field and derived vs conventional gains",
         summary=(
@@ -357,21 +308,9 @@ def run_gains(cfg: RunConfig) -> ExperimentResult:
         laws=laws,
         rows=rows,
         claims=claims,
-        figures=[Figure("gains", caption, figure_png(fig))],
+        figures=[base.Figure("gains", caption, base.figure_png(fig))],
         notes=[
             L.gain_comparison(a) for a in (("tanh",) if cfg.quick else ("tanh", "selu", "sigmoid"))
         ],
-        data={
-            "layers": layers,
-            "gains": np.asarray(gains),
-            "q_measured": q_meas,
-            "q_law": q_law,
-            "q_law_finite": q_fw,
-            "layer_tolerance_se": k_layers,
-            "q_star": np.asarray([0.0, fp.q_star]),
-            "activation_names": np.asarray(names),
-            "derived_gain": np.asarray([derived[a] for a in names]),
-            "conventional_gain": conv_arr,
-            "mc_second_moment": mc,
-        },
+        data=data,
     )

@@ -19,50 +19,17 @@ predicted by :func:`varprop.laws.propagate`.
 
 from __future__ import annotations
 
-import functools
 import math
 
-import jax
-import jax.numpy as jnp
 import matplotlib
 import matplotlib.ticker
 import numpy as np
 
 from varprop import initializers as I
 from varprop import laws as L
-from varprop._src.core.network import Network, forward, init_params, scale_kernels
 from varprop._src.experiments import base
 from varprop._src.experiments.gains import tanh_m2_series
-from varprop._src.experiments.measure import keys_for, law, run_probe, seed_mean, stack
-from varprop._src.probe import COMPILER_OPTIONS
-
-
-@functools.lru_cache(maxsize=4)
-def _gradient_histograms(net: Network, batch: int):
-    """``(keys, scales, edges) -> (seeds, hidden layers, bins)``: per-layer histograms of
-    dL/dz (loss sum(y v)) on the probe's draws, from the per-example gradient of the core
-    network's loss with respect to its biases (one compile; scales and edges traced).
-
-    Stands in for the probe's ``backward.gz_hist`` until histograms of dL/dz run there: with
-    ``edges``, ``make_probe`` sizes the input taps' carriers for the histogram bins too, and
-    their VJP (no histogram) fails with a shape mismatch.
-    """
-
-    def one(key, scales, edges):
-        kw, kx, kv, _ = jax.random.split(key, 4)
-        params = scale_kernels(net, init_params(net, kw), scales)
-        x = jax.random.normal(kx, (batch, net.widths[0]), jnp.float32)
-        v = jax.random.normal(kv, (batch, net.widths[-1]), jnp.float32)
-
-        def loss(bs, xb, vb):
-            ps = [{**p, "b": b} for p, b in zip(params, bs, strict=True)]
-            return jnp.sum(forward(net, ps, xb[None]) * vb[None])
-
-        gz = jax.vmap(jax.grad(loss), (None, 0, 0))([p["b"] for p in params], x, v)
-        gz = jnp.concatenate(gz[:-1], axis=1)  # (batch, hidden layers, n)
-        return jax.vmap(lambda g: jnp.histogram(g, edges)[0], 1)(gz)
-
-    return jax.jit(jax.vmap(one, (0, None, None)), compiler_options=COMPILER_OPTIONS)
+from varprop._src.experiments.measure import law, probe_fields, seed_mean, stack
 
 
 @base.experiment("histograms", "Histograms of activations and gradients per layer (tanh)", 9)
@@ -82,9 +49,10 @@ def run_histograms(cfg: base.RunConfig) -> base.ExperimentResult:
     var_h = [init.scheme.variance((width, width)) for init in inits.values()]
     var_o = [init.scheme.variance((width, n_out)) for init in inits.values()]
     props = [L.propagate(widths, "tanh", init.scheme) for init in inits.values()]
-    q_law = np.stack([p.forward[:depth] for p in props])
-    h2_law = np.stack([p.post_activation[:depth] for p in props])
-    g2_law = np.stack([p.backward[:depth] for p in props])
+    q_law, h2_law, g2_law = (
+        np.stack([getattr(p, k)[:depth] for p in props])
+        for k in ("forward", "post_activation", "backward")
+    )
     # Gradient bins: +-4 of the largest predicted gradient std of each init (law-derived).
     gmax = 4.0 * np.sqrt(g2_law.max(axis=1))
     grad_edges = np.stack([np.linspace(-g, g, nbins + 1) for g in gmax])
@@ -93,27 +61,15 @@ def run_histograms(cfg: base.RunConfig) -> base.ExperimentResult:
     # The probe on one tanh net with U[-1, 1) weights: each init is a per-layer weight
     # scale sqrt(3 Var(w)) of the same draws (common random numbers).
     net = stack(width=widths, activation="tanh", kernel_init=I.uniform(1.0))
-    ha, hg, h2, g2 = [], [], [], []
-    for vh, vo, ge in zip(var_h, var_o, grad_edges, strict=True):
-        scales = np.sqrt(3.0 * np.asarray([vh] * depth + [vo]))
-        st = run_probe(
-            net,
-            seeds=seeds,
-            seed=cfg.seed,
-            batch=batch,
-            weight_scales=scales,
-            edges=(a_edges, np.zeros(1)),  # no bins of dL/dz: see _gradient_histograms
-        )
-        assert st.forward.h_hist is not None
-        ha.append(st.forward.h_hist[:, :depth].sum(0))
-        hist = _gradient_histograms(net, batch)(
-            keys_for(cfg.seed, 0, seeds), jnp.asarray(scales, jnp.float32), jnp.asarray(ge)
-        )
-        hg.append(np.asarray(hist, np.float64).sum(0))
-        h2.append(np.exp(st.forward.h_lm2[:, :depth]))
-        g2.append(np.exp(st.backward.gz_lm2[:, :depth]))
-    ha, hg = np.stack(ha), np.stack(hg)  # (inits, depth, nbins)
-    h2, g2 = np.stack(h2, axis=1), np.stack(g2, axis=1)  # (seeds, inits, depth)
+    fields = ("h_hist", "gz_hist", "h_lm2", "gz_lm2")
+    sts = [
+        probe_fields(net, fields, seeds=seeds, seed=cfg.seed, batch=batch, edges=(a_edges, ge),
+                     weight_scales=np.sqrt(3.0 * np.asarray([vh] * depth + [vo])))
+        for vh, vo, ge in zip(var_h, var_o, grad_edges, strict=True)
+    ]  # fmt: skip
+    # (inits, depth, nbins) histograms pooled over seeds; (seeds, inits, depth) moments
+    ha, hg = (np.stack([s[k][:, :depth].sum(0) for s in sts]) for k in fields[:2])
+    h2, g2 = (np.exp(np.stack([s[k][:, :depth] for s in sts], 1)) for k in fields[2:])
 
     # Stds per layer and the spread (max/min over layers), measured vs law. Standard errors
     # of log std over seeds give the tolerance: 4 s.e. of each log, plus the finite-width
@@ -128,45 +84,30 @@ def run_histograms(cfg: base.RunConfig) -> base.ExperimentResult:
     lg_rel_law = lg_law - lg_law[:, -1:]
     ok_g = np.abs(lg_rel_m - lg_rel_law) <= 4.0 * lg_rel_se + bias[::-1][None, :]
 
-    def spread(lv):
-        return lv.max(-1) - lv.min(-1)  # log(max std / min std)
-
-    sp_a_m, sp_a_law = spread(la_m), spread(la_law)
-    sp_g_m, sp_g_law = spread(lg_m), spread(lg_law)
-    # Tolerance of a spread (difference of two layer logs): 4 s.e. of each, added, + bias.
-    sp_tol_a = 4.0 * 2 * la_se.max(-1) + depth / width
-    sp_tol_g = 4.0 * 2 * lg_se.max(-1) + depth / width
-    shrink_a_m, shrink_a_law = (
-        np.exp(la_m[:, -1] - la_m[:, 0]),
-        np.exp(la_law[:, -1] - la_law[:, 0]),
+    # log(max std / min std) over layers; its tolerance (a difference of two layer logs): 4
+    # s.e. of each, added, + bias.
+    sp_a_m, sp_a_law, sp_g_m, sp_g_law = (
+        v.max(-1) - v.min(-1) for v in (la_m, la_law, lg_m, lg_law)
     )
-    shrink_g_m, shrink_g_law = (
-        np.exp(lg_m[:, 0] - lg_m[:, -1]),
-        np.exp(lg_law[:, 0] - lg_law[:, -1]),
-    )
+    sp_tol_a, sp_tol_g = (4.0 * 2 * se.max(-1) + depth / width for se in (la_se, lg_se))
+    shrink_a_m, shrink_a_law = (np.exp(v[:, -1] - v[:, 0]) for v in (la_m, la_law))
+    shrink_g_m, shrink_g_law = (np.exp(v[:, 0] - v[:, -1]) for v in (lg_m, lg_law))
 
     laws = [
         *(law(f"Forward law, {nm}", L.forward_law(inits[nm].scheme)) for nm in names),
         *(law(f"Backward law, {nm}", L.backward_law(inits[nm].scheme)) for nm in names),
         law("Small-q series of E[tanh(sqrt(q) z)^2]", tanh_m2_series(2)),
     ]
-    rows = []
-    for i, nm in enumerate(names):
-        rows += [
-            base.Row(
-                f"{nm}: std(h_{l + 1}), std(dL/dz_{l + 1})",
-                f"{math.exp(la_law[i, l]):.4g}, {math.exp(lg_law[i, l]):.4g}",
-                f"{math.exp(la_m[i, l]):.4g}, {math.exp(lg_m[i, l]):.4g}",
-            )
-            for l in range(depth)
+    rows = [
+        base.Row(f"{nm}: {q}", f"{p[0]:.4g}, {p[1]:.4g}", f"{m[0]:.4g}, {m[1]:.4g}")
+        for i, nm in enumerate(names)
+        for q, p, m in [
+            *((f"std(h_{l + 1}), std(dL/dz_{l + 1})", np.exp([la_law[i, l], lg_law[i, l]]),
+               np.exp([la_m[i, l], lg_m[i, l]])) for l in range(depth)),
+            (f"std(h_{depth})/std(h_1), std(dL/dz_1)/std(dL/dz_{depth})",
+             (shrink_a_law[i], shrink_g_law[i]), (shrink_a_m[i], shrink_g_m[i])),
         ]
-        rows.append(
-            base.Row(
-                f"{nm}: std(h_{depth})/std(h_1), std(dL/dz_1)/std(dL/dz_{depth})",
-                f"{shrink_a_law[i]:.4g}, {shrink_g_law[i]:.4g}",
-                f"{shrink_a_m[i]:.4g}, {shrink_g_m[i]:.4g}",
-            )
-        )
+    ]  # fmt: skip
     claims = [
         base.Claim(
             "With the standard init the activation std shrinks layer by layer as the law says "
@@ -216,13 +157,8 @@ def run_histograms(cfg: base.RunConfig) -> base.ExperimentResult:
             centers = 0.5 * (edges[1:] + edges[:-1])
             for l in range(depth):
                 dens = counts[l] / (counts[l].sum() * (edges[1] - edges[0]))
-                ax.plot(
-                    centers,
-                    np.where(dens > 0, dens, np.nan),
-                    color=cmap(l / max(depth - 1, 1)),
-                    lw=1.2,
-                    label=f"layer {l + 1}",
-                )
+                dens, c = np.where(dens > 0, dens, np.nan), cmap(l / max(depth - 1, 1))
+                ax.plot(centers, dens, color=c, lw=1.2, label=f"layer {l + 1}")
             kind = "activations" if j == 0 else "back-propagated gradients"
             ax.set(yscale="log", xlabel=what, ylabel="density")
             ax.set_title(f"{nm.split(' (')[0].split(' U')[0]} init: {kind}", fontsize=9)
@@ -233,10 +169,8 @@ def run_histograms(cfg: base.RunConfig) -> base.ExperimentResult:
     ):
         ax = axes[j, 2]
         for i, (nm, c) in enumerate(zip(names, ("tab:red", "tab:blue"), strict=True)):
-            ax.errorbar(
-                lay, np.exp(lm[i]), yerr=np.exp(lm[i]) * lse[i], fmt="o", color=c, ms=4,
-                label=f"measured, {nm}",
-            )  # fmt: skip
+            e = np.exp(lm[i])
+            ax.errorbar(lay, e, e * lse[i], fmt="o", color=c, ms=4, label=f"measured, {nm}")
             ax.plot(lay, np.exp(llaw[i]), "-", color=c, lw=1.2, label=f"law, {nm}")
         ax.set(yscale="log", xlabel="layer l", ylabel=what)
         ax.set_title(f"{what}: measured vs law", fontsize=9)
@@ -254,6 +188,11 @@ def run_histograms(cfg: base.RunConfig) -> base.ExperimentResult:
         "Right column: per-layer std, markers measured (mean over seeds, 1 s.e.), lines "
         "the forward/backward law with E[tanh^2], E[tanh'^2]; red standard, blue normalized."
     )
+    data = dict(
+        init_names=np.asarray(names), act_hist=ha, grad_hist=hg, act_edges=a_edges,
+        grad_edges=grad_edges, h2=h2, g2=g2, h2_law=h2_law, g2_law=g2_law, q_law=q_law,
+        var_hidden=np.asarray(var_h), var_out=np.asarray(var_o),
+    )  # fmt: skip
     return base.ExperimentResult(
         name="histograms",
         title="Histograms of activations and gradients per layer (tanh)",
@@ -271,18 +210,5 @@ def run_histograms(cfg: base.RunConfig) -> base.ExperimentResult:
             "The loss is sum(y * v) with v ~ N(0, 1) (unit second moment of dL/dy), not the "
             "paper's softmax cross-entropy; inputs are N(0, 1), not Shapeset images.",
         ],
-        data={
-            "init_names": np.asarray(names),
-            "act_hist": ha,
-            "grad_hist": hg,
-            "act_edges": a_edges,
-            "grad_edges": grad_edges,
-            "h2": h2,
-            "g2": g2,
-            "h2_law": h2_law,
-            "g2_law": g2_law,
-            "q_law": q_law,
-            "var_hidden": np.asarray(var_h),
-            "var_out": np.asarray(var_o),
-        },
+        data=data,
     )

@@ -32,11 +32,19 @@ import sympy as sp
 from scipy import stats as sstats
 
 from varprop import laws
-from varprop._src.core.network import Network, make_network
+from varprop._src.core.network import Network, init_params, make_network, scale_kernels
 from varprop._src.data import Dataset, Split, load_classification, standardize_split
 from varprop._src.experiments.base import Figure, Law, RunConfig, figure_png
 from varprop._src.initializers import Initializer
-from varprop._src.probe import HistogramEdges, make_probe
+from varprop._src.probe import (
+    COMPILER_OPTIONS,
+    SUMMARY_FIELDS,
+    ForwardStats,
+    HistogramEdges,
+    make_probe,
+    network_loss,
+    probe_params,
+)
 
 Array = jax.Array
 
@@ -191,3 +199,72 @@ def figure(name: str, caption: str, fig: Any) -> Figure:
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
     return Figure(name, caption, figure_png(fig))
+
+
+def layer_stats(net: Network, params, x: Array) -> ForwardStats:
+    """The lean probe's forward statistics of every layer on the input batch ``x``
+    (:func:`~varprop._src.probe.network_loss` without the backward pass; not jitted here), for
+    programs that need no gradient statistics."""
+    carriers = [jnp.zeros((b - a, 2, len(SUMMARY_FIELDS)), jnp.float32) for a, b in net.segments()]
+    v = jnp.zeros((x.shape[0], net.widths[-1]), jnp.float32)
+    return network_loss(net, params, x, v, carriers, lean=True)[1][0]
+
+
+@functools.lru_cache(maxsize=16)
+def _fields_program(net: Network, batch: int, inputs: Callable | None, fields: tuple[str, ...]):
+    backward = not set(fields) <= set(ForwardStats._fields)
+
+    def one(key, data, scales, edges):
+        kw, kx, kv, _ = jax.random.split(key, 4)  # the probe's draws
+        if inputs is not None:
+            x = inputs(kx)
+        elif data is None:
+            x = jax.random.normal(kx, (batch, net.widths[0]), jnp.float32)
+        else:
+            x = jnp.take(data, jax.random.randint(kx, (batch,), 0, data.shape[0]), axis=0)
+        params = scale_kernels(net, init_params(net, kw), scales)
+        if not backward:
+            st = layer_stats(net, params, x)
+            return {f: getattr(st, f) for f in fields}
+        v = jax.random.normal(kv, (batch, net.widths[-1]), jnp.float32)
+        ps = probe_params(net, params, x, v, edges, lean=True)
+        return {
+            f: getattr(ps.forward if f in ForwardStats._fields else ps.backward, f) for f in fields
+        }
+
+    return jax.jit(jax.vmap(one, (0, None, None, None)), compiler_options=COMPILER_OPTIONS)
+
+
+def probe_fields(
+    net: Network,
+    fields: Sequence[str],
+    *,
+    seeds: int,
+    seed: int,
+    batch: int,
+    weight_scales: Sequence[float] | np.ndarray,
+    tag: int = 0,
+    edges: tuple[np.ndarray, np.ndarray] | None = None,
+    inputs: Callable[[Array], Array] | None = None,
+    data: np.ndarray | None = None,
+) -> dict[str, np.ndarray]:
+    """The named fields of :func:`run_probe`'s forward and backward statistics (the same
+    draws and numbers; float64 numpy arrays with a leading seed axis), from a program that
+    computes only those: without the backward pass when all are forward statistics, and the
+    rest left to XLA's dead-code elimination, so it compiles faster than the whole probe.
+
+    Example:
+        >>> from varprop._src.initializers import normal
+        >>> net = stack(width=64, depth=3, activation="relu", kernel_init=normal(1.0))
+        >>> kw = dict(seeds=4, seed=0, batch=32, weight_scales=[0.5, 0.5, 0.5])
+        >>> st, z2 = run_probe(net, **kw), probe_fields(net, ["z_lm2", "gz_lm2"], **kw)
+        >>> bool(np.allclose(z2["z_lm2"], st.forward.z_lm2)), z2["gz_lm2"].shape
+        (True, (4, 3))
+    """
+    prog = _fields_program(net, batch, inputs, tuple(fields))
+    e = None
+    if edges is not None:
+        e = HistogramEdges(jnp.asarray(edges[0], jnp.float32), jnp.asarray(edges[1], jnp.float32))
+    scales = jnp.asarray(weight_scales, jnp.float32)
+    out = prog(keys_for(seed, tag, seeds), None if data is None else jnp.asarray(data), scales, e)
+    return {k: np.asarray(a, np.float64) for k, a in out.items()}
