@@ -53,27 +53,20 @@ def _norms(net: core.Network) -> list[dict[str, jax.Array]]:
 @functools.lru_cache(maxsize=4)
 def _scale_program(nets: tuple[core.Network, ...], batch: int):
     """``(keys, alphas) -> (stats, bn)`` per seed and weight scale alpha (hidden kernels times
-    alpha, the read-out unscaled), on the same draws (the probe's): ``stats`` the lean probe's
-    forward statistics of each net; ``bn``, for each net with a norm, a training-mode
-    :func:`norm_forward` (momentum 0: the running statistics become the batch's) with an
-    identity read-out (which passes h through exactly): each hidden layer's batch variances
-    ``(L - 1, n)`` and the last hidden layer's ``h = relu(BN(z))``."""
-    net = nets[0]
+    alpha), on the probe's draws: the forward statistics of each net, and for each BN net a
+    training-mode :func:`norm_forward` (momentum 0: the running statistics are the batch's)
+    with an identity read-out: the batch variances ``(L - 1, n)`` and the last ``relu(BN(z))``."""
+    net, fields = nets[0], ("u_lm2", "h_lm2", "z_lm2", "z_finite")
 
     def one(key, alpha):
         kw, kx, _, _ = jax.random.split(key, 4)
-        params = core.scale_kernels(
-            net, core.init_params(net, kw), jnp.ones(net.depth).at[:-1].set(alpha)
-        )
+        params = core.init_params(net, kw)
+        params = core.scale_kernels(net, params, jnp.ones(net.depth).at[:-1].set(alpha))
         x = jax.random.normal(kx, (batch, net.widths[0]), jnp.float32)
-        fields = ("u_lm2", "h_lm2", "z_lm2", "z_finite")
         stats = [{f: getattr(layer_stats(n, params, x), f) for f in fields} for n in nets]
         ident = [*params[:-1], {**params[-1], "W": jnp.eye(net.widths[-1])[None]}]
-        bn = [
-            core.norm_forward(n, ident, _norms(n), x, train=True, momentum=0.0, epsilon=n.epsilon)
-            for n in nets
-            if n.norm
-        ]
+        bn = [core.norm_forward(n, ident, _norms(n), x, train=True, momentum=0.0, epsilon=n.epsilon)
+              for n in nets if n.norm]  # fmt: skip
         return stats, [(jnp.concatenate([s["var"] for s in st]), y) for y, st in bn]
 
     prog = jax.vmap(jax.vmap(one, (None, 0)), (0, None))
@@ -82,14 +75,10 @@ def _scale_program(nets: tuple[core.Network, ...], batch: int):
 
 @functools.lru_cache(maxsize=4)
 def _running(net: core.Network, batch: int, n_eval: int, steps: int, n_ref: int, m: float):
-    """Running statistics of ``net`` (fixed weights) on x ~ N(mu, diag sigma^2), updated by
-    ``steps`` training-mode batches with momentum ``m``.
-
-    Returns per seed: the running means and variances after each step ``(steps, L - 1,
-    n)``, the expected batch statistics (``n_ref`` batches, each a momentum-0 update), the
-    layer-1 and output gaps ||y_train - y_eval|| / ||y_train|| on a fixed eval batch after
-    each step (step 0 first), and the data's mu, sigma and the layer-1 kernel.
-    """
+    """Per seed, the running statistics of ``net`` (fixed weights) on x ~ N(mu, diag sigma^2)
+    after each of ``steps`` training-mode batches (momentum ``m``) ``(steps, L - 1, n)``, the
+    batch statistics of ``n_ref`` batches, the layer-1 and output gaps ||y_train - y_eval|| /
+    ||y_train|| on a fixed eval batch after each step (step 0 first), mu, sigma and W_1."""
     eps, n = net.epsilon, net.widths[0]
 
     def one(key):
@@ -102,9 +91,8 @@ def _running(net: core.Network, batch: int, n_eval: int, steps: int, n_ref: int,
             return mu[None] + sd[None] * jax.random.normal(k, (size, n), jnp.float32)
 
         def run(norms, x, train, momentum=m):  # -> output, new state, running mean, var
-            y, st = core.norm_forward(
-                net, params, norms, x, train=train, momentum=momentum, epsilon=eps
-            )
+            y, st = core.norm_forward(net, params, norms, x, train=train, momentum=momentum,
+                                      epsilon=eps)  # fmt: skip
             new = [{**a, **b} for a, b in zip(norms, st, strict=True)]
             return y, new, *(jnp.concatenate([s[k] for s in st]) for k in ("mean", "var"))
 
@@ -158,7 +146,6 @@ def run_batchnorm(cfg: base.RunConfig) -> base.ExperimentResult:
     widths = [width] * (depth + 2)  # depth BN + ReLU layers, then a linear read-out
     log10 = math.log(10)
 
-    # -- laws ---------------------------------------------------------------------------
     proof = None if cfg.quick else L.prove_scale_invariance(3)
     m2_expr = L.train_output_second_moment(1, 0, N.batch_var, N.epsilon)
     law_fn = sp.lambdify((N.batch_var, N.epsilon), m2_expr, modules="numpy")
@@ -167,7 +154,6 @@ def run_batchnorm(cfg: base.RunConfig) -> base.ExperimentResult:
     props = [L.propagate(widths, "relu", s, batch=batch) for s in schemes]
     logq_law = np.log(np.stack([p.forward[:depth] for p in props]))
 
-    # -- (a) scale invariance: BN with eps 0 and 1e-5, and no BN, on the same draws ---------
     epsilons = (0.0, 1e-5)
     relu_net = functools.partial(stack, width=widths, activation="relu", kernel_init=I.normal(1.0))
     nets = (*(relu_net(norm="batchnorm", norm_epsilon=e) for e in epsilons), relu_net())
@@ -201,7 +187,6 @@ def run_batchnorm(cfg: base.RunConfig) -> base.ExperimentResult:
     ]
     limit = [(k, l) if l else ("none", None) for k, l in limit]
 
-    # -- (b) running statistics -------------------------------------------------------------
     m, beps = 0.9, 1e-5
     bw, bd, bb, n_eval, steps, n_ref, bseeds = (
         (64, 3, 128, 512, 50, 64, 4) if cfg.quick else (128, 3, 128, 2048, 120, 256, 8)
@@ -288,12 +273,12 @@ def run_batchnorm(cfg: base.RunConfig) -> base.ExperimentResult:
         ("With BatchNorm (eps = 0) the per-layer statistics are the same for weight "
             "scales 1e-3 ... 1e3, to float32 rounding.",
             max_diff0 <= float_tol and stat_dev0 <= float_tol,
-            f"max |h_L(alpha) - h_L(1)| / rms(z_hat_L) after the last of the {depth} BN "
-            f"layers, over every scale: {max_diff0:.3g}; max deviation of E[z_hat^2], "
-            f"E[h^2]: {stat_dev0:.3g}; tolerance L (sqrt(n) + 8) eps32 = {float_tol:.3g}.",
+            f"max |h_L(alpha) - h_L(1)| / rms(z_hat_L) after the last of the {depth} BN layers, "
+            f"over every scale: {max_diff0:.3g}; max deviation of E[z_hat^2], E[h^2]: "
+            f"{stat_dev0:.3g}; tolerance L (sqrt(n) + 8) eps32 = {float_tol:.3g}.",
         ), ("With eps = 1e-5, E[z_hat^2] equals the law sigma_B^2/(sigma_B^2 + eps) at "
-            "every scale, so the invariance fails only once alpha^2 sigma_B^2 is comparable "
-            "to eps.",
+            "every scale, so the invariance fails only once alpha^2 sigma_B^2 is comparable to "
+            "eps.",
             law_dev1 <= float_tol,
             f"max |measured - law| {law_dev1:.3g} (tolerance {float_tol:.3g}); at std 1e-3 "
             f"E[z_hat^2] = {st1[:, 0, :, 0].mean():.4f} instead of 1.",
@@ -303,28 +288,25 @@ def run_batchnorm(cfg: base.RunConfig) -> base.ExperimentResult:
             and logq_law[0, -1] < np.log(1e-20)
             and logq_law[-1, -1] > np.log(1e20),
             f"layer {depth}: std 1e-3 law 10^{logq_law[0, -1] / log10:.1f}, measured "
-            f"10^{plain_mean[0, -1] / log10:.1f}; std 1e3 law "
-            f"10^{logq_law[-1, -1] / log10:.1f}, measured {plain_last}; every finite "
-            "layer within 4 s.e. + l/n (log units).",
+            f"10^{plain_mean[0, -1] / log10:.1f}; std 1e3 law 10^{logq_law[-1, -1] / log10:.1f}, "
+            f"measured {plain_last}; every finite layer within 4 s.e. + l/n (log units).",
         ), (f"The running statistics' relative bias decays like m^t (m = {m}).",
             ok_e.all(),
             f"max |measured - m^t| mean {np.abs(e_m[0] - pred_e).max():.3g}, var "
-            f"{np.abs(e_m[1] - pred_e).max():.3g}; tolerance 4 sd of the EMA of the batch "
-            f"noise, over {bseeds} seeds (max {4 * e_sd.max():.3g}).",
+            f"{np.abs(e_m[1] - pred_e).max():.3g}; tolerance 4 sd of the EMA of the batch noise, "
+            f"over {bseeds} seeds (max {4 * e_sd.max():.3g}).",
         ), ("The train/eval gap of the first BN layer follows the law (running statistics "
             "r_t, eval-mode moments, plus the batch-noise floor).",
             ok_gap.all(),
-            f"gap at t = 0: law {pred_gap[:, 0].mean():.4g}, measured {g1[:, 0].mean():.4g}"
-            f"; t = {steps}: law {pred_gap[:, -1].mean():.4g}, measured "
-            f"{g1[:, -1].mean():.4g}; max |log(measured/law)| {np.abs(r_m).max():.3g} "
-            "(tolerance 4 s.e. + 1/sqrt(N)).",
+            f"gap at t = 0: law {pred_gap[:, 0].mean():.4g}, measured {g1[:, 0].mean():.4g}; t = "
+            f"{steps}: law {pred_gap[:, -1].mean():.4g}, measured {g1[:, -1].mean():.4g}; max "
+            f"|log(measured/law)| {np.abs(r_m).max():.3g} (tolerance 4 s.e. + 1/sqrt(N)).",
         ),
     )]  # fmt: skip
     if proof is not None:
         stmt = "SymPy proves BN(alpha W x) = BN(W x) for eps = 0 and grad L(alpha W) = grad L(W)/alpha."
         claims.insert(0, base.Claim(stmt, bool(proof.holds), f"{proof}."))
 
-    # -- figures ----------------------------------------------------------------------------
     fig, axes = base.new_figure(2, 2, width=5.0, height=3.4)
     cols = matplotlib.colormaps["coolwarm"](np.linspace(0, 1, len(alphas)))
     (a0, a1), (a2, a3) = axes
@@ -359,13 +341,13 @@ def run_batchnorm(cfg: base.RunConfig) -> base.ExperimentResult:
         ax.legend(**legend)
     fig.tight_layout()
     caption = (
-        f"Top left: E[h_l^2] per layer of a ReLU MLP (width {width}) with training-mode "
-        "BatchNorm before each activation, for weight stds 1e-3 ... 1e3: with eps = 0 the "
-        "seven curves coincide; with eps = 1e-5 (crosses) the smallest scale deviates as "
-        "sigma_B^2/(sigma_B^2 + eps) says. Top right: the same nets without BN, "
-        "log10 E[z^2] measured (markers) and predicted (lines). Bottom left: relative bias "
-        "of the running mean and variance vs m^t. Bottom right: train/eval output gap on "
-        "a fixed batch, layer 1 against its law and the network output."
+        f"Top left: E[h_l^2] per layer of a ReLU MLP (width {width}) with training-mode BatchNorm "
+        "before each activation, for weight stds 1e-3 ... 1e3: with eps = 0 the seven curves "
+        "coincide; with eps = 1e-5 (crosses) the smallest scale deviates as sigma_B^2/(sigma_B^2 "
+        "+ eps) says. Top right: the same nets without BN, log10 E[z^2] measured (markers) and "
+        "predicted (lines). Bottom left: relative bias of the running mean and variance vs m^t. "
+        "Bottom right: train/eval output gap on a fixed batch, layer 1 against its law and the "
+        "network output."
     )
     data = {
         "alphas": alphas, "bn_stats_eps0": st0, "bn_stats_eps1e-5": st1,
@@ -373,24 +355,19 @@ def run_batchnorm(cfg: base.RunConfig) -> base.ExperimentResult:
         "running_bias": e_all, "running_bias_law": pred_e, "gap_layer1": g1,
         "gap_layer1_law": pred_gap, "gap_output": gout,
     }  # fmt: skip
-    return base.ExperimentResult(
-        name="batchnorm",
-        title="BatchNorm: scale invariance, and train vs eval mode",
-        summary=(
-            f"Training-mode BatchNorm gives identical per-layer statistics for weight stds "
-            f"1e-3 ... 1e3 (max relative difference {max_diff0:.2g}) while the plain net spans "
-            f"10^{logq_law[0, -1] / log10:.0f} ... 10^{logq_law[-1, -1] / log10:.0f}"
-            f"; eval mode matches train mode only as the running statistics converge like "
-            f"{m}^t (gap {g1[:, 0].mean():.3g} -> {g1[:, -1].mean():.3g})."
-        ),
-        laws=laws,
-        rows=rows,
-        claims=claims,
-        figures=[base.Figure("batchnorm", caption, base.figure_png(fig))],
-        notes=[
-            "The weights are not trained in (b): the running statistics are updated by "
-            "training-mode forward passes on fresh batches of a fixed distribution, so each "
-            "step's batch statistics are i.i.d. and E[r_t] = s + m^t (r_0 - s) exactly.",
-        ],
-        data=data,
+    summary = (
+        "Training-mode BatchNorm gives identical per-layer statistics for weight stds 1e-3 ... "
+        f"1e3 (max relative difference {max_diff0:.2g}) while the plain net spans "
+        f"10^{logq_law[0, -1] / log10:.0f} ... 10^{logq_law[-1, -1] / log10:.0f}; eval mode "
+        f"matches train mode only as the running statistics converge like {m}^t (gap "
+        f"{g1[:, 0].mean():.3g} -> {g1[:, -1].mean():.3g})."
     )
+    notes = [
+        "The weights are not trained in (b): the running statistics are updated by training-mode "
+        "forward passes on fresh batches of a fixed distribution, so each step's batch statistics "
+        "are i.i.d. and E[r_t] = s + m^t (r_0 - s) exactly.",
+    ]
+    return base.ExperimentResult(
+        "batchnorm", "BatchNorm: scale invariance, and train vs eval mode", summary, laws, rows, claims,
+        [base.Figure("batchnorm", caption, base.figure_png(fig))], notes, data
+    )  # fmt: skip

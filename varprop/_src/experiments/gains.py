@@ -96,8 +96,8 @@ def _finite_width_laws() -> list[base.Law]:
         sp.Symbol("V_l"), g**4 * sp.Derivative(f(a), a) ** 2 * v_prev + (f4(a) - f(a) ** 2) / n
     )
     where = (
-        "Q_l = |tanh(z_l)|^2/n, a = g^2 M_(l-1) = E[z_l^2], f(a) = E[tanh(sqrt(a) z)^2], "
-        "f_4(a) = E[tanh(sqrt(a) z)^4]"
+        "Q_l = |tanh(z_l)|^2/n, a = g^2 M_(l-1) = E[z_l^2], f(a) = E[tanh(sqrt(a) z)^2], f_4(a) = "
+        "E[tanh(sqrt(a) z)^4]"
     )
     return [
         law(f"Finite-width mean field to O(1/n), mean M_l of {where}", mean),
@@ -126,7 +126,6 @@ def run_gains(cfg: base.RunConfig) -> base.ExperimentResult:
     gains, labels = (1.0, 5.0 / 3.0), ("g = 1", "g = 5/3")
     names = L.activation_names()
 
-    # -- derived vs conventional gains (the law) ------------------------------------------
     if cfg.quick:  # quadrature (agrees with the closed forms to ~1e-11) skips SymPy
         derived = {a: 1.0 / math.sqrt(L.quadrature_moments(a, 1.0)[1]) for a in names}
     else:
@@ -160,11 +159,8 @@ def run_gains(cfg: base.RunConfig) -> base.ExperimentResult:
     (q_mean, q_se), (mc_mean, mc_se) = seed_mean(q_meas), seed_mean(mc)
     mc_ok = np.abs(mc_mean - 1.0) <= 4.0 * mc_se
 
-    # -- the mean-field law ----------------------------------------------------------------
-    props = [
-        L.propagate([width] * (depth + 1), "tanh", I.normal(g / math.sqrt(width)).scheme)
-        for g in gains
-    ]
+    schemes = [I.normal(g / math.sqrt(width)).scheme for g in gains]
+    props = [L.propagate([width] * (depth + 1), "tanh", sc) for sc in schemes]
     q_law = np.stack([p.forward for p in props])
     fp = props[1].fixed_point
     assert fp is not None  # tanh, zero-mean weights, the same map in every hidden layer
@@ -189,20 +185,17 @@ def run_gains(cfg: base.RunConfig) -> base.ExperimentResult:
     r_tol = 4.0 * r_se + depth / width * r_law
     r_exp = (q_law[0, 1] / q_law[0, 0]) ** (depth - 1 - h)
 
-    # -- result ---------------------------------------------------------------------------
     mf = sp.Symbol(r"E[\tanh(\sqrt{q_l} z)^2]")
     var_w = I.variance_scaling(1.0, "fan_in", "normal").law
     laws = [
-        law(
-            "Mean-field map (Poole et al. 2016), Var(w) = g^2/n_in",
-            sp.Eq(sp.Symbol("q_{l+1}"), S.fan_in * var_w * S.gain**2 * mf),
-        ),
+        law("Mean-field map (Poole et al. 2016), Var(w) = g^2/n_in",
+            sp.Eq(sp.Symbol("q_{l+1}"), S.fan_in * var_w * S.gain**2 * mf)),
         law("Small-q series of E[tanh(sqrt(q) z)^2] (SymPy)", tanh_m2_series()),
         *_finite_width_laws(),
         law("Derived gain of ReLU, 1/sqrt(E[phi(z)^2]) at q = 1", L.gain_expr("relu")),
         law("Derived gain of leaky ReLU (slope 0.01)", L.gain_expr("leaky_relu")),
         law("Forward law of one layer", L.forward_law()),
-    ]
+    ]  # fmt: skip
     table: list[tuple[Any, ...]] = [
         (f"E[z^2] at layer {depth}, g = 1 (iterated law; q* = 0)", float(q_law[0, -1]),
          float(q_mean[0, -1]), f"s.e. {q_se[0, -1]:.2g}; asymptote 1/(1 + 2(l-1)) = {asym[-1]:.4g}"),
@@ -225,25 +218,24 @@ def run_gains(cfg: base.RunConfig) -> base.ExperimentResult:
         ("With g = 5/3 the per-layer E[z^2] of a deep tanh MLP converges to the non-zero "
             "mean-field fixed point q* (std sqrt(q*)).",
             abs(q_tail_mean - fp.q_star) <= tail_tol,
-            f"q* = {fp.q_star:.4f} (std {math.sqrt(fp.q_star):.4f}); measured "
-            f"{q_tail_mean:.4f} (std {math.sqrt(q_tail_mean):.4f}) over layers "
-            f"{tail.start + 1}..{depth}; tolerance {tail_tol:.3g} = 4 s.e. + (L/n) q*.",
+            f"q* = {fp.q_star:.4f} (std {math.sqrt(fp.q_star):.4f}); measured {q_tail_mean:.4f} "
+            f"(std {math.sqrt(q_tail_mean):.4f}) over layers {tail.start + 1}..{depth}; tolerance "
+            f"{tail_tol:.3g} = 4 s.e. + (L/n) q*.",
         ), ("With g = 1, E[z^2] decays towards q* = 0 sub-exponentially (like 1/(2l)), as "
             "the iterated mean-field law says.",
             abs(r_meas - r_law) <= r_tol and r_exp < 0.5 * r_law,
-            f"q_{depth}/q_{h + 1}: law {r_law:.4f}, measured {r_meas:.4f} (tolerance "
-            f"{r_tol:.3g} = 4 s.e. + (L/n) ratio); an exponential decay at the first step's "
-            f"rate would give {r_exp:.3g}. Layer {depth}: law {q_law[0, -1]:.4g}, measured "
-            f"{q_mean[0, -1]:.4g}.",
+            f"q_{depth}/q_{h + 1}: law {r_law:.4f}, measured {r_meas:.4f} (tolerance {r_tol:.3g} "
+            "= 4 s.e. + (L/n) ratio); an exponential decay at the first step's rate would give "
+            f"{r_exp:.3g}. Layer {depth}: law {q_law[0, -1]:.4g}, measured {q_mean[0, -1]:.4g}.",
         ), ("Measured per-layer E[z^2] follows the iterated law for both gains (with its "
             "finite-width correction).",
             ok_layers.all(),
-            f"{int(ok_layers.sum())}/{ok_layers.size} layers within {k_layers:.2f} s.e. of "
-            f"the finite-width law (t test over {seeds} seeds, Bonferroni over the layers, "
-            f"family-wise 1e-3); largest deviation {z_layers.max():.2f} s.e. Relative "
-            f"deviation from the infinite-width law at most {rel_dev[0].max():.3g} (g = 1) "
-            f"and {rel_dev[1].max():.3g} (g = 5/3); the finite-width correction accounts "
-            f"for {abs(q_fw[0, -1] / q_law[0, -1] - 1):.3g} of it at layer {depth}, g = 1.",
+            f"{int(ok_layers.sum())}/{ok_layers.size} layers within {k_layers:.2f} s.e. of the "
+            f"finite-width law (t test over {seeds} seeds, Bonferroni over the layers, "
+            f"family-wise 1e-3); largest deviation {z_layers.max():.2f} s.e. Relative deviation "
+            f"from the infinite-width law at most {rel_dev[0].max():.3g} (g = 1) and "
+            f"{rel_dev[1].max():.3g} (g = 5/3); the finite-width correction accounts for "
+            f"{abs(q_fw[0, -1] / q_law[0, -1] - 1):.3g} of it at layer {depth}, g = 1.",
         ), ("The derived gains of linear (1), ReLU (sqrt 2) and leaky ReLU (sqrt(2/(1+a^2))) "
             "equal the conventional ones exactly.",
             all(exact_same.values()),
@@ -264,7 +256,6 @@ def run_gains(cfg: base.RunConfig) -> base.ExperimentResult:
         ),
     )]  # fmt: skip
 
-    # -- figures --------------------------------------------------------------------------
     fig, ((ax, bx),) = base.new_figure(2, 1, width=5.2, height=3.6)
     for i, (lab, c) in enumerate(zip(labels, ("tab:blue", "tab:red"), strict=True)):
         ax.errorbar(layers, q_mean[i], q_se[i], fmt="o", ms=3, color=c, label=f"measured, {lab}")
@@ -284,11 +275,10 @@ def run_gains(cfg: base.RunConfig) -> base.ExperimentResult:
     bx.set(ylabel="gain", title="Gains per activation", ylim=(0.0, 2.5))
     bx.legend(fontsize=7, loc="upper center", ncol=2)
     caption = (
-        "Left: per-layer E[z^2] of a deep tanh MLP (markers, mean +- s.e. over seeds) and "
-        "the iterated mean-field law (lines): g = 1 decays like 1/(2l) towards q* = 0, "
-        "g = 5/3 settles at q* (dashed). Right: derived and conventional gain of every "
-        "registered activation; black ticks: measured g^2 E[phi(z)^2] through one layer "
-        "(should be 1)."
+        "Left: per-layer E[z^2] of a deep tanh MLP (markers, mean +- s.e. over seeds) and the "
+        "iterated mean-field law (lines): g = 1 decays like 1/(2l) towards q* = 0, g = 5/3 "
+        "settles at q* (dashed). Right: derived and conventional gain of every registered "
+        "activation; black ticks: measured g^2 E[phi(z)^2] through one layer (should be 1)."
     )
     data = dict(
         layers=layers, gains=np.asarray(gains), q_measured=q_meas, q_law=q_law, q_law_finite=q_fw,
@@ -296,21 +286,16 @@ def run_gains(cfg: base.RunConfig) -> base.ExperimentResult:
         activation_names=np.asarray(names), derived_gain=np.asarray([derived[a] for a in names]),
         conventional_gain=conv_arr, mc_second_moment=mc,
     )  # fmt: skip
-    return base.ExperimentResult(
-        name="gains",
-        title="Gains: the tanh mean field and derived vs conventional gains",
-        summary=(
-            f"A deep tanh MLP follows the mean-field map: with g = 5/3 E[z^2] settles at "
-            f"q* = {fp.q_star:.3f} (measured {q_tail_mean:.3f}), with g = 1 it decays like 1/(2l) "
-            f"(layer {depth}: {q_mean[0, -1]:.4f} vs law {q_law[0, -1]:.4f}); derived gains "
-            "equal the conventional ones for linear/ReLU/leaky ReLU, not for tanh, sigmoid, SELU."
-        ),
-        laws=laws,
-        rows=rows,
-        claims=claims,
-        figures=[base.Figure("gains", caption, base.figure_png(fig))],
-        notes=[
-            L.gain_comparison(a) for a in (("tanh",) if cfg.quick else ("tanh", "selu", "sigmoid"))
-        ],
-        data=data,
+    summary = (
+        "A deep tanh MLP follows the mean-field map: with g = 5/3 E[z^2] settles at q* = "
+        f"{fp.q_star:.3f} (measured {q_tail_mean:.3f}), with g = 1 it decays like 1/(2l) (layer "
+        f"{depth}: {q_mean[0, -1]:.4f} vs law {q_law[0, -1]:.4f}); derived gains equal the "
+        "conventional ones for linear/ReLU/leaky ReLU, not for tanh, sigmoid, SELU."
     )
+    notes = [
+        L.gain_comparison(a) for a in (("tanh",) if cfg.quick else ("tanh", "selu", "sigmoid"))
+    ]
+    return base.ExperimentResult(
+        "gains", "Gains: the tanh mean field and derived vs conventional gains", summary, laws, rows, claims,
+        [base.Figure("gains", caption, base.figure_png(fig))], notes, data
+    )  # fmt: skip

@@ -108,45 +108,35 @@ def run_histograms(cfg: base.RunConfig) -> base.ExperimentResult:
              (shrink_a_law[i], shrink_g_law[i]), (shrink_a_m[i], shrink_g_m[i])),
         ]
     ]  # fmt: skip
-    claims = [
-        base.Claim(
-            "With the standard init the activation std shrinks layer by layer as the law says "
-            f"(n Var(w) = {width * var_h[0]:.4g}: a factor about 1/sqrt(3) per layer once tanh "
-            "is linear).",
-            bool(ok_a[0].all() and shrink_a_law[0] < 0.2),
-            f"std(h_{depth})/std(h_1): law {shrink_a_law[0]:.4g}, measured {shrink_a_m[0]:.4g}; "
-            f"every layer's log std within 4 s.e. + l/(2n) of the law "
-            f"(max |dev| {np.abs(la_m[0] - la_law[0]).max():.3g}).",
-        ),
-        base.Claim(
-            "With the standard init the back-propagated gradient std changes across layers "
-            "(shrinks towards the input) as the backward law says.",
-            bool(ok_g[0].all() and shrink_g_law[0] < 0.2),
-            f"std(dL/dz_1)/std(dL/dz_{depth}): law {shrink_g_law[0]:.4g}, measured "
-            f"{shrink_g_m[0]:.4g}; every layer within tolerance "
-            f"(log std relative to layer {depth}, 4 s.e. + (L-l+1)/(2n); max |dev| "
-            f"{np.abs(lg_rel_m[0] - lg_rel_law[0]).max():.3g}).",
-        ),
-        base.Claim(
-            "With the normalized init activations and gradients stay within a much narrower "
-            "band across layers, by the law and measured.",
-            bool(
-                ok_a[1].all()
-                and ok_g[1].all()
-                and abs(sp_a_m[1] - sp_a_law[1]) <= sp_tol_a[1]
-                and abs(sp_g_m[1] - sp_g_law[1]) <= sp_tol_g[1]
-                and sp_a_m[1] + sp_tol_a[1] < sp_a_m[0]
-                and sp_g_m[1] + sp_tol_g[1] < sp_g_m[0]
-            ),
-            f"max/min std over layers, activations: normalized law {math.exp(sp_a_law[1]):.3g}, "
-            f"measured {math.exp(sp_a_m[1]):.3g} vs standard law {math.exp(sp_a_law[0]):.3g}, "
-            f"measured {math.exp(sp_a_m[0]):.3g}; gradients: normalized law "
-            f"{math.exp(sp_g_law[1]):.3g}, measured {math.exp(sp_g_m[1]):.3g} vs standard law "
-            f"{math.exp(sp_g_law[0]):.3g}, measured {math.exp(sp_g_m[0]):.3g}.",
-        ),
-    ]
+    claims = [base.Claim(
+        "With the standard init the activation std shrinks layer by layer as the law says (n "
+        f"Var(w) = {width * var_h[0]:.4g}: a factor about 1/sqrt(3) per layer once tanh is "
+        "linear).",
+        bool(ok_a[0].all() and shrink_a_law[0] < 0.2),
+        f"std(h_{depth})/std(h_1): law {shrink_a_law[0]:.4g}, measured {shrink_a_m[0]:.4g}; "
+        "every layer's log std within 4 s.e. + l/(2n) of the law (max |dev| "
+        f"{np.abs(la_m[0] - la_law[0]).max():.3g}).",
+    ), base.Claim(
+        "With the standard init the back-propagated gradient std changes across layers "
+        "(shrinks towards the input) as the backward law says.",
+        bool(ok_g[0].all() and shrink_g_law[0] < 0.2),
+        f"std(dL/dz_1)/std(dL/dz_{depth}): law {shrink_g_law[0]:.4g}, measured "
+        f"{shrink_g_m[0]:.4g}; every layer within tolerance (log std relative to layer "
+        f"{depth}, 4 s.e. + (L-l+1)/(2n); max |dev| "
+        f"{np.abs(lg_rel_m[0] - lg_rel_law[0]).max():.3g}).",
+    ), base.Claim(
+        "With the normalized init activations and gradients stay within a much narrower band "
+        "across layers, by the law and measured.",
+        bool(ok_a[1].all() and ok_g[1].all() and abs(sp_a_m[1] - sp_a_law[1]) <= sp_tol_a[1]
+             and abs(sp_g_m[1] - sp_g_law[1]) <= sp_tol_g[1] and sp_a_m[1] + sp_tol_a[1] < sp_a_m[0]
+             and sp_g_m[1] + sp_tol_g[1] < sp_g_m[0]),
+        f"max/min std over layers, activations: normalized law {math.exp(sp_a_law[1]):.3g}, "
+        f"measured {math.exp(sp_a_m[1]):.3g} vs standard law {math.exp(sp_a_law[0]):.3g}, "
+        f"measured {math.exp(sp_a_m[0]):.3g}; gradients: normalized law "
+        f"{math.exp(sp_g_law[1]):.3g}, measured {math.exp(sp_g_m[1]):.3g} vs standard law "
+        f"{math.exp(sp_g_law[0]):.3g}, measured {math.exp(sp_g_m[0]):.3g}.",
+    )]  # fmt: skip
 
-    # -- figures --------------------------------------------------------------------------
     cmap = matplotlib.colormaps["viridis"]
     fig, axes = base.new_figure(3, 2, width=4.6, height=3.2)
     for i, nm in enumerate(names):
@@ -178,37 +168,31 @@ def run_histograms(cfg: base.RunConfig) -> base.ExperimentResult:
         ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     fig.tight_layout()
     caption = (
-        f"Per-layer histograms (one curve per layer, {seeds} seeds pooled) of the "
-        f"activations tanh(z_l) (left) and the back-propagated gradients dL/dz_l (right) of "
-        f"a {depth}-layer tanh MLP of width {width}: top the standard init "
-        "U[-1/sqrt(n), 1/sqrt(n)], bottom the normalized (Glorot) init, as in Glorot & "
-        "Bengio 2010, Figs. 6-7. With the standard init the curves narrow layer by layer "
-        "(activations towards the output, gradients towards the input); with the "
-        "normalized init they stay close together. Gradient axes span +-4 predicted stds. "
-        "Right column: per-layer std, markers measured (mean over seeds, 1 s.e.), lines "
-        "the forward/backward law with E[tanh^2], E[tanh'^2]; red standard, blue normalized."
+        f"Per-layer histograms (one curve per layer, {seeds} seeds pooled) of the activations "
+        f"tanh(z_l) (left) and the back-propagated gradients dL/dz_l (right) of a {depth}-layer "
+        f"tanh MLP of width {width}: top the standard init U[-1/sqrt(n), 1/sqrt(n)], bottom the "
+        "normalized (Glorot) init, as in Glorot & Bengio 2010, Figs. 6-7. With the standard init "
+        "the curves narrow layer by layer (activations towards the output, gradients towards the "
+        "input); with the normalized init they stay close together. Gradient axes span +-4 "
+        "predicted stds. Right column: per-layer std, markers measured (mean over seeds, 1 s.e.), "
+        "lines the forward/backward law with E[tanh^2], E[tanh'^2]; red standard, blue normalized."
     )
     data = dict(
         init_names=np.asarray(names), act_hist=ha, grad_hist=hg, act_edges=a_edges,
         grad_edges=grad_edges, h2=h2, g2=g2, h2_law=h2_law, g2_law=g2_law, q_law=q_law,
         var_hidden=np.asarray(var_h), var_out=np.asarray(var_o),
     )  # fmt: skip
-    return base.ExperimentResult(
-        name="histograms",
-        title="Histograms of activations and gradients per layer (tanh)",
-        summary=(
-            f"With the standard init the activation std falls by {1 / shrink_a_m[0]:.3g}x over "
-            f"{depth} layers (law {1 / shrink_a_law[0]:.3g}x) and the gradient std by "
-            f"{1 / shrink_g_m[0]:.3g}x towards the input (law {1 / shrink_g_law[0]:.3g}x); the "
-            f"normalized init keeps both within {math.exp(max(sp_a_m[1], sp_g_m[1])):.3g}x."
-        ),
-        laws=laws,
-        rows=rows,
-        claims=claims,
-        figures=[base.Figure("histograms", caption, base.figure_png(fig))],
-        notes=[
-            "The loss is sum(y * v) with v ~ N(0, 1) (unit second moment of dL/dy), not the "
-            "paper's softmax cross-entropy; inputs are N(0, 1), not Shapeset images.",
-        ],
-        data=data,
+    summary = (
+        f"With the standard init the activation std falls by {1 / shrink_a_m[0]:.3g}x over "
+        f"{depth} layers (law {1 / shrink_a_law[0]:.3g}x) and the gradient std by "
+        f"{1 / shrink_g_m[0]:.3g}x towards the input (law {1 / shrink_g_law[0]:.3g}x); the "
+        f"normalized init keeps both within {math.exp(max(sp_a_m[1], sp_g_m[1])):.3g}x."
     )
+    notes = [
+        "The loss is sum(y * v) with v ~ N(0, 1) (unit second moment of dL/dy), not the paper's "
+        "softmax cross-entropy; inputs are N(0, 1), not Shapeset images.",
+    ]
+    return base.ExperimentResult(
+        "histograms", "Histograms of activations and gradients per layer (tanh)", summary, laws, rows, claims,
+        [base.Figure("histograms", caption, base.figure_png(fig))], notes, data
+    )  # fmt: skip
