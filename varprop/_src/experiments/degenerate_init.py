@@ -163,45 +163,33 @@ def run_zeros(cfg: base.RunConfig) -> base.ExperimentResult:
     moved_match = all(np.array_equal(pmaxes[a][-1] > 0, predicted[a].any(0)) for a in _ZERO_ACTS)
     delta_l, delta_n, w_n = map(sp.Symbol, (r"\delta_l", r"\delta_{l+1}", "W_{l+1}"))
     phi0_s, dphi0_s, dw_l = map(sp.Symbol, (r"\phi(0)", r"\phi'(0)", r"\partial L/\partial W_L"))
+    hz = ", ".join(f"{a} {v:.1e}" for a, v in hidden_zero.items())
+    eq = ", ".join(f"{a}: {'equal' if m else 'differs'}" for a, m in match.items())
+    out_grad = sp.Eq(dw_l, phi0_s * sp.Symbol(r"\mathbf{1}^T\delta_L"))
+    # fmt: off
     laws_ = [
         law("backprop through zero weights", sp.Eq(delta_l, dphi0_s * delta_n * w_n)),
         law("… with W_{l+1} = 0", sp.Eq(delta_l, (dphi0_s * delta_n * w_n).subs(w_n, 0))),
-        law(
-            "output kernel gradient at init (h = phi(0) everywhere)",
-            sp.Eq(dw_l, phi0_s * sp.Symbol(r"\mathbf{1}^T\delta_L")),
-        ),
-    ] + [
-        law(f"{a}: phi(0)", sp.Eq(phi0_s, laws.get_activation(a).expr.subs(S.x, 0)))
-        for a in _ZERO_ACTS
-    ]
-    hz = ", ".join(f"{a} {v:.1e}" for a, v in hidden_zero.items())
-    eq = ", ".join(f"{a}: {'equal' if m else 'differs'}" for a, m in match.items())
-    claims = [
-        Claim(
-            "With zero weights, every hidden layer's kernel and bias gradient is exactly 0.",
-            all(v == 0.0 for v in hidden_zero.values()),
-            f"max |dL/dW_l|, |dL/db_l| over hidden layers at step 1: {hz} (exact criterion: == 0).",
-        ),
-        Claim(
-            "At every SGD step the set of parameters with a non-zero gradient is exactly the "
-            "one the backprop equations predict from phi(0) and phi'(0).",
-            all(match.values()),
-            f"{steps} steps x {2 * depth} parameters x {len(_ZERO_ACTS)} activations; {eq}. "
-            "Only the output bias ever moves for tanh and ReLU (phi(0) = 0).",
-        ),
-        Claim(
-            "Training moves only the parameters the law allows (all others stay exactly 0).",
-            moved_match,
-            "Parameters with max|p| > 0 after training equal the predicted set for every "
-            "activation.",
-        ),
-    ]
+        law("output kernel gradient at init (h = phi(0) everywhere)", out_grad),
+    ] + [law(f"{a}: phi(0)", sp.Eq(phi0_s, laws.get_activation(a).expr.subs(S.x, 0)))
+         for a in _ZERO_ACTS]
+    claims = [Claim(*c) for c in [
+        ("With zero weights, every hidden layer's kernel and bias gradient is exactly 0.",
+         all(v == 0.0 for v in hidden_zero.values()),
+         f"max |dL/dW_l|, |dL/db_l| over hidden layers at step 1: {hz} (exact criterion: == 0)."),
+        ("At every SGD step the set of parameters with a non-zero gradient is exactly the "
+         "one the backprop equations predict from phi(0) and phi'(0).", all(match.values()),
+         f"{steps} steps x {2 * depth} parameters x {len(_ZERO_ACTS)} activations; {eq}. "
+         "Only the output bias ever moves for tanh and ReLU (phi(0) = 0)."),
+        ("Training moves only the parameters the law allows (all others stay exactly 0).",
+         moved_match, "Parameters with max|p| > 0 after training equal the predicted set for "
+         "every activation."),
+    ]]
+    # fmt: on
     fig, axes = base.new_figure(ncols=3, width=3.6, height=3.6)
-    ims = [
-        _zero_heatmap(ax, measured[a], predicted[a], f"{a}: φ(0)={f[0]}, φ'(0)={f[1]}")
-        for ax, (a, f) in zip(axes[0], flags.items(), strict=True)
-    ]
-    fig.colorbar(ims[-1], ax=axes[0].tolist(), label="log10 max|gradient| (blank: exactly 0)")
+    for ax, (a, f) in zip(axes[0], flags.items(), strict=True):
+        im = _zero_heatmap(ax, measured[a], predicted[a], f"{a}: φ(0)={f[0]}, φ'(0)={f[1]}")
+    fig.colorbar(im, ax=axes[0].tolist(), label="log10 max|gradient| (blank: exactly 0)")
     fig.suptitle("Zero init: measured non-zero gradients (colour) vs predicted (red boxes)")
     caption = (
         "Per parameter (rows) and SGD step (columns), log10 of the largest |gradient| "
@@ -267,42 +255,30 @@ def run_constant(cfg: base.RunConfig) -> base.ExperimentResult:
     i, n = sp.symbols("i n_in", integer=True, positive=True)
     z_j = sp.Eq(sp.Symbol("z_j"), sp.Sum(S.value * x_i[i], (i, 1, n)))
     spread_t = sp.Eq(sp.Symbol(r"\max_j |W_{:,j}(t) - W_{:,1}(t)|"), sp.Integer(0))
-    laws_ = [
-        law("pre-activation of every unit j (W = c)", z_j),
-        law("spread across units, any step t", spread_t),
-        law(
-            "weight variance of the scheme (the i.i.d. laws need > 0)",
-            sp.Eq(sp.Symbol("Var(w)"), inits.constant(c).scheme.law),
-        ),
-    ]
+    var_w = sp.Eq(sp.Symbol("Var(w)"), inits.constant(c).scheme.law)
     lab_c = f"max unit spread over {steps} steps (constant {c})"
     lab_g = f"unit spread after {steps} steps (Glorot normal)"
-    rows = [
-        Row(f"hidden layer {l}: {lab_c}", 0.0, float(v), f"tolerance {tol:.1e}")
-        for l, v in enumerate(s_const.max(0), 1)
-    ] + [
-        Row(f"hidden layer {l}: {lab_g}", "> 0", float(v), "control: random init")
-        for l, v in enumerate(s_glorot[-1], 1)
-    ]
-    losses_txt = f"{l_const[-1]:.3f} / {l_glorot[-1]:.3f}"
-    rows.append(Row("final training loss (constant / Glorot)", "-", losses_txt))
-    claims = [
-        Claim(
-            "With constant weights, all units of every hidden layer stay identical during "
-            "training: the symmetry is never broken.",
-            max_spread <= tol,
-            f"max spread across units over {steps} optax SGD steps and {hidden} hidden "
-            f"layers: {max_spread:.2e} (tolerance {tol:.1e} = eps32 x max|W| x steps; "
-            f"predicted 0).",
-        ),
-        Claim(
-            "A random init of the same network does break the symmetry (the spread is not "
-            "a measurement artefact).",
-            random_spread > 1e3 * tol,
-            f"smallest final spread with Glorot normal: {random_spread:.3f} "
-            f"(> 1000 x tolerance {tol:.1e}).",
-        ),
-    ]
+    # fmt: off
+    laws_ = [law("pre-activation of every unit j (W = c)", z_j),
+             law("spread across units, any step t", spread_t),
+             law("weight variance of the scheme (the i.i.d. laws need > 0)", var_w)]
+    rows = [Row(f"hidden layer {l}: {lab_c}", 0.0, float(v), f"tolerance {tol:.1e}")
+            for l, v in enumerate(s_const.max(0), 1)]
+    rows += [Row(f"hidden layer {l}: {lab_g}", "> 0", float(v), "control: random init")
+             for l, v in enumerate(s_glorot[-1], 1)]
+    rows.append(Row("final training loss (constant / Glorot)", "-",
+                    f"{l_const[-1]:.3f} / {l_glorot[-1]:.3f}"))
+    claims = [Claim(*c) for c in [
+        ("With constant weights, all units of every hidden layer stay identical during "
+         "training: the symmetry is never broken.", max_spread <= tol,
+         f"max spread across units over {steps} optax SGD steps and {hidden} hidden "
+         f"layers: {max_spread:.2e} (tolerance {tol:.1e} = eps32 x max|W| x steps; predicted 0)."),
+        ("A random init of the same network does break the symmetry (the spread is not "
+         "a measurement artefact).", random_spread > 1e3 * tol,
+         f"smallest final spread with Glorot normal: {random_spread:.3f} "
+         f"(> 1000 x tolerance {tol:.1e})."),
+    ]]
+    # fmt: on
     fig, axes = base.new_figure(width=5.6, height=3.6)
     ax, t, floor = axes[0, 0], np.arange(steps + 1), 1e-12
     for l, col in zip(range(hidden), ("C0", "C1", "C2"), strict=False):

@@ -177,36 +177,27 @@ def run_small_random(cfg: base.RunConfig) -> base.ExperimentResult:
     ]
     ci_f = f"{_ci(crit, se_fwd)} (t-interval over {seeds} seeds)"
     below = f"{depth - pred_bwd} layers below the output"
-    rows = [
-        Row("per-layer factor n Var(w) (law)", factor, "-", f"n = {n}"),
-        Row(f"forward factor q_(l+1)/q_l, layers {lo_f}-{hi_f}", pf_fwd, f_fwd, ci_f),
-        Row(f"backward factor g_l/g_(l+1), layers {lo_b}-{hi_b}", pf_bwd, f_bwd, _ci(crit, se_bwd)),
-        Row(
-            "first layer whose z underflows (median |z| = 0)", pred_fwd, _txt(meas_fwd), "per seed"
-        ),
-        Row("highest layer whose dL/dz underflows", pred_bwd, _txt(meas_bwd), below),
-    ]
+    m_f, m_b = (sorted(set(m.tolist())) for m in (meas_fwd, meas_bwd))
+    under_ok = bool(np.all(np.abs(np.r_[meas_fwd - pred_fwd, meas_bwd - pred_bwd]) <= 1))
+    # fmt: off
+    rows = [Row(*r) for r in [
+        ("per-layer factor n Var(w) (law)", factor, "-", f"n = {n}"),
+        (f"forward factor q_(l+1)/q_l, layers {lo_f}-{hi_f}", pf_fwd, f_fwd, ci_f),
+        (f"backward factor g_l/g_(l+1), layers {lo_b}-{hi_b}", pf_bwd, f_bwd, _ci(crit, se_bwd)),
+        ("first layer whose z underflows (median |z| = 0)", pred_fwd, _txt(meas_fwd), "per seed"),
+        ("highest layer whose dL/dz underflows", pred_bwd, _txt(meas_bwd), below),
+    ]]
     claims = [
-        Claim(
-            f"{what} shrink geometrically by n Var(w) per layer{where}.",
-            ok,
-            f"measured {f:.4f} vs predicted {pf:.4f} (|log ratio| "
-            f"{abs(math.log(f / pf)):.3f} <= {crit * se:.3f}{how}).",
-        )
+        Claim(f"{what} shrink geometrically by n Var(w) per layer{where}.", ok,
+              f"measured {f:.4f} vs predicted {pf:.4f} (|log ratio| "
+              f"{abs(math.log(f / pf)):.3f} <= {crit * se:.3f}{how}).")
         for what, where, ok, f, pf, se, how in (
             ("Activations", "", ok_f, f_fwd, pf_fwd, se_fwd, ", t-interval"),
-            ("Gradients", " on the way back", ok_b, f_bwd, pf_bwd, se_bwd, ""),
-        )
-    ]
-    m_f, m_b = (sorted(set(m.tolist())) for m in (meas_fwd, meas_bwd))
-    claims.append(
-        Claim(
-            "The layer where float32 underflows is predicted by the law (± 1).",
-            bool(np.all(np.abs(np.r_[meas_fwd - pred_fwd, meas_bwd - pred_bwd]) <= 1)),
-            f"forward: predicted {pred_fwd}, measured {m_f}; "
-            f"backward: predicted {pred_bwd}, measured {m_b}.",
-        )
-    )
+            ("Gradients", " on the way back", ok_b, f_bwd, pf_bwd, se_bwd, ""))
+    ] + [Claim("The layer where float32 underflows is predicted by the law (± 1).", under_ok,
+               f"forward: predicted {pred_fwd}, measured {m_f}; "
+               f"backward: predicted {pred_bwd}, measured {m_b}.")]
+    # fmt: on
     fig, axes = base.new_figure(width=5.6, height=3.8)
     ax = axes[0, 0]
     per_layer_plot(ax, q_pred, z, "E[z²] forward", "C0")
@@ -283,36 +274,30 @@ def run_standard_normal(cfg: base.RunConfig) -> base.ExperimentResult:
         label = "ReLU MLP: first layer with inf/NaN (varprop.check, 4 seeds)"
         rows.append(Row(label, cp, cf, f"check verdict: {cross.verdict}"))
         cross_note = f"; varprop.check: {cf} vs predicted {cp}."
-    claims = [
-        Claim(
-            "Repeated products with standard-normal 512x512 matrices overflow float32 at the "
-            "step the law predicts (± 1).",
-            mp_ok,
-            f"predicted step {mp_pred}; measured in {trials} trials: {mp_set}.",
-        ),
-        Claim(
-            "A width-512 ReLU MLP with N(0, 1) weights produces inf/NaN at the layer the law "
-            "predicts (± 1).",
-            mlp_ok,
-            f"first non-finite layer per seed {mlp_set}, predicted {mlp_pred}{cross_note}",
-        ),
-    ]
+    # fmt: off
+    claims = [Claim(*c) for c in [
+        ("Repeated products with standard-normal 512x512 matrices overflow float32 at the "
+         "step the law predicts (± 1).", mp_ok,
+         f"predicted step {mp_pred}; measured in {trials} trials: {mp_set}."),
+        ("A width-512 ReLU MLP with N(0, 1) weights produces inf/NaN at the layer the law "
+         "predicts (± 1).", mlp_ok,
+         f"first non-finite layer per seed {mlp_set}, predicted {mlp_pred}{cross_note}"),
+    ]]
+    # fmt: on
     fig, axes = base.new_figure(ncols=2, width=4.6, height=3.6)
     panels = (
         (mp_law.forward, mp_meas, "E[x²]", "step t (x ← W x)", mp_pred, mp_med, "step "),
         (prop.forward, mlp_q_meas, "E[z²]", "layer l", mlp_pred, mlp_meas, ""),
     )
     titles = ("512×512 N(0, 1) matrix products", f"ReLU MLP, width {n}, N(0, 1) weights")
-    for ax, (pred, meas, y, x, p, m, unit), col, title in zip(
-        axes[0], panels, "01", titles, strict=True
-    ):
-        per_layer_plot(ax, pred, meas, y, f"C{col}")
+    for i, (ax, (pred, meas, y, x, p, m, unit)) in enumerate(zip(axes[0], panels, strict=True)):
+        per_layer_plot(ax, pred, meas, y, f"C{i}")
         ax.axhline(MAX2, color="k", ls="--", lw=1, label="float32 max²")
         p_label = f"overflow: step {p}" if unit else f"inf/NaN: {p}"
         ax.axvline(p, color="C3", ls=":", lw=1.5, label=f"predicted {p_label}")
         if m is not None:
             ax.axvline(m, color="C2", ls="--", lw=1, label=f"measured inf/NaN: {unit}{m}")
-        label_axes(ax, x, y, title, loc="upper left")
+        label_axes(ax, x, y, titles[i], loc="upper left")
     caption = (
         "Left: E[x²] after t products with fresh 512×512 standard-normal matrices (markers: "
         f"geometric mean over {trials} trials; line: the law, ×{mp_factor:.0f} per step); "
@@ -356,52 +341,36 @@ def run_xavier(cfg: base.RunConfig) -> base.ExperimentResult:
     t_fac, t_fac_se, t_ok_fac = factor_test(tz, mid - 1, depth - 1, t_fac_pred, crit)
     gauss = sp.exp(-(S.x**2) / 2) / sp.sqrt(2 * sp.pi)
     tanh_m2 = sp.Integral(sp.tanh(sp.sqrt(S.q) * S.x) ** 2 * gauss, (S.x, -sp.oo, sp.oo))
+    tq_meas = np.exp(tz.mean(0))
+    slope = f"{_ci(crit, t_fac_se)}; slope at q* = 0: {fp.chi:.3f}"
+    # fmt: off
     laws_ = [
         law("forward law of Glorot normal", laws.forward_law(init.scheme)),
         law("Glorot's weight variance", sp.Eq(S.weight_variance, init.scheme.law)),
         law("ReLU per-layer factor, square layers", sp.Eq(Q_RATIO, lf_relu.forward_square)),
         law("ReLU backward factor, square layers", sp.Eq(G_RATIO, lf_relu.backward_square)),
-        law(
-            "tanh second moment at q (SymPy form; evaluated by quadrature)", sp.Eq(Q_NEXT, tanh_m2)
-        ),
+        law("tanh second moment at q (SymPy form; evaluated by quadrature)", sp.Eq(Q_NEXT, tanh_m2)),
     ]
-    tq_meas = np.exp(tz.mean(0))
-    rows = [
-        Row(
-            f"tanh: E[z²] at layer {l}",
-            float(tq_pred[l - 1]),
-            float(tq_meas[l - 1]),
-            "mean-field law",
-        )
-        for l in sorted({1, 2, mid, depth})
-    ]
-    slope = f"{_ci(crit, t_fac_se)}; slope at q* = 0: {fp.chi:.3f}"
-    rows += [
-        Row(f"tanh: per-layer factor, layers {mid}-{depth}", t_fac_pred, t_fac, slope),
-        Row("ReLU: per-layer forward factor", half, r_fwd, _ci(crit, r_fwd_se)),
-        Row("ReLU: per-layer backward factor", half_b, r_bwd, _ci(crit, r_bwd_se)),
-    ]
-    claims = [
-        Claim(
-            "With Glorot init, a tanh network's per-layer E[z²] follows the mean-field law "
-            "(toward the fixed point, no geometric collapse or explosion).",
-            t_ok_q and t_ok_fac,
-            f"worst layer |log(measured/law)| {t_dev_q:.3f} <= {t_tol_q:.3f} (t-interval, "
-            f"{seeds} seeds, Bonferroni over {depth} layers); per-layer factor at depth "
-            f"{t_fac:.3f} vs law {t_fac_pred:.3f}.",
-        ),
-        Claim(
-            "Its gradients follow the law too (factor -> 1 per layer).",
-            t_ok_g,
-            f"worst layer |log(measured/law)| {t_dev_g:.3f} <= {t_tol_g:.3f}.",
-        ),
-        Claim(
-            "With ReLU, Glorot halves the second moment at every layer, forward and backward.",
-            r_ok_f and r_ok_b,
-            f"forward factor {r_fwd:.4f}, backward {r_bwd:.4f}, law {half} (± "
-            f"{crit * r_fwd_se:.3f} / {crit * r_bwd_se:.3f} in log).",
-        ),
-    ]
+    rows = [Row(f"tanh: E[z²] at layer {l}", float(tq_pred[l - 1]), float(tq_meas[l - 1]),
+                "mean-field law") for l in sorted({1, 2, mid, depth})]
+    rows += [Row(*r) for r in [
+        (f"tanh: per-layer factor, layers {mid}-{depth}", t_fac_pred, t_fac, slope),
+        ("ReLU: per-layer forward factor", half, r_fwd, _ci(crit, r_fwd_se)),
+        ("ReLU: per-layer backward factor", half_b, r_bwd, _ci(crit, r_bwd_se)),
+    ]]
+    claims = [Claim(*c) for c in [
+        ("With Glorot init, a tanh network's per-layer E[z²] follows the mean-field law "
+         "(toward the fixed point, no geometric collapse or explosion).", t_ok_q and t_ok_fac,
+         f"worst layer |log(measured/law)| {t_dev_q:.3f} <= {t_tol_q:.3f} (t-interval, "
+         f"{seeds} seeds, Bonferroni over {depth} layers); per-layer factor at depth "
+         f"{t_fac:.3f} vs law {t_fac_pred:.3f}."),
+        ("Its gradients follow the law too (factor -> 1 per layer).", t_ok_g,
+         f"worst layer |log(measured/law)| {t_dev_g:.3f} <= {t_tol_g:.3f}."),
+        ("With ReLU, Glorot halves the second moment at every layer, forward and backward.",
+         r_ok_f and r_ok_b, f"forward factor {r_fwd:.4f}, backward {r_bwd:.4f}, law {half} (± "
+         f"{crit * r_fwd_se:.3f} / {crit * r_bwd_se:.3f} in log)."),
+    ]]
+    # fmt: on
     fig, axes = base.new_figure(ncols=2, width=4.6, height=3.6)
     for ax, (st, p), act in zip(axes[0], runs.values(), ("tanh", "ReLU"), strict=True):
         per_layer_plot(ax, p.forward, st.forward.z_lm2, f"{act} E[z²]", "C0")
@@ -461,66 +430,48 @@ def run_he(cfg: base.RunConfig) -> base.ExperimentResult:
         e2e[kind] = tuple(map(float, (mq[h] / mq[0], qp[h] / qp[0], mg[0] / mg[h], gp[0] / gp[h])))
         k = f"pyramid_{kind.replace(' ', '_')}"
         data |= {f"{k}_z_log_m2": zz, f"{k}_gz_log_m2": gg, f"{k}_std": np.array(stds)}
+    # fmt: off
     laws_ = [law(f"forward law, He {m}", laws.forward_law(i.scheme)) for m, i in modes.items()]
-    laws_ += [
-        law(f"backward law, He {m}", laws.backward_law(i.scheme, "relu")) for m, i in modes.items()
-    ]
-    for d, m, r in (
-        ("forward", "fan_in", Q_RATIO),
-        ("backward", "fan_in", G_RATIO),
-        ("forward", "fan_out", Q_RATIO),
-    ):
-        laws_.append(
-            law(
-                f"ReLU {d} factor, {m}",
-                sp.Eq(r, getattr(laws.layer_factors(modes[m].scheme, "relu"), d)),
-            )
-        )
-    rows = [
-        Row(f"square ReLU width {n}: {d} factor (fan_in)", one, m, _ci(crit, se))
-        for d, m, se in (("forward", s_fwd, s_fwd_se), ("backward", s_bwd, s_bwd_se))
-    ]
+    laws_ += [law(f"backward law, He {m}", laws.backward_law(i.scheme, "relu"))
+              for m, i in modes.items()]
+    laws_ += [law(f"ReLU {d} factor, {m}",
+                  sp.Eq(r, getattr(laws.layer_factors(modes[m].scheme, "relu"), d)))
+              for d, m, r in (("forward", "fan_in", Q_RATIO), ("backward", "fan_in", G_RATIO),
+                              ("forward", "fan_out", Q_RATIO))]
+    # fmt: on
     equals = ", ".join(k for k, v in seed_is.items() if v) or "neither"
-    rows.append(Row("seed Layer(M, N) std sqrt(2/M) equals", "fan_out", equals))
-    for kind, (mf, pf, mb, pb) in e2e.items():
-        rows.append(Row(f"pyramid {kind}: q_4 / q_1 (forward)", pf, mf))
-        rows.append(Row(f"pyramid {kind}: g_1 / g_4 (backward)", pb, mb))
     # preserved: the law exactly 1 and the measurement within a factor 2
     kept = lambda m, p: abs(math.log(m)) < math.log(2.0) and abs(p - 1) < 1e-9  # noqa: E731
     directions_ok = all(
         kept(*e[:2]) == (k == "fan_in") and kept(*e[2:]) == (k != "fan_in") for k, e in e2e.items()
     )
     agree = ", ".join(f"{k}: {'agrees' if v else 'differs'}" for k, v in ok_profile.items())
-    change = "; ".join(
-        f"{k}: forward {mf:.2f}/{pf:.2f}, backward {mb:.3f}/{pb:.3f}"
-        for k, (mf, pf, mb, pb) in e2e.items()
-    )
-    claims = [
-        Claim(
-            "He init (fan_in) preserves E[z²] and E[(dL/dz)²] through a square ReLU stack.",
-            ok_f and ok_b,
-            f"per-layer factors {s_fwd:.4f} forward, {s_bwd:.4f} backward vs {one} "
-            f"(± {crit * s_fwd_se:.3f} / {crit * s_bwd_se:.3f} in log, {seeds} seeds).",
-        ),
-        Claim(
-            "In the 784-512-256-128-64-10 pyramid every layer's E[z²] and E[(dL/dz)²] follow "
-            "the law, for fan_in, fan_out and the seed's Layer rule.",
-            all(ok_profile.values()),
-            f"{agree} (per-layer t-interval over {seeds} seeds, Bonferroni).",
-        ),
-        Claim(
-            "fan_in preserves the forward pass, fan_out the backward pass; the seed's Layer "
-            "(std sqrt(2/M), M = outputs) is fan_out and preserves the backward pass.",
-            directions_ok and seed_is["fan_out"] and not seed_is["fan_in"],
-            f"hidden-stack change (measured / law): {change} (preserved = law exactly 1 and "
-            "measured within a factor 2).",
-        ),
-    ]
+    # fmt: off
+    change = "; ".join(f"{k}: forward {mf:.2f}/{pf:.2f}, backward {mb:.3f}/{pb:.3f}"
+                       for k, (mf, pf, mb, pb) in e2e.items())
+    rows = [Row(f"square ReLU width {n}: {d} factor (fan_in)", one, m, _ci(crit, se))
+            for d, m, se in (("forward", s_fwd, s_fwd_se), ("backward", s_bwd, s_bwd_se))]
+    rows.append(Row("seed Layer(M, N) std sqrt(2/M) equals", "fan_out", equals))
+    rows += [Row(f"pyramid {kind}: {r}", p, m) for kind, (mf, pf, mb, pb) in e2e.items()
+             for r, p, m in (("q_4 / q_1 (forward)", pf, mf), ("g_1 / g_4 (backward)", pb, mb))]
+    claims = [Claim(*c) for c in [
+        ("He init (fan_in) preserves E[z²] and E[(dL/dz)²] through a square ReLU stack.",
+         ok_f and ok_b, f"per-layer factors {s_fwd:.4f} forward, {s_bwd:.4f} backward vs {one} "
+         f"(± {crit * s_fwd_se:.3f} / {crit * s_bwd_se:.3f} in log, {seeds} seeds)."),
+        ("In the 784-512-256-128-64-10 pyramid every layer's E[z²] and E[(dL/dz)²] follow "
+         "the law, for fan_in, fan_out and the seed's Layer rule.", all(ok_profile.values()),
+         f"{agree} (per-layer t-interval over {seeds} seeds, Bonferroni)."),
+        ("fan_in preserves the forward pass, fan_out the backward pass; the seed's Layer "
+         "(std sqrt(2/M), M = outputs) is fan_out and preserves the backward pass.",
+         directions_ok and seed_is["fan_out"] and not seed_is["fan_in"],
+         f"hidden-stack change (measured / law): {change} (preserved = law exactly 1 and "
+         "measured within a factor 2)."),
+    ]]
+    # fmt: on
     fig, axes = base.new_figure(ncols=2, width=4.6, height=3.6)
     layers = np.arange(1, len(widths))
-    for ax, title, i in zip(
-        axes[0], ("forward: E[z_l²]", "backward: E[(dL/dz_l)²]"), (0, 1), strict=True
-    ):
+    for i, title in enumerate(("forward: E[z_l²]", "backward: E[(dL/dz_l)²]")):
+        ax = axes[0, i]
         for (kind, vals), col, mk in zip(pyr.items(), ("C0", "C1", "C2"), "os^", strict=True):
             per_layer_plot(ax, vals[i + 2], vals[i], kind, col, mk)
         ax.set_xticks(layers, [f"{l}\n{widths[l - 1]}→{widths[l]}" for l in layers], fontsize=7)
