@@ -256,8 +256,10 @@ def run_batchnorm(cfg: base.RunConfig) -> base.ExperimentResult:
     )]  # fmt: skip
     table: list[tuple[Any, ...]] = [r for ia, a in enumerate(alphas) for r in (
         (f"weight std {a:g}: BN (eps=0) E[z_hat^2], E[h^2] at layer {depth}",
-         "1, same for all scales", f"{st0[:, ia, -1, 0].mean():.6f}, {st0[:, ia, -1, 1].mean():.6f}",
-         f"eps=1e-5: E[z_hat^2] = {st1[:, ia, -1, 0].mean():.5f} (law {st1[:, ia, -1, 2].mean():.5f})"),
+         "1, same for all scales",
+         f"{st0[:, ia, -1, 0].mean():.6f}, {st0[:, ia, -1, 1].mean():.6f}",
+         f"eps=1e-5: E[z_hat^2] = {st1[:, ia, -1, 0].mean():.5f} "
+         f"(law {st1[:, ia, -1, 2].mean():.5f})"),
         (f"weight std {a:g}: no BN, log10 E[z^2] at layer {depth}", float(logq_law[ia, -1] / log10),
          float(plain_mean[ia, -1] / log10) if finite[ia, -1] else "non-finite",
          f"float32 limit: {limit[ia][0]} at layer {limit[ia][1]}"),
@@ -304,7 +306,8 @@ def run_batchnorm(cfg: base.RunConfig) -> base.ExperimentResult:
         ),
     )]  # fmt: skip
     if proof is not None:
-        stmt = "SymPy proves BN(alpha W x) = BN(W x) for eps = 0 and grad L(alpha W) = grad L(W)/alpha."
+        stmt = "SymPy proves BN(alpha W x) = BN(W x) for eps = 0 and grad L(alpha W) = "
+        stmt += "grad L(W)/alpha."
         claims.insert(0, base.Claim(stmt, bool(proof.holds), f"{proof}."))
 
     fig, axes = base.new_figure(2, 2, width=5.0, height=3.4)
@@ -368,6 +371,6 @@ def run_batchnorm(cfg: base.RunConfig) -> base.ExperimentResult:
         "are i.i.d. and E[r_t] = s + m^t (r_0 - s) exactly.",
     ]
     return base.ExperimentResult(
-        "batchnorm", "BatchNorm: scale invariance, and train vs eval mode", summary, laws, rows, claims,
-        [base.Figure("batchnorm", caption, base.figure_png(fig))], notes, data
+        "batchnorm", "BatchNorm: scale invariance, and train vs eval mode", summary, laws, rows,
+        claims, [base.Figure("batchnorm", caption, base.figure_png(fig))], notes, data
     )  # fmt: skip

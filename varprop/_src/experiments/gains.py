@@ -28,6 +28,7 @@ import sympy as sp
 
 from varprop import initializers as I
 from varprop import laws as L
+from varprop._src.core.network import jax_activation
 from varprop._src.experiments import base
 from varprop._src.experiments.measure import law, probe_fields, seed_mean, stack, t_crit
 from varprop._src.laws import symbols as S
@@ -126,10 +127,9 @@ def run_gains(cfg: base.RunConfig) -> base.ExperimentResult:
     gains, labels = (1.0, 5.0 / 3.0), ("g = 1", "g = 5/3")
     names = L.activation_names()
 
-    if cfg.quick:  # quadrature (agrees with the closed forms to ~1e-11) skips SymPy
-        derived = {a: 1.0 / math.sqrt(L.quadrature_moments(a, 1.0)[1]) for a in names}
-    else:
-        derived = {a: L.gain(a) for a in names}
+    # quick: quadrature (agrees with the closed forms to ~1e-11) skips SymPy
+    gain = (lambda a: 1.0 / math.sqrt(L.quadrature_moments(a, 1.0)[1])) if cfg.quick else L.gain
+    derived = {a: gain(a) for a in names}
     conv = {a: L.conventional_gain(a) for a in names}
     exact_same = {}
     for a in ("linear", "relu", "leaky_relu"):
@@ -146,15 +146,18 @@ def run_gains(cfg: base.RunConfig) -> base.ExperimentResult:
     one = stack(width=(mc_n, mc_out), activation="linear", kernel_init=I.normal(mc_n**-0.5))
 
     def z2(nt, n, b, tag, scales, **inputs):  # E[z^2] per seed and layer
-        st = probe_fields(
-            nt, ["z_lm2"], seeds=n, seed=cfg.seed, batch=b, tag=tag, weight_scales=scales, **inputs
-        )
+        kw = dict(seeds=n, batch=b, tag=tag, weight_scales=scales, **inputs)
+        st = probe_fields(nt, ["z_lm2"], seed=cfg.seed, **kw)  # type: ignore[arg-type]
         return np.exp(st["z_lm2"])
 
     rows_in = _unit_rows(batch, width)
-    q_meas = np.stack([z2(net, seeds, batch, 7, [g] * depth, inputs=rows_in) for g in gains], 1)
-    z = np.random.default_rng(cfg.seed).standard_normal((8 * mc_seeds * mc_b, mc_n))
-    phi = {a: L.get_activation(a).numpy_fn()(z) for a in names}
+    q_meas = z2(net, seeds, batch, 7, [[g] * depth for g in gains], inputs=rows_in)
+    z = (
+        np.random.default_rng(cfg.seed)
+        .standard_normal((8 * mc_seeds * mc_b, mc_n))
+        .astype(np.float32)
+    )
+    phi = {a: jax.jit(jax_activation(a))(z) for a in names}
     mc = np.stack([z2(one, mc_seeds, mc_b, 11, [derived[a]], data=phi[a])[:, 0] for a in names], 1)
     (q_mean, q_se), (mc_mean, mc_se) = seed_mean(q_meas), seed_mean(mc)
     mc_ok = np.abs(mc_mean - 1.0) <= 4.0 * mc_se
@@ -198,7 +201,8 @@ def run_gains(cfg: base.RunConfig) -> base.ExperimentResult:
     ]  # fmt: skip
     table: list[tuple[Any, ...]] = [
         (f"E[z^2] at layer {depth}, g = 1 (iterated law; q* = 0)", float(q_law[0, -1]),
-         float(q_mean[0, -1]), f"s.e. {q_se[0, -1]:.2g}; asymptote 1/(1 + 2(l-1)) = {asym[-1]:.4g}"),
+         float(q_mean[0, -1]),
+         f"s.e. {q_se[0, -1]:.2g}; asymptote 1/(1 + 2(l-1)) = {asym[-1]:.4g}"),
         (f"E[z^2] at layer {depth}, g = 1, finite-width law (n = {width}, O(1/n))",
          float(q_fw[0, -1]), float(q_mean[0, -1]),
          f"{q_fw[0, -1] / q_law[0, -1] - 1:+.2%} from the infinite-width law"),
@@ -296,6 +300,6 @@ def run_gains(cfg: base.RunConfig) -> base.ExperimentResult:
         L.gain_comparison(a) for a in (("tanh",) if cfg.quick else ("tanh", "selu", "sigmoid"))
     ]
     return base.ExperimentResult(
-        "gains", "Gains: the tanh mean field and derived vs conventional gains", summary, laws, rows, claims,
-        [base.Figure("gains", caption, base.figure_png(fig))], notes, data
+        "gains", "Gains: the tanh mean field and derived vs conventional gains", summary, laws,
+        rows, claims, [base.Figure("gains", caption, base.figure_png(fig))], notes, data
     )  # fmt: skip

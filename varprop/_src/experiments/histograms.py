@@ -61,15 +61,13 @@ def run_histograms(cfg: base.RunConfig) -> base.ExperimentResult:
     # The probe on one tanh net with U[-1, 1) weights: each init is a per-layer weight
     # scale sqrt(3 Var(w)) of the same draws (common random numbers).
     net = stack(width=widths, activation="tanh", kernel_init=I.uniform(1.0))
-    fields = ("h_hist", "gz_hist", "h_lm2", "gz_lm2")
-    sts = [
-        probe_fields(net, fields, seeds=seeds, seed=cfg.seed, batch=batch, edges=(a_edges, ge),
-                     weight_scales=np.sqrt(3.0 * np.asarray([vh] * depth + [vo])))
-        for vh, vo, ge in zip(var_h, var_o, grad_edges, strict=True)
-    ]  # fmt: skip
+    pairs = zip(var_h, var_o, strict=True)
+    scales = np.stack([np.sqrt(3.0 * np.r_[[vh] * depth, vo]) for vh, vo in pairs])
+    st = probe_fields(net, ("h_hist", "gz_hist", "h_lm2", "gz_lm2"), seeds=seeds, seed=cfg.seed,
+                      batch=batch, weight_scales=scales, edges=(a_edges, grad_edges))  # fmt: skip
     # (inits, depth, nbins) histograms pooled over seeds; (seeds, inits, depth) moments
-    ha, hg = (np.stack([s[k][:, :depth].sum(0) for s in sts]) for k in fields[:2])
-    h2, g2 = (np.exp(np.stack([s[k][:, :depth] for s in sts], 1)) for k in fields[2:])
+    ha, hg = (st[k][:, :, :depth].sum(0) for k in ("h_hist", "gz_hist"))
+    h2, g2 = (np.exp(st[k][..., :depth]) for k in ("h_lm2", "gz_lm2"))
 
     # Stds per layer and the spread (max/min over layers), measured vs law. Standard errors
     # of log std over seeds give the tolerance: 4 s.e. of each log, plus the finite-width
@@ -193,6 +191,6 @@ def run_histograms(cfg: base.RunConfig) -> base.ExperimentResult:
         "softmax cross-entropy; inputs are N(0, 1), not Shapeset images.",
     ]
     return base.ExperimentResult(
-        "histograms", "Histograms of activations and gradients per layer (tanh)", summary, laws, rows, claims,
-        [base.Figure("histograms", caption, base.figure_png(fig))], notes, data
+        "histograms", "Histograms of activations and gradients per layer (tanh)", summary, laws,
+        rows, claims, [base.Figure("histograms", caption, base.figure_png(fig))], notes, data
     )  # fmt: skip

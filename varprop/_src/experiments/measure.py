@@ -39,6 +39,7 @@ from varprop._src.initializers import Initializer
 from varprop._src.probe import (
     COMPILER_OPTIONS,
     SUMMARY_FIELDS,
+    BackwardStats,
     ForwardStats,
     HistogramEdges,
     make_probe,
@@ -210,9 +211,12 @@ def layer_stats(net: Network, params, x: Array) -> ForwardStats:
     return network_loss(net, params, x, v, carriers, lean=True)[1][0]
 
 
+_BACKWARD = set(BackwardStats._fields)
+
+
 @functools.lru_cache(maxsize=16)
 def _fields_program(net: Network, batch: int, inputs: Callable | None, fields: tuple[str, ...]):
-    backward = not set(fields) <= set(ForwardStats._fields)
+    backward = bool(_BACKWARD & set(fields))
 
     def one(key, data, scales, edges):
         kw, kx, kv, _ = jax.random.split(key, 4)  # the probe's draws
@@ -222,15 +226,21 @@ def _fields_program(net: Network, batch: int, inputs: Callable | None, fields: t
             x = jax.random.normal(kx, (batch, net.widths[0]), jnp.float32)
         else:
             x = jnp.take(data, jax.random.randint(kx, (batch,), 0, data.shape[0]), axis=0)
-        params = scale_kernels(net, init_params(net, kw), scales)
-        if not backward:
-            st = layer_stats(net, params, x)
-            return {f: getattr(st, f) for f in fields}
+        params = init_params(net, kw)
         v = jax.random.normal(kv, (batch, net.widths[-1]), jnp.float32)
-        ps = probe_params(net, params, x, v, edges, lean=True)
-        return {
-            f: getattr(ps.forward if f in ForwardStats._fields else ps.backward, f) for f in fields
-        }
+
+        def stats(s, edges):
+            p = scale_kernels(net, params, s)
+            if not backward:
+                st = layer_stats(net, p, x)
+                return {f: getattr(st, f) for f in fields}
+            ps = probe_params(net, p, x, v, edges, lean=True)
+            return {f: getattr(ps.backward if f in _BACKWARD else ps.forward, f) for f in fields}
+
+        if scales.ndim == 1:
+            return stats(scales, edges)
+        axes = None if edges is None else type(edges)(*(0 if e.ndim == 2 else None for e in edges))
+        return jax.vmap(stats, (0, axes))(scales, edges)
 
     return jax.jit(jax.vmap(one, (0, None, None, None)), compiler_options=COMPILER_OPTIONS)
 
@@ -252,6 +262,9 @@ def probe_fields(
     draws and numbers; float64 numpy arrays with a leading seed axis), from a program that
     computes only those: without the backward pass when all are forward statistics, and the
     rest left to XLA's dead-code elimination, so it compiles faster than the whole probe.
+    ``weight_scales`` of shape ``(K, L)`` measures K scalings of each seed's draws in one call
+    (the weights drawn once; statistics ``(seeds, K, L)``), each with its own bin edges where
+    ``edges`` has that leading axis too.
 
     Example:
         >>> from varprop._src.initializers import normal
