@@ -45,11 +45,12 @@ float32: below its smallest normal 1.2e-38 (flushed to 0) or above its largest 3
   ``std = sqrt(2 / M)``, sets the std by the number of *outputs*: it is fan_out, so it
   preserves gradients, not activations.
 
-Measurements are the probe's (:mod:`varprop._src.experiments.measure`): N(0, 1) kernels
-scaled per layer by the scheme's std (``weight_scales``), which draws exactly what the
-initializer draws, ``std * N(0, 1)``; so one compiled probe serves every scheme of a network
-(the square ReLU stack of ``xavier`` and ``he`` is one, and so are the three He rules of the
-pyramid, on the same draws). Underflow is read from the probe's fractions of exact zeros
+Measurements are the probe's statistics (:func:`~varprop._src.experiments.measure.probe_fields`:
+a program of only the fields read, without the backward pass when none is a gradient's) of
+N(0, 1) kernels scaled per layer by the scheme's std (``weight_scales``), which draws exactly
+what the initializer draws, ``std * N(0, 1)``; so one compiled program serves every scheme of
+a network (the square ReLU stack of ``xavier`` and ``he`` is one, and so are the three He
+rules of the pyramid, on the same draws). Underflow is read from the fractions of exact zeros
 (``*_zero``), overflow from ``*_finite``.
 """
 
@@ -68,7 +69,7 @@ from varprop._src.check import check
 from varprop._src.experiments import base
 from varprop._src.experiments.base import Claim, Row
 from varprop._src.experiments.degenerate_init import result
-from varprop._src.experiments.measure import law, run_probe, seed_mean, stack, t_crit
+from varprop._src.experiments.measure import law, probe_fields, seed_mean, stack, t_crit
 from varprop._src.initializers import Initializer
 from varprop._src.laws import symbols as S
 
@@ -77,6 +78,8 @@ Q_RATIO, G_RATIO, Q_NEXT = map(sp.Symbol, ("q_{l+1}/q_l", "g_l/g_{l+1}", "q_{l+1
 L_OVER = sp.Symbol("L_{over}")
 #: Square stacks of xavier and he: width, depth, batch, seeds.
 _FAN_SIZE = {True: (128, 16, 32, 8), False: (256, 24, 64, 16)}
+#: The probe's statistics the experiments read (a program computes only those it is asked).
+LM2, FINITE = ("z_lm2", "gz_lm2"), ("z_lm2", "z_finite")
 
 
 @functools.cache
@@ -86,14 +89,15 @@ def _net(widths: tuple[int, ...], act: str, output_activation: bool = True):
     return stack(width=widths, activation=act, kernel_init=one, output_activation=output_activation)
 
 
-def measure_square(cfg: base.RunConfig, tag: int, init: Initializer, act: str, size: tuple):
+def measure_square(cfg, tag: int, init: Initializer, act: str, size: tuple, fields=LM2):
     """A square stack (``size`` = width, depth, batch, seeds) whose loss sees phi(z_L), no
-    bias, x ~ N(0, 1): the probe's statistics of ``init``'s draws, and its law."""
+    bias, x ~ N(0, 1): the probe's ``fields`` of ``init``'s draws, and its law."""
     n, depth, batch, seeds = size
-    net = _net((n,) * (depth + 1), act)
-    scales = np.full(depth, init.scheme.std((n, n)))
-    st = run_probe(net, seeds=seeds, seed=cfg.seed, batch=batch, tag=tag, weight_scales=scales)
-    return st, laws.propagate(net.widths, act, init.scheme, output_activation=True, batch=batch)
+    net, scales = _net((n,) * (depth + 1), act), np.full(depth, init.scheme.std((n, n)))
+    kw = {"seeds": seeds, "seed": cfg.seed, "batch": batch, "tag": tag, "weight_scales": scales}
+    return probe_fields(net, fields, **kw), laws.propagate(
+        net.widths, act, init.scheme, output_activation=True, batch=batch
+    )
 
 
 def factor_test(lm2, first: int, last: int, predicted: float, crit: float):
@@ -153,15 +157,15 @@ def run_small_random(cfg: base.RunConfig) -> base.ExperimentResult:
     """N(0, 0.01^2) weights in a deep tanh stack (module docstring)."""
     init = inits.normal(0.01)
     n, depth, _, seeds = size = (128, 46, 32, 4) if cfg.quick else (512, 66, 64, 4)
-    st, prop = measure_square(cfg, 3, init, "tanh", size)
-    z, gz, q_pred, g_pred = st.forward.z_lm2, st.backward.gz_lm2, prop.forward, prop.backward
+    st, prop = measure_square(cfg, 3, init, "tanh", size, (*LM2, "z_zero", "gz_zero"))
+    z, gz, q_pred, g_pred = st["z_lm2"], st["gz_lm2"], prop.forward, prop.backward
     factor_expr = laws.layer_factors(init.scheme, "linear").forward
     factor, crit = float(factor_expr.subs(S.fan_in, n)), t_crit(seeds, 2)
     # The law's typical value below tiny: the first such layer forward, the highest backward;
     # measured: the median |z| has underflowed.
     pred_fwd, pred_bwd = int(_first(q_pred < TINY2)), depth + 1 - int(_first(g_pred[::-1] < TINY2))
-    meas_fwd = _first(st.forward.z_zero > 0.5)
-    meas_bwd = depth + 1 - _first(st.backward.gz_zero[:, ::-1] > 0.5)
+    meas_fwd = _first(st["z_zero"] > 0.5)
+    meas_bwd = depth + 1 - _first(st["gz_zero"][:, ::-1] > 0.5)
     # The factor is read where tanh is linear to 0.1 % and nothing has underflowed yet.
     (lo_f, hi_f), (lo_b, hi_b) = (3, min(pred_fwd, depth) - 4), (max(pred_bwd, 1) + 3, depth - 3)
     pf_fwd = float(np.exp(np.log(q_pred[hi_f - 1] / q_pred[lo_f - 1]) / (hi_f - lo_f)))
@@ -236,17 +240,19 @@ def run_standard_normal(cfg: base.RunConfig) -> base.ExperimentResult:
     init, n, steps, depth = inits.normal(1.0), 512, 32, 36
     trials, batch, seeds = (2, 32, 2) if cfg.quick else (16, 64, 4)
     mp_net = _net((n,) * (steps + 1), "linear", False)
-    mp = run_probe(mp_net, seeds=trials, seed=cfg.seed, batch=1, tag=4).forward
-    st, prop = measure_square(cfg, 41, init, "relu", (n, depth, batch, seeds))
+    mp = probe_fields(
+        mp_net, FINITE, seeds=trials, seed=cfg.seed, batch=1, tag=4, weight_scales=[1.0] * steps
+    )
+    st, prop = measure_square(cfg, 41, init, "relu", (n, depth, batch, seeds), FINITE)
     mp_law = laws.propagate(mp_net.widths, "linear", init.scheme, batch=1)
     lf = {a: laws.layer_factors(init.scheme, a).forward for a in ("linear", "relu")}
     mp_factor, relu_factor = (float(lf[a].subs(S.fan_in, n)) for a in ("linear", "relu"))
     mp_pred, mlp_pred = mp_law.first_nonfinite, prop.first_nonfinite
     assert mp_pred is not None and mlp_pred is not None  # factors 512 and 256 overflow
-    mp_first, mlp_first = _first(mp.z_finite < 1), _first(st.forward.z_finite < 1)
+    mp_first, mlp_first = _first(mp["z_finite"] < 1), _first(st["z_finite"] < 1)
     mp_med = int(np.median(mp_first))
     mlp_meas = int(mlp_first.min()) if (mlp_first > 0).all() else None
-    mp_meas, mlp_q_meas = (np.where(f.z_finite > 0, f.z_lm2, np.nan) for f in (mp, st.forward))
+    mp_meas, mlp_q_meas = (np.where(f["z_finite"] > 0, f["z_lm2"], np.nan) for f in (mp, st))
     mp_ok = bool(np.all((mp_first > 0) & (np.abs(mp_first - mp_pred) <= 1)))
     mlp_ok = bool(np.all((mlp_first > 0) & (np.abs(mlp_first - mlp_pred) <= 1)))
     mp_set, mlp_set = sorted(set(mp_first.tolist())), sorted(set(mlp_first.tolist()))
@@ -311,7 +317,7 @@ def run_standard_normal(cfg: base.RunConfig) -> base.ExperimentResult:
         f"×{relu_factor:.0f} per ReLU layer; float32 overflows at step "
         f"{mp_med} (law {mp_pred}) and layer {mlp_meas} (law {mlp_pred})."
     )
-    data = {"mp_log_m2": mp.z_lm2, "mp_first_nonfinite": mp_first}
+    data = {"mp_log_m2": mp["z_lm2"], "mp_first_nonfinite": mp_first}
     data |= {"mlp_q_measured": mlp_q_meas, "mlp_first_nonfinite": mlp_first}
     figure = ("overflow", caption, fig)
     return result("standard_normal", summary, laws_, rows, claims, figure, data=data)
@@ -326,8 +332,7 @@ def run_xavier(cfg: base.RunConfig) -> base.ExperimentResult:
     n, depth, _, seeds = size = _FAN_SIZE[cfg.quick]
     runs = {a: measure_square(cfg, tag, init, a, size) for a, tag in (("tanh", 5), ("relu", 50))}
     (tanh, tlaw), (relu, _) = runs["tanh"], runs["relu"]
-    tz, tg = tanh.forward.z_lm2, tanh.backward.gz_lm2
-    rz, rg = relu.forward.z_lm2, relu.backward.gz_lm2
+    (tz, tg), (rz, rg) = ([st[k] for k in LM2] for st in (tanh, relu))
     tq_pred, fp = tlaw.forward, tlaw.fixed_point
     assert fp is not None  # tanh, zero-mean weights, the same n Var(w) in every layer
     t_ok_q, t_dev_q, t_tol_q = _profile_ok(tz, tq_pred)
@@ -373,8 +378,8 @@ def run_xavier(cfg: base.RunConfig) -> base.ExperimentResult:
     # fmt: on
     fig, axes = base.new_figure(ncols=2, width=4.6, height=3.6)
     for ax, (st, p), act in zip(axes[0], runs.values(), ("tanh", "ReLU"), strict=True):
-        per_layer_plot(ax, p.forward, st.forward.z_lm2, f"{act} E[z²]", "C0")
-        per_layer_plot(ax, p.backward, st.backward.gz_lm2, f"{act} E[(dL/dz)²]", "C1", "s")
+        per_layer_plot(ax, p.forward, st["z_lm2"], f"{act} E[z²]", "C0")
+        per_layer_plot(ax, p.backward, st["gz_lm2"], f"{act} E[(dL/dz)²]", "C1", "s")
         ylabel = "second moment" if act == "tanh" else ""
         label_axes(ax, "layer l", ylabel, f"Glorot normal, {act}, width {n}")
     caption = (
@@ -406,9 +411,11 @@ def run_he(cfg: base.RunConfig) -> base.ExperimentResult:
     kinds["seed Layer"] = sl = [math.sqrt(2.0 / m) for _, m in shapes]
     seed_is = {m: bool(np.allclose(sl, kinds[m], rtol=1e-12)) for m in modes}
     pyramid = _net(widths, "relu", False)  # one compiled probe, the same draws for every kind
-    pyr_run = functools.partial(run_probe, pyramid, seeds=seeds, seed=cfg.seed, batch=64, tag=60)
+    pyr_run = functools.partial(
+        probe_fields, pyramid, LM2, seeds=seeds, seed=cfg.seed, batch=64, tag=60
+    )
     sq, _ = measure_square(cfg, 6, modes["fan_in"], "relu", size)
-    sz, sg = sq.forward.z_lm2, sq.backward.gz_lm2
+    sz, sg = (sq[k] for k in LM2)
     one = float(laws.layer_factors(modes["fan_in"].scheme, "relu").forward_square)
     crit = t_crit(seeds, 2)
     s_fwd, s_fwd_se, ok_f = factor_test(sz, 0, depth - 1, one, crit)
@@ -418,12 +425,8 @@ def run_he(cfg: base.RunConfig) -> base.ExperimentResult:
     for kind, stds in kinds.items():
         st = pyr_run(weight_scales=stds)
         prop = laws.propagate(widths, "relu", [inits.normal(s).scheme for s in stds], batch=64)
-        zz, gg, qp, gp = pyr[kind] = (
-            st.forward.z_lm2,
-            st.backward.gz_lm2,
-            prop.forward,
-            prop.backward,
-        )
+        (zz, gg), (qp, gp) = (st[k] for k in LM2), (prop.forward, prop.backward)
+        pyr[kind] = zz, gg, qp, gp
         ok_profile[kind] = _profile_ok(zz, qp)[0] and _profile_ok(gg, gp)[0]
         # Hidden-stack change, measured (geometric mean) and predicted: q_h / q_1, g_1 / g_h.
         mq, mg = np.exp(zz.mean(0)), np.exp(gg.mean(0))
