@@ -72,8 +72,7 @@ def _layers(params) -> list[tuple[Array, Array]]:
 
 
 def _sgd(params, loss, steps: int, lr: float, record, opt_state=None):
-    """``steps`` optax SGD steps on ``loss(params)`` in one ``lax.scan``; per step,
-    ``record(loss_value, grads, new_params)``."""
+    """``steps`` SGD steps in one ``lax.scan``; per step ``record(loss, grads, new_params)``."""
     opt = optax.sgd(lr)
 
     def step(carry, _):
@@ -121,8 +120,7 @@ def _train_zeros(key: Array, net: Network, steps: int):
 
 
 def _zero_heatmap(ax, measured: np.ndarray, predicted: np.ndarray, title: str):
-    """log10 max|grad| per (parameter, step), exact zeros blank; predicted non-zero cells
-    outlined."""
+    """log10 max|grad| per (parameter, step), zeros blank, predicted non-zero boxed."""
     from matplotlib.patches import Rectangle
 
     steps, depth, _ = measured.shape
@@ -210,8 +208,7 @@ def run_zeros(cfg: base.RunConfig) -> base.ExperimentResult:
 
 
 def _unit_spread(params) -> Array:
-    """Per hidden layer, the largest difference between any unit and unit 0 of the layer
-    over its incoming kernel column, its bias and its outgoing kernel row (``(L-1,)``)."""
+    """Per hidden layer, max |unit - unit 0| over in-weights, bias and out-weights."""
     pairs = itertools.pairwise(_layers(params))
     units = [jnp.concatenate([w.T, b[:, None], v], 1) for (w, b), (v, _) in pairs]
     return jnp.stack([jnp.abs(u - u[:1]).max() for u in units])

@@ -101,18 +101,15 @@ def measure_square(cfg, tag: int, init: Initializer, act: str, size: tuple, fiel
 
 
 def factor_test(lm2, first: int, last: int, predicted: float, crit: float):
-    """Per-layer factor between layers ``first`` and ``last`` (0-based) of ``(S, L)`` log
-    second moments, from each seed's ``log(q_last / q_first) / (last - first)``: the
-    geometric mean, the standard error of its log, and whether its log lies within ``crit``
-    standard errors of ``log(predicted)``."""
+    """Per-layer factor from layer ``first`` to ``last`` (0-based) of ``(S, L)`` log moments:
+    its geometric mean over seeds, the s.e. of its log, and whether within ``crit`` s.e."""
     per_seed = (lm2[:, last] - lm2[:, first]) / (last - first)
     m, se = per_seed.mean(), float(per_seed.std(ddof=1) / math.sqrt(per_seed.size))
     return float(np.exp(m)), se, bool(abs(m - math.log(predicted)) <= crit * se)
 
 
 def _profile_ok(meas, pred) -> tuple[bool, float, float]:
-    """Whether the seed mean of ``(S, L)`` log measurements lies within a Bonferroni
-    t-interval (alpha 1e-3) of log(pred) at every layer; the worst |log ratio| and its bound."""
+    """Every layer's seed mean of log within a Bonferroni t-interval of log(pred); the worst."""
     mean, se = seed_mean(meas)
     tol, dev = t_crit(*meas.shape) * se, np.abs(mean - np.log(pred))
     worst = int(np.argmax(dev / tol))
@@ -125,8 +122,7 @@ def _first(mask) -> np.ndarray:
 
 
 def per_layer_plot(ax, pred, meas_seeds, label, color, marker="o"):
-    """Predicted line and measured markers (mean of log over seeds) of a per-layer second
-    moment on a log axis; zero or non-finite measurements are left out."""
+    """Law (line) and measurement (markers, geometric mean over seeds, zeros left out)."""
     x = np.arange(1, len(pred) + 1)
     ax.plot(x, pred, color=color, lw=1.5, label=f"{label}: law")
     with np.errstate(invalid="ignore"):
