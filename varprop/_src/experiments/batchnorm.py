@@ -271,39 +271,32 @@ def run_batchnorm(cfg: base.RunConfig) -> base.ExperimentResult:
     )]  # fmt: skip
     rows = [base.Row(*r) for r in table]
     plain_last = f"10^{plain_mean[-1, -1] / log10:.1f}" if finite[-1, -1] else "non-finite"
+    big = np.log(1e20)
+    ok_plain_all = ok_plain.all() and logq_law[0, -1] < -big and logq_law[-1, -1] > big
     claims = [base.Claim(statement, bool(held), evidence) for statement, held, evidence in (
-        ("With BatchNorm (eps = 0) the per-layer statistics are the same for weight "
-            "scales 1e-3 ... 1e3, to float32 rounding.",
-            max_diff0 <= float_tol and stat_dev0 <= float_tol,
-            f"max |h_L(alpha) - h_L(1)| / rms(z_hat_L) after the last of the {depth} BN layers, "
-            f"over every scale: {max_diff0:.3g}; max deviation of E[z_hat^2], E[h^2]: "
-            f"{stat_dev0:.3g}; tolerance L (sqrt(n) + 8) eps32 = {float_tol:.3g}.",
-        ), ("With eps = 1e-5, E[z_hat^2] equals the law sigma_B^2/(sigma_B^2 + eps) at "
-            "every scale, so the invariance fails only once alpha^2 sigma_B^2 is comparable to "
-            "eps.",
-            law_dev1 <= float_tol,
-            f"max |measured - law| {law_dev1:.3g} (tolerance {float_tol:.3g}); at std 1e-3 "
-            f"E[z_hat^2] = {st1[:, 0, :, 0].mean():.4f} instead of 1.",
-        ), ("Without BatchNorm the same nets vanish or explode: log E[z^2] follows "
-            "l log(n alpha^2 / 2) layer by layer.",
-            ok_plain.all()
-            and logq_law[0, -1] < np.log(1e-20)
-            and logq_law[-1, -1] > np.log(1e20),
-            f"layer {depth}: std 1e-3 law 10^{logq_law[0, -1] / log10:.1f}, measured "
-            f"10^{plain_mean[0, -1] / log10:.1f}; std 1e3 law 10^{logq_law[-1, -1] / log10:.1f}, "
-            f"measured {plain_last}; every finite layer within 4 s.e. + l/n (log units).",
-        ), (f"The running statistics' relative bias decays like m^t (m = {m}).",
-            ok_e.all(),
-            f"max |measured - m^t| mean {np.abs(e_m[0] - pred_e).max():.3g}, var "
-            f"{np.abs(e_m[1] - pred_e).max():.3g}; tolerance 4 sd of the EMA of the batch noise, "
-            f"over {bseeds} seeds (max {4 * e_sd.max():.3g}).",
-        ), ("The train/eval gap of the first BN layer follows the law (running statistics "
-            "r_t, eval-mode moments, plus the batch-noise floor).",
-            ok_gap.all(),
-            f"gap at t = 0: law {pred_gap[:, 0].mean():.4g}, measured {g1[:, 0].mean():.4g}; t = "
-            f"{steps}: law {pred_gap[:, -1].mean():.4g}, measured {g1[:, -1].mean():.4g}; max "
-            f"|log(measured/law)| {np.abs(r_m).max():.3g} (tolerance 4 s.e. + 1/sqrt(N)).",
-        ),
+        ("With BatchNorm (eps = 0) the per-layer statistics are the same for weight scales 1e-3 "
+         "... 1e3, to float32 rounding.", max_diff0 <= float_tol and stat_dev0 <= float_tol,
+         f"max |h_L(alpha) - h_L(1)| / rms(z_hat_L) after the last of the {depth} BN layers, "
+         f"over every scale: {max_diff0:.3g}; max deviation of E[z_hat^2], E[h^2]: "
+         f"{stat_dev0:.3g}; tolerance L (sqrt(n) + 8) eps32 = {float_tol:.3g}."),
+        ("With eps = 1e-5, E[z_hat^2] equals the law sigma_B^2/(sigma_B^2 + eps) at every scale, "
+         "so the invariance fails only once alpha^2 sigma_B^2 is comparable to eps.",
+         law_dev1 <= float_tol, f"max |measured - law| {law_dev1:.3g} (tolerance "
+         f"{float_tol:.3g}); at std 1e-3 E[z_hat^2] = {st1[:, 0, :, 0].mean():.4f} instead of 1."),
+        ("Without BatchNorm the same nets vanish or explode: log E[z^2] follows "
+         "l log(n alpha^2 / 2) layer by layer.", ok_plain_all,
+         f"layer {depth}: std 1e-3 law 10^{logq_law[0, -1] / log10:.1f}, measured "
+         f"10^{plain_mean[0, -1] / log10:.1f}; std 1e3 law 10^{logq_law[-1, -1] / log10:.1f}, "
+         f"measured {plain_last}; every finite layer within 4 s.e. + l/n (log units)."),
+        (f"The running statistics' relative bias decays like m^t (m = {m}).", ok_e.all(),
+         f"max |measured - m^t| mean {np.abs(e_m[0] - pred_e).max():.3g}, var "
+         f"{np.abs(e_m[1] - pred_e).max():.3g}; tolerance 4 sd of the EMA of the batch noise, "
+         f"over {bseeds} seeds (max {4 * e_sd.max():.3g})."),
+        ("The train/eval gap of the first BN layer follows the law (running statistics r_t, "
+         "eval-mode moments, plus the batch-noise floor).", ok_gap.all(),
+         f"gap at t = 0: law {pred_gap[:, 0].mean():.4g}, measured {g1[:, 0].mean():.4g}; t = "
+         f"{steps}: law {pred_gap[:, -1].mean():.4g}, measured {g1[:, -1].mean():.4g}; max "
+         f"|log(measured/law)| {np.abs(r_m).max():.3g} (tolerance 4 s.e. + 1/sqrt(N))."),
     )]  # fmt: skip
     if proof is not None:
         stmt = "SymPy proves BN(alpha W x) = BN(W x) for eps = 0 and grad L(alpha W) = "

@@ -218,46 +218,35 @@ def run_gains(cfg: base.RunConfig) -> base.ExperimentResult:
           for i, a in enumerate(names)),
     ]  # fmt: skip
     rows = [base.Row(*r) for r in table]
+    same = "; ".join(f"{a}: derived {L.gain_expr(a)}, equal: {v}" for a, v in exact_same.items())
+    mcs = ", ".join(f"{a} {m:.4f}+-{s:.4f}" for a, m, s in zip(names, mc_mean, mc_se, strict=True))
     claims = [base.Claim(statement, bool(held), evidence) for statement, held, evidence in (
         ("With g = 5/3 the per-layer E[z^2] of a deep tanh MLP converges to the non-zero "
-            "mean-field fixed point q* (std sqrt(q*)).",
-            abs(q_tail_mean - fp.q_star) <= tail_tol,
-            f"q* = {fp.q_star:.4f} (std {math.sqrt(fp.q_star):.4f}); measured {q_tail_mean:.4f} "
-            f"(std {math.sqrt(q_tail_mean):.4f}) over layers {tail.start + 1}..{depth}; tolerance "
-            f"{tail_tol:.3g} = 4 s.e. + (L/n) q*.",
-        ), ("With g = 1, E[z^2] decays towards q* = 0 sub-exponentially (like 1/(2l)), as "
-            "the iterated mean-field law says.",
-            abs(r_meas - r_law) <= r_tol and r_exp < 0.5 * r_law,
-            f"q_{depth}/q_{h + 1}: law {r_law:.4f}, measured {r_meas:.4f} (tolerance {r_tol:.3g} "
-            "= 4 s.e. + (L/n) ratio); an exponential decay at the first step's rate would give "
-            f"{r_exp:.3g}. Layer {depth}: law {q_law[0, -1]:.4g}, measured {q_mean[0, -1]:.4g}.",
-        ), ("Measured per-layer E[z^2] follows the iterated law for both gains (with its "
-            "finite-width correction).",
-            ok_layers.all(),
-            f"{int(ok_layers.sum())}/{ok_layers.size} layers within {k_layers:.2f} s.e. of the "
-            f"finite-width law (t test over {seeds} seeds, Bonferroni over the layers, "
-            f"family-wise 1e-3); largest deviation {z_layers.max():.2f} s.e. Relative deviation "
-            f"from the infinite-width law at most {rel_dev[0].max():.3g} (g = 1) and "
-            f"{rel_dev[1].max():.3g} (g = 5/3); the finite-width correction accounts for "
-            f"{abs(q_fw[0, -1] / q_law[0, -1] - 1):.3g} of it at layer {depth}, g = 1.",
-        ), ("The derived gains of linear (1), ReLU (sqrt 2) and leaky ReLU (sqrt(2/(1+a^2))) "
-            "equal the conventional ones exactly.",
-            all(exact_same.values()),
-            "; ".join(
-                f"{a}: derived {L.gain_expr(a)}, equal: {v}" for a, v in exact_same.items()
-            )
-            + " (SymPy simplifies the difference to 0).",
-        ), ("SELU's derived gain is 1 (its constants make q = 1 a fixed point), not the "
-            "conventional empirical 3/4.",
-            selu_ok,
-            f"derived {derived['selu']:.12f}, conventional {conv['selu']}.",
-        ), ("Each derived gain preserves E[z^2] = 1 through one layer (Monte Carlo).",
-            mc_ok.all(),
-            ", ".join(
-                f"{a} {m:.4f}+-{s:.4f}" for a, m, s in zip(names, mc_mean, mc_se, strict=True)
-            )
-            + f" ({mc_seeds} seeds, {mc_n} -> {mc_out} units, batch {mc_b}; tolerance 4 s.e.).",
-        ),
+         "mean-field fixed point q* (std sqrt(q*)).", abs(q_tail_mean - fp.q_star) <= tail_tol,
+         f"q* = {fp.q_star:.4f} (std {math.sqrt(fp.q_star):.4f}); measured {q_tail_mean:.4f} "
+         f"(std {math.sqrt(q_tail_mean):.4f}) over layers {tail.start + 1}..{depth}; tolerance "
+         f"{tail_tol:.3g} = 4 s.e. + (L/n) q*."),
+        ("With g = 1, E[z^2] decays towards q* = 0 sub-exponentially (like 1/(2l)), as the "
+         "iterated mean-field law says.", abs(r_meas - r_law) <= r_tol and r_exp < 0.5 * r_law,
+         f"q_{depth}/q_{h + 1}: law {r_law:.4f}, measured {r_meas:.4f} (tolerance {r_tol:.3g} "
+         "= 4 s.e. + (L/n) ratio); an exponential decay at the first step's rate would give "
+         f"{r_exp:.3g}. Layer {depth}: law {q_law[0, -1]:.4g}, measured {q_mean[0, -1]:.4g}."),
+        ("Measured per-layer E[z^2] follows the iterated law for both gains (with its "
+         "finite-width correction).", ok_layers.all(),
+         f"{int(ok_layers.sum())}/{ok_layers.size} layers within {k_layers:.2f} s.e. of the "
+         f"finite-width law (t test over {seeds} seeds, Bonferroni over the layers, "
+         f"family-wise 1e-3); largest deviation {z_layers.max():.2f} s.e. Relative deviation "
+         f"from the infinite-width law at most {rel_dev[0].max():.3g} (g = 1) and "
+         f"{rel_dev[1].max():.3g} (g = 5/3); the finite-width correction accounts for "
+         f"{abs(q_fw[0, -1] / q_law[0, -1] - 1):.3g} of it at layer {depth}, g = 1."),
+        ("The derived gains of linear (1), ReLU (sqrt 2) and leaky ReLU (sqrt(2/(1+a^2))) "
+         "equal the conventional ones exactly.", all(exact_same.values()),
+         same + " (SymPy simplifies the difference to 0)."),
+        ("SELU's derived gain is 1 (its constants make q = 1 a fixed point), not the "
+         "conventional empirical 3/4.", selu_ok,
+         f"derived {derived['selu']:.12f}, conventional {conv['selu']}."),
+        ("Each derived gain preserves E[z^2] = 1 through one layer (Monte Carlo).", mc_ok.all(),
+         mcs + f" ({mc_seeds} seeds, {mc_n} -> {mc_out} units, batch {mc_b}; tolerance 4 s.e.)."),
     )]  # fmt: skip
 
     fig, ((ax, bx),) = base.new_figure(2, 1, width=5.2, height=3.6)
