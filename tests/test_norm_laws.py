@@ -12,10 +12,10 @@ import pytest
 import sympy as sp
 from flax import nnx
 
+from varprop._src.core import normalizers as N
 from varprop._src.laws import normalization as L
 from varprop._src.nn import norm_linen as VL
 from varprop._src.nn import norm_nnx as VN
-from varprop._src.core import normalizers as N
 
 B, D_IN, C = 16, 16, 8  # batch, inputs, features (shapes shared with the other test files)
 

@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from varprop._src.core import normalizers as N
 from varprop._src.nn import norm_linen as VL
 from varprop._src.nn import norm_nnx as VN
-from varprop._src.core import normalizers as N
 
 # (input dtype, parameter dtype). bf16 input with float32 parameters gives float32 output
 # in Flax and here; bf16 parameters give bf16 output (Linen) — see the module docstring.
