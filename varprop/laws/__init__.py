@@ -49,6 +49,9 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "OutputMoments": ("varprop._src.laws.normalization", "OutputMoments"),
     "Propagation": ("varprop._src.laws.propagation", "Propagation"),
     "propagate": ("varprop._src.laws.propagation", "propagate"),
+    "finite_width_mean_field": ("varprop._src.laws.finite_width", "finite_width_mean_field"),
+    "finite_width_recursion": ("varprop._src.laws.finite_width", "finite_width_recursion"),
+    "second_moment_series": ("varprop._src.laws.finite_width", "second_moment_series"),
     "prove_scale_invariance": ("varprop._src.laws.normalization", "prove_scale_invariance"),
     "quadrature_moments": ("varprop._src.laws.activation_moments", "quadrature_moments"),
     "register_activation": ("varprop._src.laws.activations", "register_activation"),
@@ -94,6 +97,8 @@ __all__ = [
     "distribution_kurtosis",
     "eval_mode_gain",
     "eval_mode_output_moments",
+    "finite_width_mean_field",
+    "finite_width_recursion",
     "float32_limit_layer",
     "forward_law",
     "gain",
@@ -113,6 +118,7 @@ __all__ = [
     "scale_deviation_ratio",
     "scheme_from_spec",
     "scheme_names",
+    "second_moment_series",
     "symbol_latex",
     "symbols",
     "train_output_moments",
@@ -154,6 +160,11 @@ if TYPE_CHECKING:  # what pyright and IDEs see; nothing is imported at run time
         Derivation,
         Step,
         derive,
+    )
+    from varprop._src.laws.finite_width import (
+        finite_width_mean_field,
+        finite_width_recursion,
+        second_moment_series,
     )
     from varprop._src.laws.latex import latex, symbol_latex
     from varprop._src.laws.layers import (

@@ -7,7 +7,7 @@ follows the mean-field map (Saxe, McClelland & Ganguli 2014; Poole et al. 2016)
 
 with the fixed point :math:`q^* = 0` for g = 1, approached like :math:`1/(2l)` since
 :math:`E[\tanh(\sqrt q z)^2] = q - 2q^2 + O(q^3)`, and :math:`q^* \approx 1.18` for g = 5/3.
-At width n the map has an O(1/n) correction (:func:`tanh_finite_width`). Next to it, the
+At width n the map has an O(1/n) correction (:func:`varprop.laws.finite_width_mean_field`). Next to it, the
 derived gain :math:`g_\phi = 1/\sqrt{E[\phi(z)^2]}` of every registered activation (He et
 al. 2015; Glorot & Bengio 2010) against its conventional value.
 
@@ -34,68 +34,9 @@ from varprop._src.experiments.measure import law, probe_fields, seed_mean, stack
 from varprop._src.laws import symbols as S
 
 
-def tanh_m2_series(order: int = 3) -> sp.Expr:
-    r""":math:`E[\tanh(\sqrt q z)^2]` as a power series in q, from SymPy's series of tanh²
-    and the Gaussian moments :math:`E[z^{2k}] = (2k-1)!!`.
-
-    Example:
-        >>> tanh_m2_series(2)
-        -2*q**2 + q
-    """
-    poly = sp.Poly(sp.series(sp.tanh(S.x) ** 2, S.x, 0, 2 * order + 1).removeO(), S.x)
-    terms = [c * sp.factorial2(k - 1) * S.q ** sp.Rational(k, 2) for (k,), c in poly.terms()]
-    return sp.expand(sp.Add(*terms))  # tanh^2 is even: every k is
-
-
-def tanh_finite_width(g2: float, depth: int, width: int) -> np.ndarray:
-    r"""E[z_l^2] (l = 1..depth) of a width-n tanh stack with Var(w) = g^2/n, to O(1/n).
-
-    The mean-field law iterates :math:`q_{l+1} = g^2 f(q_l)`, :math:`f(q) = E[\tanh(\sqrt q
-    z)^2]`, exact as n -> oo. At width n, :math:`Q_l = \|\tanh(z_l)\|^2/n` is random: given
-    :math:`Q_{l-1}`, the n units of :math:`z_l` are i.i.d. :math:`N(0, g^2 Q_{l-1})` (the
-    columns of W are independent), so :math:`E[Q_l | Q_{l-1}] = f(a)` and
-    :math:`\mathrm{Var}[Q_l | Q_{l-1}] = (f_4(a) - f(a)^2)/n` with :math:`a = g^2 Q_{l-1}`,
-    :math:`f_4(q) = E[\tanh(\sqrt q z)^4]`. The second-order (delta-method) recursion of the
-    mean M and variance V of Q,
-
-    .. math:: M_l = f(a) + \tfrac12 g^4 f''(a) V_{l-1}, \quad
-              V_l = g^4 f'(a)^2 V_{l-1} + (f_4(a) - f(a)^2)/n, \quad a = g^2 M_{l-1},
-
-    from :math:`M_0 = 1, V_0 = 0` (inputs scaled to :math:`\|x\|^2 = n`), gives
-    :math:`E[z_l^2] = g^2 M_{l-1}` up to O(1/n^2). tanh saturates (f'' < 0), so a finite net's
-    E[z^2] lies *below* the infinite-width law: for g = 1, width 128, by 6.3% at layer 30.
-    f' and f'' come from the heat equation :math:`\frac{d}{dq} E[F(\sqrt q z)] =
-    \tfrac12 E[F''(\sqrt q z)]` with Gauss-Hermite quadrature.
-
-    Example:
-        >>> from varprop.laws import propagate
-        >>> q = tanh_finite_width(1.0, 30, 128)
-        >>> inf = propagate([128] * 31, "tanh", I.normal(128**-0.5).scheme).forward
-        >>> round(float(q[-1] / inf[-1] - 1), 3), bool(q[0] == 1.0)
-        (-0.063, True)
-    """
-    f2 = sp.tanh(S.x) ** 2
-    fns = [sp.lambdify(S.x, e, "numpy") for e in (f2, f2**2, f2.diff(S.x, 2), f2.diff(S.x, 4))]
-    nodes, weights = np.polynomial.hermite_e.hermegauss(200)
-    weights = weights / math.sqrt(2 * math.pi)
-    m, v, out = 1.0, 0.0, []
-    for _ in range(depth):
-        a = g2 * m
-        out.append(a)
-        f, f4, d2, d4 = (float(np.sum(weights * fn(math.sqrt(a) * nodes))) for fn in fns)
-        # d2 = 2 f', d4 = 4 f'' (heat equation)
-        m, v = f + 0.5 * g2 * g2 * (d4 / 4) * v, g2 * g2 * (d2 / 2) ** 2 * v + (f4 - f * f) / width
-    return np.asarray(out)
-
-
 def _finite_width_laws() -> list[base.Law]:
-    """The O(1/n) recursion of :func:`tanh_finite_width` as two laws (SymPy's LaTeX)."""
-    f, f4 = sp.Function("f"), sp.Function("f_4")
-    a, g, n, v_prev = sp.Symbol("a"), S.gain, S.fan_in, sp.Symbol("V_{l-1}")
-    mean = sp.Eq(sp.Symbol("M_l"), f(a) + g**4 * sp.Derivative(f(a), (a, 2)) * v_prev / 2)
-    var = sp.Eq(
-        sp.Symbol("V_l"), g**4 * sp.Derivative(f(a), a) ** 2 * v_prev + (f4(a) - f(a) ** 2) / n
-    )
+    """The O(1/n) recursion of :func:`varprop.laws.finite_width_mean_field` as two laws."""
+    mean, var = L.finite_width_recursion()
     where = (
         "Q_l = |tanh(z_l)|^2/n, a = g^2 M_(l-1) = E[z_l^2], f(a) = E[tanh(sqrt(a) z)^2], f_4(a) = "
         "E[tanh(sqrt(a) z)^4]"
@@ -172,7 +113,7 @@ def run_gains(cfg: base.RunConfig) -> base.ExperimentResult:
     # Per layer, the measurement is compared with the finite-width law (the mean field with
     # its O(1/n) correction; the infinite-width law is biased by up to 6% here), within a
     # t-test tolerance over the seeds (Bonferroni over the layers, family-wise 1e-3).
-    q_fw = np.stack([tanh_finite_width(g * g, depth, width) for g in gains])
+    q_fw = np.stack([L.finite_width_mean_field("tanh", g * g, depth, width) for g in gains])
     rel_dev = np.abs(q_mean / q_law - 1.0)
     k_layers = t_crit(seeds, q_fw.size)
     z_layers = np.abs(q_mean - q_fw) / q_se
@@ -193,7 +134,7 @@ def run_gains(cfg: base.RunConfig) -> base.ExperimentResult:
     laws = [
         law("Mean-field map (Poole et al. 2016), Var(w) = g^2/n_in",
             sp.Eq(sp.Symbol("q_{l+1}"), S.fan_in * var_w * S.gain**2 * mf)),
-        law("Small-q series of E[tanh(sqrt(q) z)^2] (SymPy)", tanh_m2_series()),
+        law("Small-q series of E[tanh(sqrt(q) z)^2] (SymPy)", L.second_moment_series("tanh")),
         *_finite_width_laws(),
         law("Derived gain of ReLU, 1/sqrt(E[phi(z)^2]) at q = 1", L.gain_expr("relu")),
         law("Derived gain of leaky ReLU (slope 0.01)", L.gain_expr("leaky_relu")),

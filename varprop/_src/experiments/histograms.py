@@ -28,7 +28,6 @@ import numpy as np
 from varprop import initializers as I
 from varprop import laws as L
 from varprop._src.experiments import base
-from varprop._src.experiments.gains import tanh_m2_series
 from varprop._src.experiments.measure import law, probe_fields, seed_mean, stack
 
 
@@ -94,7 +93,7 @@ def run_histograms(cfg: base.RunConfig) -> base.ExperimentResult:
     laws = [
         *(law(f"Forward law, {nm}", L.forward_law(inits[nm].scheme)) for nm in names),
         *(law(f"Backward law, {nm}", L.backward_law(inits[nm].scheme)) for nm in names),
-        law("Small-q series of E[tanh(sqrt(q) z)^2]", tanh_m2_series(2)),
+        law("Small-q series of E[tanh(sqrt(q) z)^2]", L.second_moment_series("tanh", 2)),
     ]
     rows = [
         base.Row(f"{nm}: {q}", f"{p[0]:.4g}, {p[1]:.4g}", f"{m[0]:.4g}, {m[1]:.4g}")
