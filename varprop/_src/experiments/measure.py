@@ -35,7 +35,6 @@ from varprop import laws
 from varprop._src.core.network import Network, init_params, make_network, scale_kernels
 from varprop._src.data import Dataset, Split, load_classification, standardize_split
 from varprop._src.experiments.base import Figure, Law, RunConfig, figure_png
-from varprop._src.initializers import Initializer
 from varprop._src.probe import (
     COMPILER_OPTIONS,
     SUMMARY_FIELDS,
@@ -55,29 +54,13 @@ def law(label: str, expr: Any) -> Law:
     return Law(label, laws.latex(expr), sp.sstr(expr))
 
 
-def stack(
-    *,
-    width: int | Sequence[int],
-    depth: int | None = None,
-    activation: str,
-    kernel_init: Initializer | Sequence[Initializer],
-    bias_init: Initializer | Sequence[Initializer | None] | None = None,
-    norm: str | None = None,
-    output_activation: bool = False,
-    norm_epsilon: float | None = None,
-) -> Network:
+def stack(*, width: int | Sequence[int], depth: int | None = None, **network: Any) -> Network:
     """A network of ``depth`` layers of ``width`` units (input width too), or of the given
-    ``width`` sequence ``(n_0, ..., n_L)`` when ``depth`` is None."""
+    ``width`` sequence ``(n_0, ..., n_L)`` when ``depth`` is None; ``network`` holds the
+    other arguments of :func:`~varprop._src.core.network.make_network` by name
+    (``activation``, ``kernel_init``, ``bias_init``, ``norm``, ...)."""
     widths = tuple(width) if depth is None else (int(width),) * (depth + 1)  # type: ignore[arg-type]
-    return make_network(
-        widths,  # type: ignore[arg-type]
-        activation,
-        kernel_init,
-        bias_init,
-        norm,
-        output_activation=output_activation,
-        norm_epsilon=norm_epsilon,
-    )
+    return make_network(widths, **network)  # type: ignore[arg-type]
 
 
 @functools.lru_cache(maxsize=64)
