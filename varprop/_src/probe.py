@@ -447,11 +447,32 @@ def _stats(fwd: ForwardStats, g, loss) -> ProbeStats:
     return ProbeStats(fwd, bwd, loss)
 
 
-def _draw_inputs(key: Array, batch: int, width: int, spec_mean, spec_std, data):
-    if data is None:
-        return spec_mean + spec_std * jax.random.normal(key, (batch, width), jnp.float32)
-    idx = jax.random.randint(key, (batch,), 0, data.shape[0])
-    return jnp.take(data, idx, axis=0).astype(jnp.float32)
+def draw_batch(
+    net: Network,
+    kx: Array,
+    kv: Array,
+    batch: int,
+    input_mean: float = 0.0,
+    input_std: float = 1.0,
+    data: Array | None = None,
+    inputs: Callable[[Array], Array] | None = None,
+) -> tuple[Array, Array]:
+    """The probe's input batch x (``inputs(kx)``, rows drawn from ``data``, or
+    ``N(input_mean, input_std^2)``) and the Gaussian ``v`` of its loss ``sum(y * v)``."""
+    if inputs is not None:
+        x = inputs(kx)
+    elif data is None:
+        x = input_mean + input_std * jax.random.normal(kx, (batch, net.widths[0]), jnp.float32)
+    else:
+        idx = jax.random.randint(kx, (batch,), 0, data.shape[0])
+        x = jnp.take(data, idx, axis=0).astype(jnp.float32)
+    return x, jax.random.normal(kv, (batch, net.widths[-1]), jnp.float32)
+
+
+def forward_stats(net: Network, params, x: Array, lean: bool = False) -> ForwardStats:
+    """The forward statistics alone (no backward pass; not jitted here)."""
+    v = jnp.zeros((x.shape[0], net.widths[-1]), jnp.float32)
+    return network_loss(net, params, x, v, _zero_carriers(net), lean=lean)[1][0]
 
 
 def output_redraws(net: Network, target_units: int = 1024) -> int:
@@ -509,7 +530,7 @@ def make_probe(
         >>> bool(jnp.allclose(he.forward.z_lm2[:, 0] - lin.forward.z_lm2[:, 0], jnp.log(2.0)))
         True
     """
-    n0, nl = net.widths[0], net.widths[-1]
+    nl = net.widths[-1]
     k_extra = output_redraws(net) if redraws is None else redraws
     last_init = net.kernel_inits[-1]
     n_segments = len(net.segments())
@@ -527,11 +548,7 @@ def make_probe(
         if scales is not None:
             params = scale_kernels(net, params, scales)
             ws = None if ws is None else ws * scales[-1].astype(ws.dtype)
-        if inputs is not None:
-            x = inputs(kx)
-        else:
-            x = _draw_inputs(kx, batch, n0, input_mean, input_std, data)
-        v = jax.random.normal(kv, (batch, nl), jnp.float32)
+        x, v = draw_batch(net, kx, kv, batch, input_mean, input_std, data, inputs)
         stats, x_last = _run(net, params, x, v, edges, lean)
         if k_extra == 0 or x_last is None or net.output_activation:
             return stats

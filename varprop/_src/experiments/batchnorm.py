@@ -39,9 +39,9 @@ from varprop import laws as L
 from varprop._src.core import network as core
 from varprop._src.core.normalizers import batch_norm
 from varprop._src.experiments import base
-from varprop._src.experiments.measure import keys_for, law, layer_stats, seed_mean, stack
+from varprop._src.experiments.measure import keys_for, law, seed_mean, stack
 from varprop._src.laws import normalization as N
-from varprop._src.probe import COMPILER_OPTIONS
+from varprop._src.probe import COMPILER_OPTIONS, forward_stats
 
 
 def _norms(net: core.Network) -> list[dict[str, jax.Array]]:
@@ -63,7 +63,9 @@ def _scale_program(nets: tuple[core.Network, ...], batch: int):
         params = core.init_params(net, kw)
         params = core.scale_kernels(net, params, jnp.ones(net.depth).at[:-1].set(alpha))
         x = jax.random.normal(kx, (batch, net.widths[0]), jnp.float32)
-        stats = [{f: getattr(layer_stats(n, params, x), f) for f in fields} for n in nets]
+        stats = [
+            {f: getattr(forward_stats(n, params, x, lean=True), f) for f in fields} for n in nets
+        ]
         ident = [*params[:-1], {**params[-1], "W": jnp.eye(net.widths[-1])[None]}]
         bn = [core.norm_forward(n, ident, _norms(n), x, train=True, momentum=0.0, epsilon=n.epsilon)
               for n in nets if n.norm]  # fmt: skip

@@ -9,10 +9,11 @@ Example:
     >>> import numpy as np
     >>> from varprop._src.initializers import normal
     >>> net = stack(width=64, depth=3, activation="relu", kernel_init=normal(1.0))
-    >>> st = run_probe(net, seeds=4, seed=0, batch=32, weight_scales=[0.5, 0.5, 0.5])
-    >>> st.forward.z_lm2.shape                # (seeds, layers), numpy float64
+    >>> st = probe_fields(net, ["z_lm2", "h_zero"], seeds=4, seed=0, batch=32,
+    ...                   weight_scales=[0.5, 0.5, 0.5])
+    >>> st["z_lm2"].shape                     # (seeds, layers), numpy float64
     (4, 3)
-    >>> h0 = st.forward.h_zero                 # ReLU zeroes about half; the output is linear
+    >>> h0 = st["h_zero"]                      # ReLU zeroes about half; the output is linear
     >>> bool(np.all(h0[:, :2] > 0.3)), bool(np.all(h0[:, 2] == 0))
     (True, True)
 """
@@ -37,12 +38,10 @@ from varprop._src.data import Dataset, Split, load_classification, standardize_s
 from varprop._src.experiments.base import Figure, Law, RunConfig, figure_png
 from varprop._src.probe import (
     COMPILER_OPTIONS,
-    SUMMARY_FIELDS,
     BackwardStats,
-    ForwardStats,
     HistogramEdges,
-    make_probe,
-    network_loss,
+    draw_batch,
+    forward_stats,
     probe_params,
 )
 
@@ -63,53 +62,9 @@ def stack(*, width: int | Sequence[int], depth: int | None = None, **network: An
     return make_network(widths, **network)  # type: ignore[arg-type]
 
 
-@functools.lru_cache(maxsize=64)
-def _cached_probe(net: Network, batch: int, inputs: Callable | None, bins: int, lean: bool):
-    del bins  # part of the key: a probe compiled for one histogram length
-    return make_probe(net, batch, redraws=0, inputs=inputs, lean=lean)
-
-
 def keys_for(seed: int, tag: int, n: int) -> Array:
     """``n`` keys derived from an experiment's ``seed`` and a ``tag`` for the measurement."""
     return jax.random.split(jax.random.fold_in(jax.random.key(seed), tag), n)
-
-
-def run_probe(
-    net: Network,
-    *,
-    seeds: int,
-    seed: int,
-    batch: int,
-    tag: int = 0,
-    weight_scales: Sequence[float] | np.ndarray | None = None,
-    edges: tuple[np.ndarray, np.ndarray] | None = None,
-    inputs: Callable[[Array], Array] | None = None,
-    data: np.ndarray | None = None,
-    lean: bool = True,
-) -> Any:
-    """The probe's statistics of ``seeds`` independent draws: a
-    :class:`~varprop._src.probe.ProbeStats` of float64 numpy arrays.
-
-    Args:
-        net: the network (see :func:`stack`).
-        seeds, seed, tag: how many draws, and the keys (:func:`keys_for`).
-        batch: examples per draw.
-        weight_scales: per-layer factors on the kernels (traced: a sweep reuses one
-            compiled probe).
-        edges: ``(h_edges, gz_edges)`` bin edges for per-layer histograms of h and dL/dz.
-        inputs: ``key -> (batch, n_0)`` input function (default standard normal).
-        data: an ``(N, n_0)`` array to draw input rows from.
-        lean: the lean probe (the values' own statistics; see
-            :func:`~varprop._src.probe.make_probe`), a smaller program to compile.
-    """
-    bins = 0 if edges is None else len(edges[0]) - 1
-    probe = _cached_probe(net, batch, inputs, bins, lean)
-    scales = None if weight_scales is None else jnp.asarray(weight_scales, jnp.float32)
-    e = None
-    if edges is not None:
-        e = HistogramEdges(jnp.asarray(edges[0], jnp.float32), jnp.asarray(edges[1], jnp.float32))
-    out = probe(keys_for(seed, tag, seeds), None if data is None else jnp.asarray(data), scales, e)
-    return jax.tree.map(lambda a: np.asarray(a, np.float64), out)
 
 
 def seed_mean(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -122,19 +77,6 @@ def t_crit(n_seeds: int, n_tests: int, alpha: float = 1e-3) -> float:
     """Two-sided Student-t critical value with ``n_seeds - 1`` degrees of freedom,
     Bonferroni over ``n_tests``."""
     return float(sstats.t.ppf(1 - alpha / (2 * n_tests), n_seeds - 1))
-
-
-def profile_agrees(
-    log_measured: np.ndarray, predicted: np.ndarray, alpha: float = 1e-3
-) -> tuple[bool, float]:
-    """Whether the seed mean of ``(S, L)`` log measurements lies within a Bonferroni
-    t-interval (over the L layers) of ``log(predicted)`` at every layer; and the largest
-    |ratio - 1| of the measured geometric mean to the prediction."""
-    mean, se = seed_mean(log_measured)
-    lp = np.log(np.asarray(predicted, np.float64))
-    t = t_crit(log_measured.shape[0], log_measured.shape[1], alpha)
-    ok = bool(np.all(np.abs(mean - lp) <= t * np.maximum(se, 1e-12)))
-    return ok, float(np.max(np.abs(np.exp(mean - lp) - 1)))
 
 
 #: Fraction of the data held out for validation in every training experiment.
@@ -185,15 +127,6 @@ def figure(name: str, caption: str, fig: Any) -> Figure:
     return Figure(name, caption, figure_png(fig))
 
 
-def layer_stats(net: Network, params, x: Array) -> ForwardStats:
-    """The lean probe's forward statistics of every layer on the input batch ``x``
-    (:func:`~varprop._src.probe.network_loss` without the backward pass; not jitted here), for
-    programs that need no gradient statistics."""
-    carriers = [jnp.zeros((b - a, 2, len(SUMMARY_FIELDS)), jnp.float32) for a, b in net.segments()]
-    v = jnp.zeros((x.shape[0], net.widths[-1]), jnp.float32)
-    return network_loss(net, params, x, v, carriers, lean=True)[1][0]
-
-
 _BACKWARD = set(BackwardStats._fields)
 
 
@@ -202,20 +135,14 @@ def _fields_program(net: Network, batch: int, inputs: Callable | None, fields: t
     backward = bool(_BACKWARD & set(fields))
 
     def one(key, data, scales, edges):
-        kw, kx, kv, _ = jax.random.split(key, 4)  # the probe's draws
-        if inputs is not None:
-            x = inputs(kx)
-        elif data is None:
-            x = jax.random.normal(kx, (batch, net.widths[0]), jnp.float32)
-        else:
-            x = jnp.take(data, jax.random.randint(kx, (batch,), 0, data.shape[0]), axis=0)
+        kw, kx, kv, _ = jax.random.split(key, 4)  # the probe's draws (make_probe)
         params = init_params(net, kw)
-        v = jax.random.normal(kv, (batch, net.widths[-1]), jnp.float32)
+        x, v = draw_batch(net, kx, kv, batch, data=data, inputs=inputs)
 
         def stats(s, edges):
             p = scale_kernels(net, params, s)
             if not backward:
-                st = layer_stats(net, p, x)
+                st = forward_stats(net, p, x, lean=True)
                 return {f: getattr(st, f) for f in fields}
             ps = probe_params(net, p, x, v, edges, lean=True)
             return {f: getattr(ps.backward if f in _BACKWARD else ps.forward, f) for f in fields}
@@ -241,8 +168,9 @@ def probe_fields(
     inputs: Callable[[Array], Array] | None = None,
     data: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
-    """The named fields of :func:`run_probe`'s forward and backward statistics (the same
-    draws and numbers; float64 numpy arrays with a leading seed axis), from a program that
+    """The named fields of the probe's forward and backward statistics (those of the lean
+    :func:`~varprop._src.probe.make_probe`: the same draws and numbers; float64 numpy arrays
+    with a leading seed axis), from a program that
     computes only those: without the backward pass when all are forward statistics, and the
     rest left to XLA's dead-code elimination, so it compiles faster than the whole probe.
     ``weight_scales`` of shape ``(K, L)`` measures K scalings of each seed's draws in one call
@@ -252,10 +180,14 @@ def probe_fields(
     Example:
         >>> from varprop._src.initializers import normal
         >>> net = stack(width=64, depth=3, activation="relu", kernel_init=normal(1.0))
-        >>> kw = dict(seeds=4, seed=0, batch=32, weight_scales=[0.5, 0.5, 0.5])
-        >>> st, z2 = run_probe(net, **kw), probe_fields(net, ["z_lm2", "gz_lm2"], **kw)
-        >>> bool(np.allclose(z2["z_lm2"], st.forward.z_lm2)), z2["gz_lm2"].shape
-        (True, (4, 3))
+        >>> from varprop._src.probe import make_probe
+        >>> scales = jnp.asarray([0.5, 0.5, 0.5])
+        >>> st = make_probe(net, 32, redraws=0, lean=True)(keys_for(0, 0, 4), None, scales)
+        >>> z2 = probe_fields(net, ["z_lm2", "gz_lm2"], seeds=4, seed=0, batch=32,
+        ...                   weight_scales=scales)
+        >>> [bool(np.allclose(z2[f], getattr(s, f))) for f, s in
+        ...  (("z_lm2", st.forward), ("gz_lm2", st.backward))]
+        [True, True]
     """
     prog = _fields_program(net, batch, inputs, tuple(fields))
     e = None
