@@ -20,6 +20,12 @@ from varprop._src.errors import InputError
 SMALL = ["--widths", "8,8,4", "--max-seeds", "4", "--no-cache"]
 
 
+def _gz(data: bytes) -> bytes:
+    """gzip with a fixed header time: the same bytes in every process, so parametrized test
+    ids built from them agree between pytest-xdist workers."""
+    return gzip.compress(data, mtime=0)
+
+
 def run(capsys, argv):
     code = main(argv)
     cap = capsys.readouterr()
@@ -127,18 +133,18 @@ def test_max_seeds_below_seeds(capsys):
 
 def _mnist_dir(tmp_path: Path, images: bytes) -> Path:
     (tmp_path / "t10k-images-idx3-ubyte.gz").write_bytes(images)
-    (tmp_path / "t10k-labels-idx1-ubyte.gz").write_bytes(gzip.compress(b"\x00\x00\x08\x01\0\0\0\0"))
+    (tmp_path / "t10k-labels-idx1-ubyte.gz").write_bytes(_gz(b"\x00\x00\x08\x01\0\0\0\0"))
     return tmp_path
 
 
 @pytest.mark.parametrize(
     ("content", "match"),
     [
-        (gzip.compress(b"\x00\x00\x08\x03" + b"\x00" * 12)[:-10], "truncated gzip file"),
+        (_gz(b"\x00\x00\x08\x03" + b"\x00" * 12)[:-10], "truncated gzip file"),
         (b"not gzip at all", "not a valid gzip file"),
         (b"", "is empty"),
-        (gzip.compress(b"\x12\x34\x08\x03"), "is not an IDX file"),
-        (gzip.compress(b"\x00\x00\x08\x03\x00"), "is truncated"),
+        (_gz(b"\x12\x34\x08\x03"), "is not an IDX file"),
+        (_gz(b"\x00\x00\x08\x03\x00"), "is truncated"),
     ],
 )
 def test_corrupt_mnist(capsys, tmp_path, content, match):

@@ -14,6 +14,12 @@ from varprop._src.data import DataNotFoundError, load_mnist, read_idx, standardi
 from varprop._src.errors import InputError
 
 
+def _gz(data: bytes) -> bytes:
+    """gzip with a fixed header time: the same bytes in every process, so parametrized test
+    ids built from them agree between pytest-xdist workers."""
+    return gzip.compress(data, mtime=0)
+
+
 def idx_bytes(values: np.ndarray, code: int = 0x08) -> bytes:
     header = bytes([0, 0, code, values.ndim]) + struct.pack(f">{values.ndim}I", *values.shape)
     return header + values.astype(values.dtype.newbyteorder(">")).tobytes()
@@ -33,7 +39,7 @@ def write_pair(d, imgs: bytes, labs: bytes, gz: bool = False):
 def test_reads_raw_and_gzipped(tmp_path):
     x = images()
     (tmp_path / "a").write_bytes(idx_bytes(x))
-    (tmp_path / "a.gz").write_bytes(gzip.compress(idx_bytes(x)))
+    (tmp_path / "a.gz").write_bytes(_gz(idx_bytes(x)))
     for name in ("a", "a.gz"):
         got = read_idx(tmp_path / name)
         assert got.dtype == np.uint8 and got.shape == (3, 28, 28)
@@ -59,7 +65,7 @@ GOOD = idx_bytes(images(2))
         ("header", GOOD[:9], "header declares 3 dimensions (16 header bytes)"),
         ("data", GOOD[:-5], "is truncated: its header says shape (2, 28, 28)"),
         ("trailing", GOOD + b"\x00", "has trailing bytes"),
-        ("gz-named-raw", gzip.compress(GOOD), "is gzipped but its name does not end in .gz"),
+        ("gz-named-raw", _gz(GOOD), "is gzipped but its name does not end in .gz"),
         ("huge", b"\x00\x00\x08\x03" + b"\xff" * 12, "is truncated"),
     ],
 )
@@ -75,12 +81,12 @@ def test_bad_raw_files(tmp_path, name, content, match):
 @pytest.mark.parametrize(
     ("content", "match"),
     [
-        (gzip.compress(GOOD)[:-12], "truncated gzip file"),  # EOFError before
+        (_gz(GOOD)[:-12], "truncated gzip file"),  # EOFError before
         (GOOD, "not a valid gzip file"),  # gzip.BadGzipFile before
         (b"", "is empty"),
-        (gzip.compress(GOOD)[:20] + b"\xff" * 40 + gzip.compress(GOOD)[60:], "gzip"),  # zlib
-        (gzip.compress(b"\x00\x00\x08"), "is not an IDX file"),  # IndexError before
-        (gzip.compress(b"\x00\x00\x08\x02\x00\x00"), "is truncated"),  # struct.error before
+        (_gz(GOOD)[:20] + b"\xff" * 40 + _gz(GOOD)[60:], "gzip"),  # zlib
+        (_gz(b"\x00\x00\x08"), "is not an IDX file"),  # IndexError before
+        (_gz(b"\x00\x00\x08\x02\x00\x00"), "is truncated"),  # struct.error before
     ],
 )
 def test_bad_gzip_files(tmp_path, content, match):
