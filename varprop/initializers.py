@@ -1,13 +1,15 @@
 """Initializers with the ``jax.nn.initializers`` signature that carry their variance law.
 
 Each builder returns an :class:`Initializer`; ``init.scheme`` (or
-:func:`varprop.scheme_of`) is its :class:`varprop.laws.Scheme`.
+:func:`varprop.scheme_of`) is its :class:`varprop.laws.Scheme`. :func:`recognize` gives the
+varprop equivalent of a ``jax.nn`` / Flax initializer.
 """
 
 from varprop._src.initializers import (
     Initializer,
     constant,
     delta_orthogonal,
+    embed_normal,
     fixup,
     from_spec,
     glorot_normal,
@@ -23,6 +25,7 @@ from varprop._src.initializers import (
     orthogonal,
     truncated_normal,
     uniform,
+    uniform_interval,
     variance_scaling,
     xavier_fan_in_normal,
     xavier_fan_in_uniform,
@@ -30,11 +33,13 @@ from varprop._src.initializers import (
     xavier_uniform,
     zeros,
 )
+from varprop._src.recognize import recognize
 
 __all__ = [
     "Initializer",
     "constant",
     "delta_orthogonal",
+    "embed_normal",
     "fixup",
     "from_spec",
     "glorot_normal",
@@ -48,8 +53,10 @@ __all__ = [
     "normal",
     "ones",
     "orthogonal",
+    "recognize",
     "truncated_normal",
     "uniform",
+    "uniform_interval",
     "variance_scaling",
     "xavier_fan_in_normal",
     "xavier_fan_in_uniform",

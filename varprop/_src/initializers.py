@@ -217,10 +217,12 @@ class Initializer:
             return jnp.moveaxis((gain * q).reshape(moved), -1, col).astype(dt)
         std = s.std(shape)
         if d is NORMAL:
-            return (std * jax.random.normal(key, shape, dt)).astype(dt)
-        if d is UNIFORM:
+            mean = s.mean(shape)
+            return (mean + std * jax.random.normal(key, shape, dt)).astype(dt)
+        if d is UNIFORM:  # on [mean - sqrt(3) std, mean + sqrt(3) std)
             bound = math.sqrt(3.0) * std
-            return jax.random.uniform(key, shape, dt, -bound, bound)
+            mean = s.mean(shape)
+            return jax.random.uniform(key, shape, dt, mean - bound, mean + bound)
         if d is TRUNCATED_NORMAL:
             lo, hi = s.truncation
             scale = std / truncated_normal_std(lo, hi)
@@ -239,22 +241,40 @@ class Initializer:
 
 
 def scheme_of(init: Any) -> Scheme:
-    """The :class:`~varprop.laws.Scheme` (variance law) behind a varprop initializer.
+    """The :class:`~varprop.laws.Scheme` (variance law) behind an initializer.
+
+    ``init`` is a varprop :class:`Initializer`, or a ``jax.nn.initializers`` /
+    ``flax.linen.initializers`` / ``flax.nnx.initializers`` function, possibly wrapped
+    (``functools.partial``, ``__wrapped__``, Flax's ``with_partitioning``,
+    ``with_logical_partitioning``, ``with_metadata``), whose law is read from its closure by
+    :func:`varprop.initializers.recognize`.
 
     Example:
-        >>> import varprop
+        >>> import jax, varprop
         >>> varprop.scheme_of(varprop.initializers.he_normal()).law
+        2/n_in
+        >>> varprop.scheme_of(jax.nn.initializers.he_uniform()).law
         2/n_in
 
     Raises:
-        TypeError: ``init`` is not a varprop initializer (a bare ``jax.nn.initializers``
-            closure carries no law).
+        TypeError: ``init`` is neither a varprop initializer nor a recognized JAX/Flax one
+            (the message names it and what is allowed).
     """
     if isinstance(init, Initializer):
         return init.scheme
+    from varprop._src.recognize import recognize
+
+    found = recognize(init)
+    if found is not None:
+        return found.scheme
     raise TypeError(
-        f"{init!r} is not a varprop initializer, so it carries no variance law; build one with "
-        "varprop.initializers (e.g. variance_scaling(scale, mode, distribution))"
+        f"{init!r} is not a varprop initializer nor a recognized JAX/Flax one, so varprop "
+        "knows no variance law for it; allowed: a varprop "
+        "initializer (varprop.initializers, e.g. variance_scaling(scale, mode, distribution)) "
+        "or a jax.nn / flax initializer (variance_scaling and the glorot/he/lecun/xavier/"
+        "kaiming builders on it, normal, truncated_normal, uniform, zeros, ones, constant, "
+        "orthogonal, delta_orthogonal), possibly wrapped by functools.partial, __wrapped__ "
+        "or Flax's with_partitioning / with_logical_partitioning / with_metadata"
     )
 
 
@@ -315,6 +335,44 @@ def truncated_normal(stddev: float = 1e-2, lower: float = -2.0, upper: float = 2
     draw with an exact target variance use ``variance_scaling(..., "truncated_normal")``.
     """
     return Initializer(catalog.truncated_normal(stddev, lower, upper))
+
+
+def uniform_interval(lower: float = 0.0, upper: float = 1e-2) -> Initializer:
+    r"""w ~ U[lower, upper): the uniform law with a mean.
+
+    .. math:: E[w] = \frac{a + b}{2}, \qquad \mathrm{Var}(w) = \frac{(b - a)^2}{12}
+
+    ``uniform_interval(0, s)`` is ``jax.nn.initializers.uniform(s)`` (U[0, s): mean s/2,
+    Var s^2/12); :func:`uniform` is the symmetric U[-s, s).
+
+    Example:
+        >>> import jax, varprop
+        >>> init = varprop.initializers.uniform_interval(0.0, 0.5)
+        >>> w = init(jax.random.key(0), (512, 512))
+        >>> round(float(w.mean()), 2), bool(w.min() >= 0.0), init.scheme.mean_law
+        (0.25, True, 1/4)
+    """
+    return Initializer(catalog.uniform_interval(lower, upper))
+
+
+def embed_normal() -> Initializer:
+    r"""Flax's default embedding init: w ~ N(0, 1/d) for a ``(vocab, d)`` table.
+
+    .. math:: \mathrm{Var}(w) = \frac{1}{n_{in}}, \qquad
+              n_{in} = \frac{\prod \text{shape}}{\text{shape}_0} = d
+
+    The same law as Flax's ``variance_scaling(1.0, "fan_in", "normal", out_axis=0)``
+    (``nn.Embed``, ``nnx.Embed``), written in the layout ``in_axis=-1, out_axis=0``; each
+    embedding vector has :math:`E\|w_v\|^2 = 1`.
+
+    Example:
+        >>> import jax, varprop
+        >>> init = varprop.initializers.embed_normal()
+        >>> w = init(jax.random.key(0), (1000, 64))
+        >>> init.scheme.variance((1000, 64)) == 1 / 64, round(float(w.var() * 64), 1)
+        (True, 1.0)
+    """
+    return Initializer(catalog.embed_normal())
 
 
 def variance_scaling(

@@ -195,6 +195,40 @@ def truncated_normal(stddev: float = 1e-2, lower: float = -2.0, upper: float = 2
     )
 
 
+def uniform_interval(lower: float = 0.0, upper: float = 1e-2) -> Scheme:
+    r"""w ~ U[lower, upper): the uniform law with a mean, e.g. ``jax.nn.initializers.uniform``.
+
+    .. math:: E[w] = \frac{a + b}{2}, \qquad \mathrm{Var}(w) = \frac{(b - a)^2}{12}
+
+    with :math:`a, b` = ``lower, upper``. ``jax.nn.initializers.uniform(s)`` draws from
+    U[0, s): mean s/2, variance s^2/12 (the symmetric :func:`uniform` is U[-s, s)).
+
+    Example:
+        >>> sch = uniform_interval(0.0, 0.6)
+        >>> sch.law, sch.mean_law
+        (3/100, 3/10)
+    """
+    for nm, v in (("lower", lower), ("upper", upper)):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise ValueError(f"uniform_interval {nm} must be a finite number, got {v!r}")
+    if not lower < upper:
+        raise ValueError(f"uniform_interval needs lower < upper, got lower={lower}, upper={upper}")
+    a, b = exact_number(lower), exact_number(upper)
+    return Scheme(
+        name="uniform_interval",
+        variance_expr=(b - a) ** 2 / 12,
+        mean_expr=(a + b) / 2,
+        parameters={},
+        distribution="uniform",
+        uses_fans=False,
+        options={"lower": lower, "upper": upper},
+        description=(
+            "w ~ U[lower, upper): E[w] = (lower + upper)/2, Var(w) = (upper - lower)^2/12, "
+            "whatever the layer's width. jax.nn.initializers.uniform(s) is U[0, s)."
+        ),
+    )
+
+
 # -- variance scaling family -------------------------------------------------------------
 
 
@@ -215,10 +249,57 @@ def variance_scaling(
         distribution,
         "Var(w) = scale / n with n the fan of the mode (fan_in, fan_out, their arithmetic or "
         "geometric mean). truncated_normal is corrected so that Var(w) is exactly scale/n.",
-        {"scale": scale, "mode": mode, "distribution": distribution},
+        {
+            "scale": scale,
+            "mode": mode,
+            "distribution": distribution,
+            **{
+                k: v
+                for k, v, default in (
+                    ("in_axis", in_axis, -2),
+                    ("out_axis", out_axis, -1),
+                    ("batch_axis", batch_axis, ()),
+                )
+                if v != default
+            },
+        },
         in_axis,
         out_axis,
         batch_axis,
+    )
+
+
+def embed_normal() -> Scheme:
+    r"""Flax's default embedding init: w ~ N(0, 1/features) for a ``(vocab, features)`` table.
+
+    Flax declares it as ``variance_scaling(1.0, "fan_in", "normal", out_axis=0)``. On a
+    table of shape :math:`(V, d)` JAX's fan formula then names axis 0 both ``in`` (the
+    default ``-2``) and ``out``, and its fractional receptive field :math:`d/V` gives
+    :math:`n_{in} = V \cdot d/V = d`. In general :math:`n_{in} = \prod(\text{shape}) /
+    \text{shape}_0`, which is the fan-in of the layout ``in_axis=-1, out_axis=0`` (the
+    middle axes, if any, are the receptive field), so
+
+    .. math:: \mathrm{Var}(w) = \frac{1}{n_{in}} = \frac{1}{d}, \qquad E[w] = 0
+
+    and each embedding vector has :math:`E\|w_v\|^2 = 1`.
+
+    Example:
+        >>> sch = embed_normal()
+        >>> sch.law, sch.variance((1000, 64)) == 1 / 64
+        (1/n_in, True)
+    """
+    return _scaling(
+        "embed_normal",
+        sp.Integer(1),
+        "fan_in",
+        "normal",
+        "Flax's default embedding init, variance_scaling(1, 'fan_in', 'normal', out_axis=0): "
+        "Var(w) = 1/features for a (vocab, features) table, so every embedding vector has "
+        "unit expected squared norm.",
+        {},
+        -1,
+        0,
+        (),
     )
 
 
@@ -381,6 +462,8 @@ SCHEME_BUILDERS: dict[str, Callable[..., Scheme]] = {
     "normal": normal,
     "uniform": uniform,
     "truncated_normal": truncated_normal,
+    "uniform_interval": uniform_interval,
+    "embed_normal": embed_normal,
     "variance_scaling": variance_scaling,
     "glorot_normal": functools.partial(glorot, "normal"),
     "glorot_uniform": functools.partial(glorot, "uniform"),

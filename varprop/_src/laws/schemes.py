@@ -531,18 +531,78 @@ class Scheme:
     def std(self, shape: Sequence[int]) -> float:
         return math.sqrt(self.variance(shape))
 
+    def _fan_values(self, fan_in: float, fan_out: float, what: str) -> tuple[float, ...]:
+        if self.distribution.is_orthogonal:
+            raise ValueError(
+                f"{self.name} draws an orthogonal matrix: its {what} depends on the matrix's "
+                "rows and columns (the kernel shape), not on fans; allowed: an i.i.d. or "
+                "constant scheme, or call .variance(shape) / .mean(shape) with the kernel shape"
+            )
+        for nm, v in (("fan_in", fan_in), ("fan_out", fan_out)):
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise TypeError(f"{nm} must be a number, got {v!r}")
+            if not math.isfinite(v) or v <= 0:
+                raise ValueError(f"{nm} must be a finite number > 0, got {v!r}")
+        if not self.uses_fans:
+            return (1, 1, 1, 1)
+        return (fan_in, fan_out, 1, 1)
+
+    def variance_for_fans(self, fan_in: float, fan_out: float) -> float:
+        r"""``Var(w)`` when the layer's true fans are given, not read from a kernel shape.
+
+        The law :math:`\mathrm{Var}(w) = f(n_{in}, n_{out})` evaluated at the given fans,
+        which may be fractional: a stride-2 3x3 conv with 64 output channels has true
+        backward fan :math:`9 \cdot 64 / 4 = 144`, whatever its kernel layout says. A scheme
+        that does not use fans (``normal``, ``constant``, ...) returns its constant.
+
+        Raises:
+            ValueError: an orthogonal or delta-orthogonal scheme (its variance is
+                :math:`g^2 \min(r, c)/(r c)` in the matrix's rows and columns, a property
+                of the shape, not of the fans), or a fan that is not a finite number > 0.
+
+        Example:
+            >>> from varprop import initializers
+            >>> initializers.he_normal().scheme.variance_for_fans(288, 144.0) == 2 / 288
+            True
+            >>> initializers.normal(0.1).scheme.variance_for_fans(288, 144.0)
+            0.01
+        """
+        v = float(self._variance_fn(*self._fan_values(fan_in, fan_out, "variance")))
+        if not math.isfinite(v) or v < 0:
+            raise ValueError(
+                f"scheme {self.name!r} gives Var(w) = {v} for fans ({fan_in}, {fan_out})"
+            )
+        return v
+
+    def mean_for_fans(self, fan_in: float, fan_out: float) -> float:
+        r"""``E[w]`` when the layer's true fans are given (see :meth:`variance_for_fans`).
+
+        Every scheme's mean is a constant today (0, a constant's value, a uniform
+        interval's midpoint, an asymmetric truncation's :math:`\sigma E[z]`), but the law
+        is evaluated at the fans as the variance is.
+
+        Raises:
+            ValueError: as :meth:`variance_for_fans`.
+
+        Example:
+            >>> from varprop import initializers
+            >>> initializers.constant(0.5).scheme.mean_for_fans(288, 144.0)
+            0.5
+        """
+        return float(self._mean_fn(*self._fan_values(fan_in, fan_out, "mean")))
+
     def mean(self, shape: Sequence[int] = ()) -> float:
         return float(self._mean_fn(*self.shape_values(shape) if shape else (1, 1, 1, 1)))
 
     def bound(self, shape: Sequence[int]) -> float | None:
         """Largest possible ``|w|`` for ``shape``, or ``None`` for an unbounded distribution.
 
-        Uniform: ``sqrt(3 Var)``. Truncated normal: the truncation point times the
+        Uniform: ``|E[w]| + sqrt(3 Var)``. Truncated normal: the truncation point times the
         pre-truncation std ``sqrt(Var)/c``. Orthogonal: the gain. Constant: ``|c|``.
         """
         d = self.distribution
         if d is UNIFORM:
-            return math.sqrt(3.0 * self.variance(shape))
+            return abs(self.mean(shape)) + math.sqrt(3.0 * self.variance(shape))
         if d is TRUNCATED_NORMAL:
             lo, hi = self.truncation
             return max(abs(lo), abs(hi)) * self.std(shape) / truncated_normal_std(lo, hi)
