@@ -29,6 +29,9 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "assert_agrees": ("varprop._src.check", "assert_agrees"),
     "assert_healthy": ("varprop._src.check", "assert_healthy"),
     "check": ("varprop._src.check", "check"),
+    "check_model": ("varprop._src.model.check_model", "check_model"),
+    "ModelCheckResult": ("varprop._src.model.check_model", "ModelCheckResult"),
+    "ModelRow": ("varprop._src.model.check_model", "ModelRow"),
     "enable_compilation_cache": ("varprop._src.cli", "enable_compilation_cache"),
     "Initializer": ("varprop._src.initializers", "Initializer"),
     "scheme_of": ("varprop._src.initializers", "scheme_of"),
@@ -50,11 +53,14 @@ __all__ = [
     "LayerMeasurement",
     "LayerRow",
     "LayerTest",
+    "ModelCheckResult",
+    "ModelRow",
     "ProductStatistics",
     "Scheme",
     "assert_agrees",
     "assert_healthy",
     "check",
+    "check_model",
     "enable_compilation_cache",
     "initializers",
     "laws",
@@ -73,6 +79,7 @@ if TYPE_CHECKING:  # what pyright and IDEs see; nothing is imported at run time
     from varprop._src.cli import enable_compilation_cache
     from varprop._src.initializers import Initializer, scheme_of
     from varprop._src.laws.schemes import Scheme
+    from varprop._src.model.check_model import ModelCheckResult, ModelRow, check_model
     from varprop._src.verdicts import (
         ExpectedLaw,
         LayerMeasurement,

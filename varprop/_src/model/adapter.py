@@ -1,0 +1,324 @@
+"""A Flax model (NNX or Linen) as a pure function of its parameters, with its initializers.
+
+:func:`as_model_function` turns what the user passes to :func:`varprop.check_model` into a
+:class:`ModelFunction`: ``apply(params, state, inputs, key) -> outputs`` over flat lists of
+arrays, the parameters' readable paths (``"blocks/0/conv1/kernel"``), and, for every
+parameter whose initializer could be seen being called, that initializer and the shape and
+dtype it was called with, so that each seed can redraw it with a fresh key inside the
+jitted probe. The user's model and variables are never mutated: NNX models are copied
+(``nnx.split``/``nnx.merge``) and Linen variables are only read.
+
+Initializers are seen with :func:`record_init_calls`, which watches the model being built
+(an NNX factory, or Linen's ``init``) for calls ``init(key, shape, dtype)`` and keeps the
+outermost one that returned each parameter. NNX modules do not keep their initializers, so
+an NNX *instance* is checked with its weights as given unless a factory is passed.
+"""
+
+from __future__ import annotations
+
+import inspect
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from varprop._src.errors import InputError
+
+
+@dataclass(frozen=True)
+class InitCall:
+    """One initializer call seen while a model was built: ``fn(key, shape, dtype)``."""
+
+    fn: Callable[..., Any] | None
+    shape: tuple[int, ...]
+    dtype: Any
+    value: Any
+
+
+def _is_key(x: Any) -> bool:
+    if not isinstance(x, jax.Array):
+        return False
+    if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+        return True
+    return x.dtype == jnp.uint32 and x.shape == (2,)
+
+
+def _is_shape(x: Any) -> bool:
+    return isinstance(x, tuple | list) and all(isinstance(d, int | np.integer) for d in x)
+
+
+def _function_of(frame) -> Callable[..., Any] | None:
+    """The function object running in ``frame``, looked up in its caller's variables."""
+    code = frame.f_code
+    loc = frame.f_locals
+    if code.co_varnames and code.co_varnames[0] == "self" and "self" in loc:
+        return loc["self"]
+    caller = frame.f_back
+    for scope in (caller.f_locals, caller.f_globals) if caller is not None else ():
+        for v in list(scope.values()):
+            if getattr(v, "__code__", None) is code:
+                return v
+            inner = getattr(v, "func", None)  # functools.partial
+            if getattr(inner, "__code__", None) is code:
+                return v
+    return None
+
+
+def record_init_calls(build: Callable[[], Any]) -> tuple[Any, list[InitCall]]:
+    """Run ``build()`` and return its result with the outermost initializer calls made.
+
+    An initializer call is a Python call whose first two arguments (after ``self``) are a
+    PRNG key and a shape tuple, the ``jax.nn.initializers`` signature.
+    """
+    calls: list[InitCall] = []
+    active: list[Any] = []  # frames of the open outermost call
+
+    def prof(frame, event, arg):
+        if event == "call" and not active:
+            code = frame.f_code
+            names = code.co_varnames[: code.co_argcount]
+            if names and names[0] == "self":
+                names = names[1:]
+            # The jax.nn.initializers signature names its second argument "shape"; reading
+            # a frame's locals is costly, so only such frames are looked at.
+            if len(names) >= 2 and names[1] == "shape":
+                loc = frame.f_locals
+                key, shape = loc.get(names[0]), loc.get(names[1])
+                if _is_key(key) and _is_shape(shape):
+                    dtype = loc.get(names[2]) if len(names) > 2 else None
+                    active.append((frame, _function_of(frame), tuple(shape), dtype))
+        elif event == "return" and active and active[0][0] is frame:
+            _, fn, shape, dtype = active.pop()
+            calls.append(InitCall(fn, shape, dtype, arg))
+
+    old = sys.getprofile()
+    sys.setprofile(prof)
+    try:
+        out = build()
+    finally:
+        sys.setprofile(old)
+    return out, calls
+
+
+def _match_inits(leaves: Sequence[Any], calls: Sequence[InitCall]) -> list[InitCall | None]:
+    """For each parameter leaf, the initializer call that returned it (by identity, else by
+    equal shape and values), or None."""
+    by_id = {id(c.value): c for c in calls}
+    out: list[InitCall | None] = []
+    used: set[int] = set()
+    for leaf in leaves:
+        c = by_id.get(id(leaf))
+        if c is None:
+            for j, cand in enumerate(calls):
+                v = cand.value
+                if (
+                    j not in used
+                    and getattr(v, "shape", None) == getattr(leaf, "shape", None)
+                    and np.array_equal(np.asarray(v), np.asarray(leaf))
+                ):
+                    c = cand
+                    used.add(j)
+                    break
+        out.append(c)
+    return out
+
+
+def path_name(path: Sequence[Any]) -> str:
+    """``"blocks/0/conv1/kernel"`` from a pytree key path (``.value`` attributes dropped)."""
+    parts = []
+    for k in path:
+        if isinstance(k, jax.tree_util.DictKey):
+            parts.append(str(k.key))
+        elif isinstance(k, jax.tree_util.SequenceKey):
+            parts.append(str(k.idx))
+        elif isinstance(k, jax.tree_util.GetAttrKey):
+            if k.name not in ("value", "raw_value"):
+                parts.append(k.name)
+        else:
+            parts.append(str(getattr(k, "key", k)))
+    return "/".join(parts)
+
+
+@dataclass
+class ModelFunction:
+    """A model as a pure function over flat lists of arrays (module docstring)."""
+
+    apply: Callable[[list[Any], list[Any], Any, jax.Array], Any]
+    params: list[Any]
+    paths: list[str]
+    state: list[Any]
+    inits: list[InitCall | None]
+    framework: str
+    notes: list[str]
+
+    def redraw(self, key: jax.Array) -> list[Any]:
+        """The parameters redrawn by their own initializers with ``key`` (those whose
+        initializer is unknown keep their values)."""
+        out = []
+        for i, (p, c) in enumerate(zip(self.params, self.inits, strict=True)):
+            if c is None or c.fn is None:
+                out.append(p)
+            else:
+                k = jax.random.fold_in(key, i)
+                args = (k, c.shape) if c.dtype is None else (k, c.shape, c.dtype)
+                out.append(jnp.asarray(c.fn(*args), dtype=jnp.asarray(p).dtype).reshape(p.shape))
+        return out
+
+    @property
+    def redrawable(self) -> bool:
+        return any(c is not None and c.fn is not None for c in self.inits)
+
+
+def _is_nnx(obj: Any) -> bool:
+    mod = sys.modules.get("flax.nnx")
+    return mod is not None and isinstance(obj, mod.Module)
+
+
+def _is_linen(obj: Any) -> bool:
+    mod = sys.modules.get("flax.linen")
+    return mod is not None and isinstance(obj, mod.Module)
+
+
+def _takes_rngs(factory: Callable[..., Any]) -> bool:
+    try:
+        return "rngs" in inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _nnx_function(model, mode: str | None, calls: list[InitCall], call_kwargs) -> ModelFunction:
+    from flax import nnx
+
+    copy = nnx.merge(*nnx.split(model))  # never touch the user's model
+    if mode == "train":
+        copy.train()
+    elif mode == "eval":
+        copy.eval()
+    graphdef, params, rest = nnx.split(copy, nnx.Param, ...)
+    with_paths, ptree = jax.tree_util.tree_flatten_with_path(params)
+    leaves = [leaf for _, leaf in with_paths]
+    paths = [path_name(p) for p, _ in with_paths]
+    state, stree = jax.tree_util.tree_flatten(rest)
+    kw = dict(call_kwargs or {})
+
+    def apply(p, s, inputs, key):
+        del key
+        m = nnx.merge(
+            graphdef,
+            jax.tree_util.tree_unflatten(ptree, p),
+            jax.tree_util.tree_unflatten(stree, s),
+        )
+        return m(*inputs, **kw)
+
+    # Identity of the drawn arrays is kept by nnx.split of the original model.
+    orig = [
+        leaf for _, leaf in jax.tree_util.tree_flatten_with_path(nnx.state(model, nnx.Param))[0]
+    ]
+    inits: list[InitCall | None] = _match_inits(orig, calls) if calls else [None] * len(leaves)
+    notes = []
+    if not calls:
+        notes.append(
+            "NNX modules do not keep their initializers: each layer's weights are used as "
+            "given; pass a factory (e.g. lambda rngs: Model(..., rngs=rngs)) to redraw them "
+            "per seed and to test each layer against its own initializer's law"
+        )
+    return ModelFunction(apply, leaves, paths, state, inits, "nnx", notes)
+
+
+def _linen_function(model, variables, inputs0, mode, call_kwargs) -> ModelFunction:
+    import flax.linen as nn
+
+    kw = dict(call_kwargs or {})
+    if mode is not None and "train" not in kw:
+        try:
+            if "train" in inspect.signature(model.__call__).parameters:
+                kw["train"] = mode == "train"
+        except (TypeError, ValueError):
+            pass
+    calls: list[InitCall] = []
+    if variables is None:
+        key = jax.random.key(0)
+        variables, calls = record_init_calls(
+            lambda: model.init({"params": key, "dropout": key}, *inputs0, **kw)
+        )
+    variables = nn.meta.unbox(variables)
+    if "params" not in variables:
+        raise InputError(
+            f"the Linen variables have no 'params' collection (found {sorted(variables)}); "
+            "allowed: the dict returned by model.init",
+            kind="model",
+            param="variables",
+        )
+    with_paths, ptree = jax.tree_util.tree_flatten_with_path(variables["params"])
+    leaves = [leaf for _, leaf in with_paths]
+    paths = [path_name(p) for p, _ in with_paths]
+    rest = {k: v for k, v in variables.items() if k != "params"}
+    state, stree = jax.tree_util.tree_flatten(rest)
+    inits: list[InitCall | None] = _match_inits(leaves, calls) if calls else [None] * len(leaves)
+
+    def apply(p, s, inputs, key):
+        v = {
+            "params": jax.tree_util.tree_unflatten(ptree, p),
+            **jax.tree_util.tree_unflatten(stree, s),
+        }
+        out, _ = model.apply(v, *inputs, rngs={"dropout": key}, mutable=True, **kw)
+        return out
+
+    notes = (
+        []
+        if calls
+        else [
+            "the variables were given: each layer's weights are used as given (initializers "
+            "unknown unless expect= names them)"
+        ]
+    )
+    return ModelFunction(apply, leaves, paths, state, inits, "linen", notes)
+
+
+def as_model_function(
+    model: Any,
+    inputs0: tuple[Any, ...],
+    *,
+    variables: Any = None,
+    mode: str | None = "train",
+    call_kwargs: dict[str, Any] | None = None,
+) -> ModelFunction:
+    """The :class:`ModelFunction` of an NNX module, a factory of one (a callable returning
+    it, optionally taking ``rngs``), or a Linen module with (or without) ``variables``."""
+    if _is_linen(model):
+        return _linen_function(model, variables, inputs0, mode, call_kwargs)
+    if _is_nnx(model):
+        if variables is not None:
+            raise InputError(
+                "variables= is for Linen modules; an NNX module carries its own state",
+                kind="model",
+                param="variables",
+            )
+        return _nnx_function(model, mode, [], call_kwargs)
+    if callable(model):
+        if _takes_rngs(model):
+            from flax import nnx
+
+            built, calls = record_init_calls(lambda: model(rngs=nnx.Rngs(0)))
+        else:
+            built, calls = record_init_calls(model)
+        if _is_nnx(built):
+            return _nnx_function(built, mode, calls, call_kwargs)
+        if _is_linen(built):
+            return _linen_function(built, variables, inputs0, mode, call_kwargs)
+        raise InputError(
+            f"the factory returned {type(built).__name__}, not a Flax module; allowed: an "
+            "nnx.Module or a flax.linen.Module",
+            kind="model",
+            param="model",
+        )
+    raise InputError(
+        f"model must be an nnx.Module, a flax.linen.Module or a factory returning one; got "
+        f"{type(model).__name__}",
+        kind="model",
+        param="model",
+    )

@@ -1,0 +1,211 @@
+r"""One jitted call per round of seeds: every layer's statistics, forward and backward.
+
+Per seed: the parameters (redrawn by their own initializers, or as given), a batch of
+inputs, the model run through :func:`varprop._src.model.trace.evaluate` with a zero
+perturbation on each layer's input and output, and a Gaussian cotangent on the outputs
+(E[(dL/d out)^2] = 1; or the gradient of the user's loss). The cotangents of the
+perturbations are each layer's dL/dy and the part of dL/dx that flows through it. All
+statistics are reduced on the device; nothing returns to the host inside the call.
+
+Per layer (float32, per seed; logs are natural logs, -inf for 0):
+
+* forward: ``x_lm2`` log mean x^2; ``s_lm2`` log of the mean over the outputs of
+  op(mean_batch x^2, 1), the sum of E[x^2] over the taps each output reads (module
+  :mod:`~varprop._src.model.trace`); ``s_lrs2`` log mean op(x, 1)^2 (for a law with a mean);
+  ``y_lm2`` log mean y^2 and ``y_rv`` the relative variance (ddof 1) across the output
+  units of their mean squares; ``x_finite``, ``y_finite``.
+* backward: the same with v = dL/dy, y = dL/dx through this layer, op^T for op.
+* merges: mean a^2, b^2, ab and (a + b)^2.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from varprop._src.model.adapter import ModelFunction
+from varprop._src.model.trace import Found, LayerSite, evaluate
+
+F32 = jnp.float32
+
+
+def _log(x):
+    return jnp.log(x)
+
+
+def _unit_stats(y2: jax.Array, unit_axes: tuple[int, ...], group_pred=None):
+    """log mean y^2, and the relative variance across units of their mean squares, each
+    divided by its group's predicted value when the groups differ (grouped convs: each
+    group of units reads its own input channels)."""
+    axes = tuple(d for d in range(y2.ndim) if d not in unit_axes)
+    um = jnp.mean(y2, axis=axes).reshape(-1)
+    m = jnp.mean(um)
+    n = um.shape[0]
+    q = um
+    if group_pred is not None and group_pred.shape[0] > 1:
+        q = um / jnp.repeat(group_pred, n // group_pred.shape[0])
+    var = jnp.var(q, ddof=1) if n > 1 else jnp.zeros((), F32)
+    qm = jnp.mean(q)
+    return _log(m), var / (qm * qm)
+
+
+def _group_means(t: jax.Array, axis: int) -> jax.Array:
+    """Mean of ``t`` over every axis but ``axis``: one value per group."""
+    return jnp.mean(t, axis=tuple(d for d in range(t.ndim) if d != axis))
+
+
+def forward_stats(site: LayerSite, x, y, with_mean: bool) -> dict[str, jax.Array]:
+    x = jax.lax.stop_gradient(x)
+    y32 = jax.lax.stop_gradient(y).astype(F32)
+    out: dict[str, jax.Array] = {"y_finite": jnp.all(jnp.isfinite(y32))}
+    if site.kind == "embed":
+        out["y_lm2"], out["y_rv"] = _unit_stats(y32 * y32, site.y_unit_axes)
+        out["x_lm2"] = jnp.zeros((), F32)
+        out["s_lm2"] = jnp.zeros((), F32)  # one row of the table: the "fan" is 1
+        out["s_lrs2"] = jnp.zeros((), F32)
+        out["x_finite"] = jnp.array(True)
+        return out
+    x32 = x.astype(F32)
+    x2 = x32 * x32
+    out["x_lm2"] = _log(jnp.mean(x2))
+    out["x_finite"] = jnp.all(jnp.isfinite(x32))
+    x2b = jnp.mean(x2, axis=site.x_batch_axes, keepdims=True)
+    taps = site.tap_sums(x2b)
+    out["s_lm2"] = _log(jnp.mean(taps))
+    groups = _group_means(taps, site.x_unit_axes[0]) if site.kind == "conv" else None
+    out["y_lm2"], out["y_rv"] = _unit_stats(y32 * y32, site.y_unit_axes, groups)
+    if with_mean:
+        out["s_lrs2"] = _log(jnp.mean(site.tap_sums(x32) ** 2))
+    else:
+        out["s_lrs2"] = jnp.full((), -jnp.inf, F32)
+    # The same of the batch-centered x and y (centered over the batch axes the op acts on
+    # row by row, so y_c = op(x_c, W) exactly; the bias and the batch's common direction
+    # drop out, and the spread across units is that of the weights alone).
+    xc = x32 - jnp.mean(x32, axis=site.x_batch_axes, keepdims=True)
+    yc = y32 - jnp.mean(y32, axis=site.y_batch_axes, keepdims=True)
+    xc2b = jnp.mean(xc * xc, axis=site.x_batch_axes, keepdims=True)
+    ctaps = site.tap_sums(xc2b)
+    out["c_s_lm2"] = _log(jnp.mean(ctaps))
+    cgroups = _group_means(ctaps, site.x_unit_axes[0]) if site.kind == "conv" else None
+    out["c_y_lm2"], out["c_y_rv"] = _unit_stats(yc * yc, site.y_unit_axes, cgroups)
+    if with_mean:
+        out["c_s_lrs2"] = _log(jnp.mean(site.tap_sums(xc) ** 2))
+    else:
+        out["c_s_lrs2"] = jnp.full((), -jnp.inf, F32)
+    return out
+
+
+def backward_stats(site: LayerSite, gx, gy) -> dict[str, jax.Array]:
+    gx32 = gx.astype(F32)
+    gy32 = gy.astype(F32)
+    g2 = gy32 * gy32
+    out: dict[str, jax.Array] = {"v_lm2_raw": _log(jnp.mean(g2))}
+    g2b = jnp.mean(g2, axis=site.y_batch_axes, keepdims=True)
+    taps = site.tap_sums_transposed(g2b)
+    out["s_lm2"] = _log(jnp.mean(taps))
+    groups = _group_means(taps, site.x_unit_axes[0]) if site.kind == "conv" else None
+    y_lm2, y_rv = _unit_stats(gx32 * gx32, site.x_unit_axes, groups)
+    out["y_lm2"], out["y_rv"] = y_lm2, y_rv
+    out["x_finite"] = jnp.all(jnp.isfinite(gy32))
+    out["y_finite"] = jnp.all(jnp.isfinite(gx32))
+    return out
+
+
+def merge_stats(a, b) -> dict[str, jax.Array]:
+    a = jax.lax.stop_gradient(a).astype(F32)
+    b = jax.lax.stop_gradient(b).astype(F32)
+    return {
+        "a_m2": jnp.mean(a * a),
+        "b_m2": jnp.mean(b * b),
+        "ab": jnp.mean(a * b),
+        "sum_m2": jnp.mean((a + b) ** 2),
+    }
+
+
+def make_model_probe(
+    mf: ModelFunction,
+    found: Found,
+    inputs: Any,
+    *,
+    redraw: bool,
+    with_mean: frozenset[int] = frozenset(),
+    loss: Callable[[Any], jax.Array] | None = None,
+) -> Callable[[jax.Array], dict[str, Any]]:
+    """``probe(keys) -> stats``, jitted over ``keys`` (one per seed; vmapped on
+    accelerators, mapped one seed after another on the CPU).
+
+    ``inputs`` is a tuple of arrays (the same batch every seed) or a callable
+    ``key -> tuple`` (a fresh batch per seed). ``with_mean``: layers whose law has a weight
+    mean (the extra statistic ``s_lrs2``)."""
+    sites = found.layers
+    tapped = [s for s in sites if s.kind != "embed"]
+    out_tree = jax.eval_shape(
+        lambda: mf.apply(mf.params, mf.state, _inputs(inputs, jax.random.key(0)), jax.random.key(0))
+    )
+    out_leaves = jax.tree_util.tree_leaves(out_tree)
+    float_out = [jnp.issubdtype(o.dtype, jnp.floating) for o in out_leaves]
+
+    def one_seed(key):
+        k_init, k_data, k_cot, k_rng = jax.random.split(key, 4)
+        params = mf.redraw(k_init) if redraw else list(mf.params)
+        batch = _inputs(inputs, k_data)
+        flat_inputs = jax.tree_util.tree_leaves(batch)
+        eps = {s.index: (jnp.zeros(s.x_shape, F32), jnp.zeros(s.y_shape, F32)) for s in tapped}
+
+        def run(eps):
+            fwd: dict[int, Any] = {}
+            mer: dict[int, Any] = {}
+
+            def on_layer(site, x, w, apply):
+                del w
+                pair = eps.get(site.index)
+                if pair is None:
+                    y = apply(x)
+                else:
+                    ex, ey = pair
+                    y = apply(x + ex.astype(x.dtype))
+                    y = y + ey.astype(y.dtype)
+                fwd[site.index] = forward_stats(site, x, y, site.index in with_mean)
+                return y
+
+            def on_merge(m, a, b):
+                mer[m.index] = merge_stats(a, b)
+
+            args = [*params, *mf.state, *flat_inputs, k_rng]
+            outs = evaluate(found, args, on_layer, on_merge)
+            return outs, (fwd, mer)
+
+        outs, pull, (fwd, mer) = jax.vjp(run, eps, has_aux=True)
+        if loss is not None:
+            tree = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(out_tree), outs)
+            cot_tree = jax.grad(loss)(tree)
+            cots = jax.tree_util.tree_leaves(cot_tree)
+        else:
+            ks = jax.random.split(k_cot, len(outs))
+            cots = [
+                jax.random.normal(k, o.shape, o.dtype)
+                if f
+                else np.zeros(o.shape, jax.dtypes.float0)
+                for k, o, f in zip(ks, outs, float_out, strict=True)
+            ]
+        (g_eps,) = pull(cots)
+        bwd = {s.index: backward_stats(s, *g_eps[s.index]) for s in tapped}
+        return {"forward": fwd, "backward": bwd, "merge": mer}
+
+    if jax.default_backend() == "cpu":
+        # One seed after another inside the call: XLA's CPU compiler takes 2.5x longer on
+        # a program vmapped over per-seed weights (convs become grouped convs) than on
+        # one seed's program, and the CPU has few cores to run seeds side by side.
+        return jax.jit(lambda keys: jax.lax.map(one_seed, keys))
+    return jax.jit(jax.vmap(one_seed))
+
+
+def _inputs(inputs: Any, key: jax.Array) -> tuple[Any, ...]:
+    if callable(inputs):
+        out = inputs(key)
+        return out if isinstance(out, tuple) else (out,)
+    return inputs

@@ -1,0 +1,568 @@
+r"""Find the layers of any JAX function where the computation is, and tap them.
+
+A *layer* is an equation of the function's jaxpr that multiplies an activation by a
+parameter: a ``dot_general`` (Dense, DenseGeneral, einsum with a weight, attention
+projections), a ``conv_general_dilated`` (Conv N-D, grouped and depthwise convs,
+ConvTranspose) or a ``gather`` from a parameter table (Embed). "A parameter" means a leaf of
+the parameter pytree, possibly reshaped, transposed, broadcast or cast on its way. Nested
+``jit``/``pjit``, ``remat`` and custom-derivative calls are followed, so a layer is found
+wherever it is, including inside ``jnp.einsum`` or ``jnp.take``. A *merge* is an ``add`` of
+two activations that depend on different layers: a residual connection, or token plus
+position embeddings.
+
+:func:`find_layers` lists them from the traced jaxpr (static; no computation), and
+:func:`evaluate` re-runs the jaxpr equation by equation with each layer's input and output
+passed through a zero perturbation, so that the cotangent of the perturbations is each
+layer's own backward signal (dL/dy, and the part of dL/dx that flows through this layer),
+while it computes each layer's forward statistics (:mod:`varprop._src.model.tap_stats`).
+
+For a layer y = op(x, W) that is linear in W with i.i.d. entries (variance sigma^2, mean 0),
+given x, every output is a sum of distinct weights times inputs, so
+
+.. math::
+
+    E_W[y^2] = \sigma^2\, \mathrm{op}(x^2, \mathbf 1), \qquad
+    E_W[(\partial L/\partial x)^2] = \sigma^2\, \mathrm{op}^\top\big((\partial L/\partial y)^2,
+    \mathbf 1\big),
+
+the same op with every weight 1 applied to the squared input (its transpose to the squared
+cotangent): the sum of E[x^2] over exactly the taps each output reads, with the padding
+borders, strides, dilations and groups of the real op (``docs/model_laws.md``).
+
+Example:
+    >>> import jax, jax.numpy as jnp
+    >>> def f(params, x):
+    ...     h = jax.nn.relu(x @ params["w1"])
+    ...     return h + h @ params["w2"]
+    >>> params = {"w1": jnp.ones((4, 8)), "w2": jnp.ones((8, 8))}
+    >>> found = find_layers(f, params, jnp.ones((2, 4)))
+    >>> [(s.path, s.kind, s.fan_in, s.fan_out) for s in found.layers]
+    [("['w1']", 'dense', 4.0, 8.0), ("['w2']", 'dense', 8.0, 8.0)]
+    >>> len(found.merges)
+    1
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax.extend import core as jcore
+
+from varprop._src.laws.model_ops import OpFans, conv_fans, dense_fans
+
+#: Equations that pass a parameter on unchanged in law (its entries keep their variance).
+_STRUCTURAL = frozenset(
+    {
+        "convert_element_type",
+        "reshape",
+        "transpose",
+        "squeeze",
+        "expand_dims",
+        "broadcast_in_dim",
+        "copy",
+        "copy_p",
+        "reduce_precision",
+        "sharding_constraint",
+        "device_put",
+        "optimization_barrier",
+    }
+)
+#: Equations whose body is a jaxpr evaluated once with the equation's operands.
+_INLINE = {
+    "pjit": "jaxpr",
+    "jit": "jaxpr",
+    "closed_call": "call_jaxpr",
+    "checkpoint": "jaxpr",
+    "remat": "jaxpr",
+    "custom_jvp_call": "call_jaxpr",
+    "custom_vjp_call": "call_jaxpr",
+    "custom_vjp_call_jaxpr": "fun_jaxpr",
+}
+#: Equations that iterate a body: layers inside them are not tapped (reported as skipped).
+_LOOPS = frozenset({"scan", "while", "cond", "fori_loop", "map"})
+
+KINDS = ("dense", "conv", "embed")
+#: The dependency index of the function's data arguments (layers count from 0).
+INPUT = -1
+
+
+@dataclass(frozen=True)
+class LayerSite:
+    """One layer found in the jaxpr.
+
+    Attributes:
+        index: position in :attr:`Found.layers`.
+        path: the parameter's path in the parameter pytree (``jax.tree_util.keystr``).
+        param: the index of the parameter leaf.
+        kind: ``"dense"`` (dot_general), ``"conv"`` (conv_general_dilated) or ``"embed"``.
+        eqn: where the equation is: indices through nested jaxprs.
+        activation: which operand is the activation (0 or 1).
+        x_shape, w_shape, y_shape: the operand and result shapes.
+        x_unit_axes: the axes of x whose entries are the backward units (contracted axes of
+            a dense layer; the input-feature axis of a conv).
+        y_unit_axes: the axes of y whose entries are the forward units.
+        x_batch_axes, y_batch_axes: axes averaged before the all-ones op (the examples of a
+            conv; every non-contracted axis of x for a dense layer).
+        fan_in, fan_out: the nominal fans away from borders: weights each output reads;
+            (output position, channel) pairs that read each input (a strided conv's
+            kh kw c_out / (groups s_h s_w)).
+        primitive, params: the op and its parameters (padding, strides, groups, ...).
+    """
+
+    index: int
+    path: str
+    param: int
+    kind: str
+    eqn: tuple[int, ...]
+    activation: int
+    x_shape: tuple[int, ...]
+    w_shape: tuple[int, ...]
+    y_shape: tuple[int, ...]
+    x_unit_axes: tuple[int, ...]
+    y_unit_axes: tuple[int, ...]
+    x_batch_axes: tuple[int, ...]
+    y_batch_axes: tuple[int, ...]
+    fan_in: float
+    fan_out: float
+    primitive: Any = field(repr=False, compare=False)
+    params: dict[str, Any] = field(repr=False, compare=False)
+    #: ``"batchnorm"`` / ``"layernorm"`` when the output is normalized by statistics of
+    #: itself (training mode) per unit over the other axes / per row over the units.
+    normalized: str | None = None
+
+    @property
+    def units_out(self) -> int:
+        return math.prod(self.y_shape[a] for a in self.y_unit_axes)
+
+    @property
+    def units_in(self) -> int:
+        return math.prod(self.x_shape[a] for a in self.x_unit_axes)
+
+    def tap_sums(self, x: jax.Array) -> jax.Array:
+        """op(x, 1): each output's sum of ``x`` over the inputs it reads (float32).
+
+        Dense: the sum over the contracted axes. Conv: the sum over each group's channels,
+        then a windowed sum with the conv's own window, padding, strides and dilations (no
+        all-ones kernel is multiplied: XLA's CPU backend miscompiles a dot or conv with a
+        constant all-ones operand under ``jit(vmap(...))``). Returns one value per output
+        position and group (dense: per output row), enough for any mean over the outputs.
+        """
+        x = x.astype(jnp.float32)
+        if self.kind == "dense":
+            return jnp.sum(x, axis=self.x_unit_axes, keepdims=True)
+        lhs, window, strides, padding, base, wdil = self._window()
+        c = lhs[1]
+        shape = list(x.shape)
+        groups = self.params.get("feature_group_count", 1)
+        split = [*shape[:c], groups, shape[c] // groups, *shape[c + 1 :]]
+        xg = jnp.sum(x.reshape(split), axis=c + 1)
+        return jax.lax.reduce_window(xg, 0.0, jax.lax.add, window, strides, padding, base, wdil)
+
+    def tap_sums_transposed(self, g: jax.Array) -> jax.Array:
+        """op^T(g, 1): each input's sum of ``g`` over the outputs that read it, per input
+        position and group (dense: per input row); ``g`` has the output's layout with
+        any batch axes of size 1."""
+        g = g.astype(jnp.float32)
+        if self.kind == "dense":
+            return jnp.sum(g, axis=self.y_unit_axes, keepdims=True)
+        lhs, window, strides, padding, base, wdil = self._window()
+        out = self.params["dimension_numbers"].out_spec
+        groups = self.params.get("feature_group_count", 1)
+        c = out[1]
+        shape = list(g.shape)
+        split = [*shape[:c], groups, shape[c] // groups, *shape[c + 1 :]]
+        gg = jnp.sum(g.reshape(split), axis=c + 1)
+        perm = [0] * gg.ndim
+        for j in range(gg.ndim):
+            perm[lhs[j]] = out[j]
+        gg = jnp.transpose(gg, perm)
+        x_shape = [1 if d in self.x_batch_axes else n for d, n in enumerate(self.x_shape)]
+        x_shape[lhs[1]] = groups
+
+        def window_sum(z):
+            return jax.lax.reduce_window(z, 0.0, jax.lax.add, window, strides, padding, base, wdil)
+
+        _, pull = jax.vjp(window_sum, jnp.zeros(x_shape, jnp.float32))
+        return pull(gg)[0]
+
+    def _window(self):
+        p = self.params
+        dn = p["dimension_numbers"]
+        lhs, rhs = dn.lhs_spec, dn.rhs_spec
+        nd = len(self.x_shape)
+        window, strides, base, wdil = [1] * nd, [1] * nd, [1] * nd, [1] * nd
+        padding = [(0, 0)] * nd
+        spatial = len(lhs) - 2
+        for j in range(spatial):
+            a = lhs[2 + j]
+            window[a] = self.w_shape[rhs[2 + j]]
+            strides[a] = (p.get("window_strides") or (1,) * spatial)[j]
+            base[a] = (p.get("lhs_dilation") or (1,) * spatial)[j]
+            wdil[a] = (p.get("rhs_dilation") or (1,) * spatial)[j]
+            padding[a] = tuple(p["padding"][j])
+        return lhs, tuple(window), tuple(strides), tuple(padding), tuple(base), tuple(wdil)
+
+
+@dataclass(frozen=True)
+class MergeSite:
+    """An ``add`` of two activations that depend on different layers (a residual add).
+
+    ``left``/``right`` are the layer indices each operand depends on (:data:`INPUT` for
+    the data)."""
+
+    index: int
+    eqn: tuple[int, ...]
+    shape: tuple[int, ...]
+    left: frozenset[int]
+    right: frozenset[int]
+
+
+@dataclass(frozen=True)
+class Found:
+    """What :func:`find_layers` found: the closed jaxpr, its layers and merges, and the
+    parameterized ops it could not tap (inside loops) by primitive name."""
+
+    jaxpr: Any
+    layers: tuple[LayerSite, ...]
+    merges: tuple[MergeSite, ...]
+    skipped: tuple[str, ...]
+    n_params: int
+
+
+def _subjaxpr(eqn) -> tuple[Any, tuple] | None:
+    """The body of an equation to follow, and its consts."""
+    key = _INLINE.get(eqn.primitive.name)
+    if key is None or key not in eqn.params:
+        return None
+    body = eqn.params[key]
+    if isinstance(body, jcore.ClosedJaxpr):
+        return body.jaxpr, tuple(body.consts)
+    return body, ()
+
+
+def _fans(f: OpFans) -> dict[str, float]:
+    return {"fan_in": f.fan_in, "fan_out": f.fan_out}
+
+
+def _dense_site(eqn, a: int, x_shape, w_shape, y_shape) -> dict[str, Any] | None:
+    (lc, rc), (lb, rb) = eqn.params["dimension_numbers"]
+    xc, wc = (lc, rc) if a == 0 else (rc, lc)
+    xb, wb = (lb, rb) if a == 0 else (rb, lb)
+    if wb:  # a weight with batch dimensions shared with x (an ensemble): not a layer law
+        return None
+    wfree = [d for d in range(len(w_shape)) if d not in wc]
+    xfree = [d for d in range(len(x_shape)) if d not in xc and d not in xb]
+    nb = len(xb)
+    if a == 0:
+        y_units = tuple(range(nb + len(xfree), len(y_shape)))
+    else:
+        y_units = tuple(range(nb, nb + len(wfree)))
+    return dict(
+        kind="dense",
+        x_unit_axes=tuple(xc),
+        y_unit_axes=y_units,
+        x_batch_axes=tuple(sorted([*xb, *xfree])),
+        y_batch_axes=tuple(d for d in range(len(y_shape)) if d not in y_units),
+        **_fans(dense_fans([w_shape[d] for d in wc], [w_shape[d] for d in wfree])),
+    )
+
+
+def _conv_site(eqn, x_shape, w_shape, y_shape) -> dict[str, Any] | None:
+    p = eqn.params
+    if p.get("batch_group_count", 1) != 1:
+        return None
+    dn = p["dimension_numbers"]
+    lhs, rhs, out = dn.lhs_spec, dn.rhs_spec, dn.out_spec
+    groups = p.get("feature_group_count", 1)
+    fans = conv_fans(
+        [w_shape[d] for d in rhs[2:]],
+        w_shape[rhs[1]] * groups,
+        w_shape[rhs[0]],
+        groups,
+        p.get("window_strides"),
+        p.get("lhs_dilation"),
+    )
+    return dict(
+        kind="conv",
+        x_unit_axes=(lhs[1],),
+        y_unit_axes=(out[1],),
+        x_batch_axes=(lhs[0],),
+        y_batch_axes=(out[0],),
+        **_fans(fans),
+    )
+
+
+def _embed_site(eqn, w_shape, y_shape) -> dict[str, Any] | None:
+    p = eqn.params
+    dn = p["dimension_numbers"]
+    sizes = tuple(p["slice_sizes"])
+    if tuple(dn.collapsed_slice_dims) != (0,) or sizes[0] != 1 or sizes[1:] != w_shape[1:]:
+        return None
+    offset = tuple(dn.offset_dims)
+    return dict(
+        kind="embed",
+        x_unit_axes=(),
+        y_unit_axes=offset,
+        x_batch_axes=(),
+        y_batch_axes=tuple(d for d in range(len(y_shape)) if d not in offset),
+        fan_in=float(w_shape[0]),
+        fan_out=float(math.prod(w_shape[1:])),
+    )
+
+
+@dataclass(frozen=True)
+class _Info:
+    """What the walk knows of one variable: the parameter leaf it is (through structural
+    ops), the layers it depends on, the layers whose output it is through elementwise ops
+    only (``chain``), and the layers it is a statistic of (reduced over which axes)."""
+
+    param: int | None = None
+    deps: frozenset[int] = frozenset()
+    chain: frozenset[int] = frozenset()
+    stat: tuple[tuple[int, tuple[int, ...]], ...] = ()
+
+
+_EMPTY = _Info()
+#: Elementwise ops along which a layer's output stays "itself" (a bias, a scale, the mean
+#: subtracted): a normalization's statistics of it are statistics of the layer.
+_ELEMENTWISE = frozenset(
+    {
+        "add",
+        "sub",
+        "mul",
+        "div",
+        "square",
+        "integer_pow",
+        "convert_element_type",
+        "neg",
+        "copy",
+        "copy_p",
+    }
+)
+
+
+class _Walker:
+    def __init__(self, paths: Sequence[str]):
+        self.paths = paths
+        self.layers: list[LayerSite] = []
+        self.merges: list[MergeSite] = []
+        self.skipped: list[str] = []
+        self.normalized: dict[int, str] = {}
+
+    def walk(self, jaxpr, infos: list[_Info], where=()) -> list[_Info]:
+        """Walk ``jaxpr`` given what is known of each invar; returns the same for the
+        outvars."""
+        env: dict[Any, _Info] = dict(zip(jaxpr.invars, infos, strict=True))
+
+        def info(v) -> _Info:
+            return _EMPTY if isinstance(v, jcore.Literal) else env.get(v, _EMPTY)
+
+        for i, eqn in enumerate(jaxpr.eqns):
+            name = eqn.primitive.name
+            ins = [info(v) for v in eqn.invars]
+            union = frozenset().union(*(x.deps for x in ins))
+            stats = tuple(sorted({st for x in ins for st in x.stat}))
+            here = (*where, i)
+            sub = _subjaxpr(eqn)
+            if sub is not None:
+                for v, x in zip(eqn.outvars, self.walk(sub[0], ins, here), strict=True):
+                    env[v] = x
+                continue
+            if name in _STRUCTURAL and ins and ins[0].param is not None:
+                env[eqn.outvars[0]] = _Info(param=ins[0].param)
+                continue
+            site = self._site(eqn, [x.param for x in ins], here)
+            if site is not None:
+                self.layers.append(site)
+                env[eqn.outvars[0]] = _Info(
+                    deps=union | {site.index}, chain=frozenset({site.index})
+                )
+                continue
+            if name in _LOOPS and any(x.param is not None for x in ins):
+                self.skipped.append(name)
+            is_merge = (
+                name == "add"
+                and all(x.param is None for x in ins)
+                and ins[0].deps
+                and ins[1].deps
+                and ins[0].deps != ins[1].deps
+                and eqn.invars[0].aval.shape == eqn.invars[1].aval.shape
+            )
+            if is_merge:
+                self.merges.append(
+                    MergeSite(
+                        len(self.merges),
+                        here,
+                        tuple(eqn.outvars[0].aval.shape),
+                        ins[0].deps,
+                        ins[1].deps,
+                    )
+                )
+            chain: frozenset[int] = frozenset()
+            out_shape = tuple(eqn.outvars[0].aval.shape) if eqn.outvars else ()
+            if name in _ELEMENTWISE and not is_merge:
+                chain = frozenset().union(
+                    *(
+                        x.chain
+                        for x, v in zip(ins, eqn.invars, strict=True)
+                        if tuple(v.aval.shape) == out_shape
+                    )
+                )
+            if name == "reduce_sum" and ins and ins[0].chain:
+                axes = tuple(sorted(eqn.params["axes"]))
+                stats = tuple(sorted({*stats, *((s, axes) for s in ins[0].chain)}))
+            if name in ("rsqrt", "sqrt"):
+                for s, axes in stats:
+                    self.normalized.setdefault(s, self._norm_kind(s, axes))
+            for v in eqn.outvars:
+                env[v] = _Info(deps=union, chain=chain, stat=stats)
+        return [info(v) for v in jaxpr.outvars]
+
+    def _norm_kind(self, s: int, axes: tuple[int, ...]) -> str:
+        units = set(self.layers[s].y_unit_axes)
+        if units <= set(axes):
+            return "layernorm"
+        if not units & set(axes):
+            return "batchnorm"
+        return "groupnorm"
+
+    def _site(self, eqn, ins_p: list[int | None], here: tuple[int, ...]) -> LayerSite | None:
+        name = eqn.primitive.name
+        if name not in ("dot_general", "conv_general_dilated", "gather") or len(ins_p) < 2:
+            return None
+        shapes = [tuple(v.aval.shape) for v in eqn.invars]
+        y_shape = tuple(eqn.outvars[0].aval.shape)
+        if name == "gather":
+            if ins_p[0] is None or ins_p[1] is not None:
+                return None
+            a, info = 1, _embed_site(eqn, shapes[0], y_shape)
+            w = 0
+        else:
+            if (ins_p[0] is None) == (ins_p[1] is None):
+                return None
+            w = 0 if ins_p[0] is not None else 1
+            a = 1 - w
+            if name == "dot_general":
+                info = _dense_site(eqn, a, shapes[a], shapes[w], y_shape)
+            else:
+                info = None if w == 0 else _conv_site(eqn, shapes[a], shapes[w], y_shape)
+        if info is None:
+            return None
+        param = ins_p[w]
+        assert param is not None
+        return LayerSite(
+            index=len(self.layers),
+            path=self.paths[param],
+            param=param,
+            eqn=here,
+            activation=a,
+            x_shape=shapes[a],
+            w_shape=shapes[w],
+            y_shape=y_shape,
+            primitive=eqn.primitive,
+            params=dict(eqn.primitive.get_bind_params(eqn.params)),
+            **info,
+        )
+
+
+def find_layers(
+    fn: Callable[..., Any], params: Any, *args: Any, paths: Sequence[str] | None = None
+) -> Found:
+    """Trace ``fn(params, *args)`` and list its layers and merges (module docstring).
+
+    ``params`` is the pytree of parameters; every other argument is data. Paths are
+    ``paths`` (one per parameter leaf) or the ``jax.tree_util.keystr`` of each leaf.
+    """
+    with_paths, _ = jax.tree_util.tree_flatten_with_path(params)
+    if paths is None:
+        paths = [jax.tree_util.keystr(p) for p, _ in with_paths]
+    elif len(paths) != len(with_paths):
+        raise ValueError(f"{len(paths)} paths for {len(with_paths)} parameter leaves")
+    closed = jax.make_jaxpr(fn)(params, *args)
+    n_params = len(paths)
+    n_in = len(closed.jaxpr.invars)
+    # Data (every other argument) counts as a dependency of its own, INPUT, so that
+    # ``x + f(x)`` on the raw input is a merge while ``x + c x^3`` is not.
+    data = _Info(deps=frozenset({INPUT}))
+    infos = [_Info(param=i) for i in range(n_params)] + [data] * (n_in - n_params)
+    w = _Walker(paths)
+    w.walk(closed.jaxpr, infos)
+    layers = tuple(
+        replace(s, normalized=w.normalized.get(s.index)) if s.index in w.normalized else s
+        for s in w.layers
+    )
+    return Found(closed, layers, tuple(w.merges), tuple(w.skipped), n_params)
+
+
+# ----------------------------------------------------------------------------------------
+# Evaluation with taps.
+# ----------------------------------------------------------------------------------------
+
+MergeHook = Callable[[MergeSite, jax.Array, jax.Array], None]
+
+
+def evaluate(
+    found: Found,
+    flat_args: Sequence[Any],
+    on_layer: Callable[[LayerSite, jax.Array, jax.Array, Callable], jax.Array],
+    on_merge: MergeHook,
+) -> list[Any]:
+    """Evaluate the traced function on ``flat_args`` (its flattened arguments).
+
+    At each layer, ``on_layer(site, x, w, apply)`` is called instead of the op, where
+    ``apply(x)`` runs the op on a (possibly perturbed) ``x``; it returns the layer's output.
+    At each merge, ``on_merge(site, a, b)`` sees the two operands (the add still runs).
+    """
+    by_eqn = {s.eqn: s for s in found.layers}
+    merges = {m.eqn: m for m in found.merges}
+    closed = found.jaxpr
+    return _eval(
+        closed.jaxpr, closed.consts, list(flat_args), (), by_eqn, merges, on_layer, on_merge
+    )
+
+
+def _eval(jaxpr, consts, args, where, layers, merges, on_layer, on_merge) -> list[Any]:
+    env: dict[Any, Any] = {}
+
+    def read(v):
+        return v.val if isinstance(v, jcore.Literal) else env[v]
+
+    for v, x in zip(jaxpr.constvars, consts, strict=True):
+        env[v] = x
+    for v, x in zip(jaxpr.invars, args, strict=True):
+        env[v] = x
+    for i, eqn in enumerate(jaxpr.eqns):
+        here = (*where, i)
+        ins = [read(v) for v in eqn.invars]
+        site = layers.get(here)
+        sub = _subjaxpr(eqn)
+        if site is not None:
+            a, w = ins[site.activation], ins[1 - site.activation]
+            params = eqn.primitive.get_bind_params(eqn.params)
+
+            def apply(x, w=w, site=site, params=params, ins=ins):
+                ops = list(ins)
+                ops[site.activation] = x
+                return site.primitive.bind(*ops, **params)
+
+            outs = [on_layer(site, a, w, apply)]
+        elif sub is not None and (
+            eqn.primitive.name
+            not in ("custom_jvp_call", "custom_vjp_call", "custom_vjp_call_jaxpr")
+            or any(k[: len(here)] == here for k in (*layers, *merges))
+        ):
+            outs = _eval(sub[0], sub[1], ins, here, layers, merges, on_layer, on_merge)
+        else:
+            if here in merges:
+                on_merge(merges[here], ins[0], ins[1])
+            params = eqn.primitive.get_bind_params(eqn.params)
+            out = eqn.primitive.bind(*ins, **params)
+            outs = out if eqn.primitive.multiple_results else [out]
+        for v, o in zip(eqn.outvars, outs, strict=True):
+            env[v] = o
+    return [read(v) for v in jaxpr.outvars]
