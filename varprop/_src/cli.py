@@ -33,6 +33,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
+from varprop._src.cli_model import add_model_arguments, run_model_check
 from varprop._src.errors import InputError
 
 #: The kind reported (exit 2) for an unexpected exception: a bug, not the user's input.
@@ -101,9 +102,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     c.add_argument(
         "--expect",
+        action="append",
         default=None,
         metavar="SPEC",
-        help="scheme whose law is checked (default: --init)",
+        help="scheme whose law is checked (default: --init); with --model: GLOB=SPEC per "
+        "layer path, repeatable",
     )
     c.add_argument("--act", default="relu", metavar="SPEC", help="activation (default relu)")
     c.add_argument(
@@ -158,6 +161,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     c.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     c.add_argument("--debug", action="store_true", help="show the traceback of an internal error")
+    add_model_arguments(c)
 
     d = sub.add_parser(
         "derive",
@@ -531,6 +535,23 @@ def _option_error(e: InputError) -> InputError:
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
+    if args.model is not None:
+        restore_cache = _use_cache(args)
+        try:
+            r = run_model_check(args, _progress_printer(args))
+        except InputError as e:
+            raise _option_error(e) from None
+        finally:
+            if restore_cache is not None:
+                restore_cache()
+        print(r.to_json() if args.json else r.summary())
+        return r.exit_code(args.require_healthy)
+    for option in ("--input-shape", "--input-int", "--call", "--mode"):
+        if any(a == option or a.startswith(option + "=") for a in args.argv):
+            raise _UsageError(f"{option} is an option of the model check: add --model")
+    if args.expect is not None and len(args.expect) > 1:
+        raise _UsageError("--expect is given more than once; the MLP check takes one SPEC")
+    args.expect = args.expect[0] if args.expect else None
     widths = parse_widths(args.widths)
     # Everything else check() validates itself (its InputError names the parameter, shown
     # here as its option); only what is the CLI's own is checked here.

@@ -38,6 +38,7 @@ Example:
 from __future__ import annotations
 
 import fnmatch
+import itertools
 import json
 import math
 from collections.abc import Callable, Mapping
@@ -174,8 +175,8 @@ class ModelCheckResult:
             h = self.health.get(d)
             if h:
                 out.append(
-                    f"Health {d}: {h['state']} ({h['measure']} from {_fmt(h['first'])} at "
-                    f"{h['first_path']} to {_fmt(h['last'])} at {h['last_path']})."
+                    f"Health {d}: {h['state']} (x{_fmt(h['change'])} over {h['steps']} "
+                    "layer-to-layer steps at equal shapes)."
                 )
         out.append(
             "Model: degenerate (see the diagnosis)." if self.degenerate else "Model: healthy."
@@ -448,10 +449,11 @@ def _merge_row(m: MergeSite, st, paths: list[str]) -> ModelRow:
     )
 
 
-def _health(rows: list[ModelRow], sizes: dict[str, float], zero_scales: list[str]):
-    """Forward: E[y^2] per value of the first and last layer outputs; backward: the squared
-    gradient norm per example at the input of the last and the first layer (per value
-    would fall with every pooling). ``preserved`` within a factor 10 end to end."""
+def _health(
+    rows: list[ModelRow], sizes: dict[str, dict[str, tuple[int, ...]]], zero_scales: list[str]
+):
+    """Forward E[y^2] and backward E[(dL/dx)^2], compounded over consecutive layers of the
+    same size per example: ``preserved`` while the change stays within a factor 10."""
     out: dict[str, Any] = {"degenerate": []}
     for d in ("forward", "backward"):
         rs = [
@@ -459,28 +461,34 @@ def _health(rows: list[ModelRow], sizes: dict[str, float], zero_scales: list[str
             for r in rows
             if r.direction == d and r.kind in ("dense", "conv") and r.measured is not None
         ]
-        if len(rs) < 2:
-            continue
-        first, last = (rs[0], rs[-1]) if d == "forward" else (rs[-1], rs[0])
-        scale = (lambda r: 1.0) if d == "forward" else (lambda r: sizes[r.path])
-        a, b = first.measured * scale(first), last.measured * scale(last)  # type: ignore[operator]
-        ratio = b / a if a > 0 else (math.nan if b == 0 else math.inf)
-        if math.isnan(ratio):
+        # Compounded only between consecutive layers of the same size per example: a
+        # resolution change (pooling, strides) rescales a per-value moment legitimately.
+        log_change, steps = 0.0, 0
+        for a, b in itertools.pairwise(rs):
+            if sizes[a.path][d] != sizes[b.path][d]:
+                continue
+            lo, hi = (a, b) if d == "forward" else (b, a)
+            if not (lo.measured and hi.measured):
+                log_change = (
+                    math.nan
+                    if lo.measured == hi.measured
+                    else (-math.inf if not hi.measured else math.inf)
+                )
+                break
+            log_change += math.log(hi.measured / lo.measured)
+            steps += 1
+        if math.isnan(log_change):
             state = "undetermined"
-        elif ratio < 0.1:
+        elif log_change < -math.log(10):
             state = "vanishing"
-        elif ratio > 10:
+        elif log_change > math.log(10):
             state = "exploding"
         else:
             state = "preserved"
         out[d] = {
             "state": state,
-            "ratio": ratio,
-            "measure": "E[y^2]" if d == "forward" else "sum of (dL/dx)^2 per example",
-            "first": a,
-            "first_path": first.path,
-            "last": b,
-            "last_path": last.path,
+            "change": math.exp(log_change) if math.isfinite(log_change) else log_change,
+            "steps": steps,
         }
     for r in rows:
         if r.kind in ("dense", "conv", "embed") and r.direction == "forward" and r.measured == 0:
@@ -563,10 +571,10 @@ def check_model(
         )
     base = jax.random.key(seed)
     args0 = _as_args(inputs, jax.random.fold_in(base, 10**6))
-    mf = as_model_function(
-        model, args0, variables=variables, mode=mode, call_kwargs=dict(call_kwargs or {})
-    )
     try:
+        mf = as_model_function(
+            model, args0, variables=variables, mode=mode, call_kwargs=dict(call_kwargs or {})
+        )
         found = find_layers(
             lambda p, s, a, k: mf.apply(p, s, a, k),
             mf.params,
@@ -574,10 +582,17 @@ def check_model(
             args0,
             jax.random.key(0),
             paths=mf.paths,
+            data=(False, True, False),
         )
-    except (TypeError, ValueError) as e:
+    except InputError:
+        raise
+    except Exception as e:  # the user's model cannot be built or called on these inputs
+        shapes = [getattr(a, "shape", type(a).__name__) for a in args0]
         raise InputError(
-            f"the model cannot be called on these inputs: {e}", kind="model", param="inputs"
+            f"the model cannot be built or called on inputs of shape {shapes}: "
+            f"{type(e).__name__}: {e}",
+            kind="model",
+            param="inputs",
         ) from e
     if not found.layers:
         raise InputError(
@@ -649,7 +664,7 @@ def check_model(
         if p.rsplit("/", 1)[-1] == "scale" and np.all(np.asarray(v) == 0)
     ]
     sizes = {
-        p: math.prod(site.x_shape) / max(site.x_shape[0], 1)
+        p: {"forward": site.y_shape, "backward": site.x_shape}
         for site, p in zip(found.layers, paths, strict=True)
     }
     health = _health(rows, sizes, zero_scales)

@@ -471,12 +471,17 @@ class _Walker:
 
 
 def find_layers(
-    fn: Callable[..., Any], params: Any, *args: Any, paths: Sequence[str] | None = None
+    fn: Callable[..., Any],
+    params: Any,
+    *args: Any,
+    paths: Sequence[str] | None = None,
+    data: Sequence[bool] | None = None,
 ) -> Found:
     """Trace ``fn(params, *args)`` and list its layers and merges (module docstring).
 
-    ``params`` is the pytree of parameters; every other argument is data. Paths are
-    ``paths`` (one per parameter leaf) or the ``jax.tree_util.keystr`` of each leaf.
+    ``params`` is the pytree of parameters; ``data[i]`` says whether ``args[i]`` is data
+    (default: all are; state such as running statistics is not). Paths are ``paths`` (one
+    per parameter leaf) or the ``jax.tree_util.keystr`` of each leaf.
     """
     with_paths, _ = jax.tree_util.tree_flatten_with_path(params)
     if paths is None:
@@ -488,8 +493,13 @@ def find_layers(
     n_in = len(closed.jaxpr.invars)
     # Data (every other argument) counts as a dependency of its own, INPUT, so that
     # ``x + f(x)`` on the raw input is a merge while ``x + c x^3`` is not.
-    data = _Info(deps=frozenset({INPUT}))
-    infos = [_Info(param=i) for i in range(n_params)] + [data] * (n_in - n_params)
+    flags = [True] * len(args) if data is None else list(data)
+    infos = [_Info(param=i) for i in range(n_params)]
+    for a, is_data in zip(args, flags, strict=True):
+        n = len(jax.tree_util.tree_leaves(a))
+        infos += [_Info(deps=frozenset({INPUT})) if is_data else _EMPTY] * n
+    if len(infos) != n_in:
+        raise ValueError(f"{len(infos)} leaves for {n_in} jaxpr inputs")
     w = _Walker(paths)
     w.walk(closed.jaxpr, infos)
     layers = tuple(
