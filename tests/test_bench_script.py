@@ -1,4 +1,11 @@
-"""scripts/bench_check.py: its pure helpers on fixed numbers (nothing is timed or run)."""
+"""scripts/bench_check.py: its pure helpers on fixed numbers (nothing is timed or run);
+scripts/bench_check_model.py: its table on fixed numbers, and one ``--quick`` run in a
+subprocess (slow)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from conftest import load_script
@@ -96,3 +103,62 @@ def test_merge_keeps_sections_not_rerun(bench):
     legacy = {"ratio": [], "compile": [], "verdict": None, "batch": 128}
     assert bench.merge(legacy, new) == {"format": bench.FORMAT, "verdict": {"old": False}}
     assert bench.merge(None, new) == {"format": bench.FORMAT, "verdict": {"old": False}}
+
+
+# --------------------------------------------------------------------- bench_check_model
+
+
+def _model_row(run_ratio):
+    side = {"compile_s": 2.0, "run_median_s": 0.05}
+    return {
+        "model": "transformer",
+        "layers": 15,
+        "probe": {"compile_s": 3.0, "run_median_s": 0.05 * run_ratio},
+        "baseline": side,
+        "baseline_acts": {"compile_s": 1.0, "run_median_s": 0.04},
+        "compile_ratio": 1.5,
+        "run_ratio": run_ratio,
+        "run_ratio_acts": 0.05 * run_ratio / 0.04,
+    }
+
+
+def test_bench_check_model_table():
+    bench = load_script("bench_check_model")
+    lines = bench.results_table([_model_row(1.2), _model_row(1.5)]).splitlines()
+    assert lines[0].startswith("| model | layers | compile probe (s) |")
+    assert (
+        lines[2]
+        == "| transformer | 15 | 3.00 | 2.00 | 1.50 | 60.0 | 50.0 | 1.20 | yes | 40.0 | 1.50 |"
+    )
+    assert "| 1.50 | no |" in lines[3]
+    assert bench.parse_list("resnet, transformer,,") == ["resnet", "transformer"]
+
+
+@pytest.mark.slow
+def test_bench_check_model_quick_run(tmp_path):
+    """The script end to end on its smallest case (about 25 s on 2 loaded cores)."""
+    script = Path(__file__).resolve().parents[1] / "scripts" / "bench_check_model.py"
+    out = tmp_path / "bench.json"
+    r = subprocess.run(
+        [sys.executable, str(script), "--quick", "--repeats", "1", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "| transformer | 15 |" in r.stdout
+    data = json.loads(out.read_text())
+    assert data["run"]["backend"] and data["run"]["machine"]["cpu_count"] >= 1
+    (row,) = data["rows"]
+    assert row["model"] == "transformer" and row["seeds"] == 4 and row["repeats"] == 1
+    assert row["inputs"] == [[8, 64]] and row["layers"] == 15
+    for side in ("probe", "baseline", "baseline_acts"):
+        rec = row[side]
+        assert rec["compile_s"] > 0 and rec["lower_s"] > 0 and rec["hlo_chars"] > 0
+        assert len(rec["run_times_s"]) == 1 and rec["run_median_s"] > 0
+    assert row["run_ratio"] == pytest.approx(
+        row["probe"]["run_median_s"] / row["baseline"]["run_median_s"]
+    )
+    assert row["compile_ratio"] == pytest.approx(
+        row["probe"]["compile_s"] / row["baseline"]["compile_s"]
+    )
