@@ -8,7 +8,8 @@ exit code 2 (and ``{"error": message, "kind": kind}`` under ``--json``); exit co
 Kinds: ``"usage"`` (an option or argument value), ``"data"`` (a data file or array),
 ``"resources"`` (the run would not fit in memory), ``"numerics"`` (a value outside what
 float64 derivations can represent), ``"io"`` (an output path, or the compilation-cache
-directory).
+directory), ``"model"`` (a model to check that cannot be built, called on the given inputs,
+or has no layer to check).
 
 The CLI reports one more kind, ``"internal"``, for an exception that is not an ``InputError``
 (a bug: exit 2 with ``internal error: <Type>: <message>``; ``--debug`` shows the traceback). It
@@ -17,7 +18,7 @@ is not in :data:`KINDS` because no input is at fault.
 
 from __future__ import annotations
 
-KINDS = ("usage", "data", "resources", "numerics", "io")
+KINDS = ("usage", "data", "resources", "numerics", "io", "model")
 
 
 class InputError(ValueError):

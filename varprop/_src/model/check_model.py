@@ -261,6 +261,17 @@ def _law_for(site: LayerSite, path: str, mf: ModelFunction, expect) -> tuple[Any
         init = recognize(call.fn)
         if init is not None:
             return init, "initializer"
+        # A layer's own wrapper around the user's initializer (DenseGeneral draws a
+        # flattened kernel and reshapes it): the law at the op's true fans is the inner
+        # initializer's, whatever shape it was drawn in.
+        inner = [
+            recognize(c.cell_contents)
+            for c in getattr(call.fn, "__closure__", None) or ()
+            if callable(getattr(c, "cell_contents", None))
+        ]
+        inner = [i for i in inner if i is not None]
+        if len(inner) == 1:
+            return inner[0], "initializer (inside the layer's wrapper)"
     return None, ""
 
 
@@ -304,7 +315,9 @@ def _seed_mean(a) -> float | None:
     return float(np.mean(a)) if a.size else None
 
 
-def _layer_rows(site, path, law, law_name, st, tol, alpha, tests, alpha_last, note_law):
+def _layer_rows(
+    site, path, law, law_name, st, tol, alpha, tests, alpha_last, note_law, zero_scales
+):
     rows = []
     f = st["forward"][site.index]
     directions = ["forward"] if site.kind == "embed" else ["forward", "backward"]
@@ -334,6 +347,7 @@ def _layer_rows(site, path, law, law_name, st, tol, alpha, tests, alpha_last, no
         with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
             border = _seed_mean(np.exp(s["s_lm2"] - x_m2) / fan) if x_m2 is not None else None
         measured = _seed_mean(np.exp(s["y_lm2"]))
+        identity = d == "backward" and zero_scales and measured == 0
         row = ModelRow(
             path,
             site.kind,
@@ -397,6 +411,11 @@ def _layer_rows(site, path, law, law_name, st, tol, alpha, tests, alpha_last, no
                 f"fan-in {site.fan_in:g} < {NARROW_UNITS}: gradient independence does not "
                 "hold, the backward law is approximate (the forward row tests these weights)"
             )
+        if identity:
+            row.note = (
+                "no gradient reaches this layer at init: its branch ends in a zero scale "
+                "(it starts as the identity)"
+            )
         rows.append(row)
     return rows
 
@@ -459,7 +478,10 @@ def _health(
         rs = [
             r
             for r in rows
-            if r.direction == d and r.kind in ("dense", "conv") and r.measured is not None
+            if r.direction == d
+            and r.kind in ("dense", "conv")
+            and r.measured is not None
+            and not (zero_scales and r.measured == 0)  # an identity branch, not a death
         ]
         # Compounded only between consecutive layers of the same size per example: a
         # resolution change (pooling, strides) rescales a per-value moment legitimately.
@@ -556,17 +578,17 @@ def check_model(
 
     if mode not in MODES:
         raise InputError(
-            f"mode={mode!r}; allowed: 'train', 'eval' or None", kind="option", param="mode"
+            f"mode={mode!r}; allowed: 'train', 'eval' or None", kind="usage", param="mode"
         )
     for name, v, lo in (("seeds", seeds, 1), ("max_seeds", max_seeds, 1)):
         if isinstance(v, bool) or not isinstance(v, int) or v < lo:
             raise InputError(
-                f"{name}={v!r} must be a whole number >= {lo}", kind="option", param=name
+                f"{name}={v!r} must be a whole number >= {lo}", kind="usage", param=name
             )
     if not 0 < tolerance < 10 or not 0 < alpha < 1:
         raise InputError(
             f"tolerance={tolerance!r}, alpha={alpha!r}; allowed: 0 < tolerance < 10, 0 < alpha < 1",
-            kind="option",
+            kind="usage",
             param="tolerance" if not 0 < tolerance < 10 else "alpha",
         )
     base = jax.random.key(seed)
@@ -634,6 +656,11 @@ def check_model(
         with_mean=with_mean,
         loss=loss,
     )
+    zero_scales = [
+        layer_path(p)
+        for p, v in zip(mf.paths, mf.params, strict=True)
+        if p.rsplit("/", 1)[-1] == "scale" and np.all(np.asarray(v) == 0)
+    ]
     looks = look_schedule(seeds, max_seeds) if redraw else [1]
     shares = look_alpha_shares(len(looks))
     stats = None
@@ -651,18 +678,15 @@ def check_model(
         if total not in looks:
             continue
         share = shares[looks.index(total)]
-        rows = _rows(found, paths, laws, stats, tolerance, alpha * share, alpha * shares[-1])
+        rows = _rows(
+            found, paths, laws, stats, tolerance, alpha * share, alpha * shares[-1], zero_scales
+        )
         verdict = overall_verdict([r.verdict for r in rows])
         if progress is not None:
             open_rows = sum(r.verdict == "inconclusive" for r in rows)
             progress(f"round {rnd}: {total} seeds, {open_rows} of {len(rows)} rows inconclusive")
         if verdict != "inconclusive":
             break
-    zero_scales = [
-        layer_path(p)
-        for p, v in zip(mf.paths, mf.params, strict=True)
-        if p.rsplit("/", 1)[-1] == "scale" and np.all(np.asarray(v) == 0)
-    ]
     sizes = {
         p: {"forward": site.y_shape, "backward": site.x_shape}
         for site, p in zip(found.layers, paths, strict=True)
@@ -697,7 +721,7 @@ def check_model(
     return ModelCheckResult(verdict, total, rows, health, diagnosis, config)
 
 
-def _rows(found, paths, laws, st, tol, alpha, alpha_last) -> list[ModelRow]:
+def _rows(found, paths, laws, st, tol, alpha, alpha_last, zero_scales) -> list[ModelRow]:
     n_fwd = sum(lw is not None for lw, _ in laws)
     n_bwd = sum(
         lw is not None and s.kind != "embed" for s, (lw, _) in zip(found.layers, laws, strict=False)
@@ -707,7 +731,17 @@ def _rows(found, paths, laws, st, tol, alpha, alpha_last) -> list[ModelRow]:
     for site, path, (lw, name) in zip(found.layers, paths, laws, strict=True):
         note = "no law: the initializer is unknown; name one with expect={glob: SPEC}"
         rs = _layer_rows(
-            site, path, lw, name, st, tol, alpha, max(n_fwd, n_bwd, 1), alpha_last, note
+            site,
+            path,
+            lw,
+            name,
+            st,
+            tol,
+            alpha,
+            max(n_fwd, n_bwd, 1),
+            alpha_last,
+            note,
+            zero_scales,
         )
         order.append((site.eqn, 0, rs))
     for m in found.merges:
