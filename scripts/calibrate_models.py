@@ -163,6 +163,12 @@ def fpr_configs(n: int, base_seed: int = 1000) -> list[dict[str, Any]]:
         c = json.loads(json.dumps(cells[j]))
         c["input"]["batch"] = BATCHES[j % len(BATCHES)]
         c |= {"kind": "fpr", "index": i, "cell": j, "init": INITS[j % len(INITS)]}
+        if fan_mismatch(c):
+            # Glorot on a strided or grouped conv is not a correct initialization: its
+            # variance uses the kernel's fan_out c_out k, not the op's c_out k / (G s), so
+            # check_model reports it (a detection, tested in the test suite). Use the next
+            # initializer whose law holds at the true fans.
+            c["init"] = next(x for x in INITS[j % len(INITS) :] if not x.startswith("glorot"))
         c["seed"] = base_seed + i
         out.append(c)
     return out

@@ -50,7 +50,7 @@ import numpy as np
 
 from varprop._src.errors import InputError
 from varprop._src.model.adapter import ModelFunction, as_model_function
-from varprop._src.model.probe import make_model_probe
+from varprop._src.model.probe import is_narrow, make_model_probe
 from varprop._src.model.trace import Found, LayerSite, MergeSite, find_layers
 from varprop._src.stats import NARROW_UNITS
 from varprop._src.verdicts import (
@@ -98,6 +98,8 @@ class ModelRow:
     assumption: str = ""
     #: Residual adds: the correlation of the two branches.
     correlation: float | None = None
+    #: For an inconclusive narrow row: about how many seeds would decide it.
+    seeds_needed: int | None = None
 
 
 @dataclass
@@ -155,7 +157,7 @@ class ModelCheckResult:
                 else "-"
             )
             extra = f" (rho {r.correlation:.3g})" if r.correlation is not None else ""
-            if r.note and r.verdict != "agrees":
+            if r.note:
                 extra += f" ({r.note})"
             lines.append(
                 f"{r.path:<{w}} {r.kind:>8} {r.direction:>8} {_fmt(r.fan_in):>8} "
@@ -379,6 +381,7 @@ def _layer_rows(
                 v_lrs2=np.asarray(v_lrs2, np.float64),
                 y_lm2=np.asarray(s["y_lm2"], np.float64),
                 y_rv=np.asarray(s["y_rv"], np.float64),
+                **_gram(s, ""),
             ),
             centered=_centered(s, fan) if d == "forward" and site.kind != "embed" else None,
             input_finite=np.asarray(s["x_finite"]),
@@ -386,7 +389,13 @@ def _layer_rows(
         )
         narrow = d == "backward" and site.fan_in < NARROW_UNITS
         t = layer_verdict(
-            m, lw, tolerance=tol, alpha=alpha, tests=tests, alpha_last=alpha_last, narrow=False
+            m,
+            lw,
+            tolerance=tol,
+            alpha=alpha,
+            tests=tests,
+            alpha_last=alpha_last,
+            narrow=is_narrow(site, d),
         )
         from varprop._src.verdicts import predicted_log
 
@@ -399,7 +408,7 @@ def _layer_rows(
             t.ratio_low,
             t.ratio_high,
         )
-        row.test, row.dof, row.note = t.test, t.dof, t.note
+        row.test, row.dof, row.note, row.seeds_needed = t.test, t.dof, t.note, t.seeds_needed
         if narrow:
             # dL/dy depends on this layer's own weights through the activation's slope (and a
             # normalization's statistics); with a fan-in this small the dependence biases
@@ -408,14 +417,12 @@ def _layer_rows(
             row.verdict = "measured"
             row.assumption = ", ".join(x for x in (row.assumption, "gradient independence") if x)
             row.note = (
-                f"fan-in {site.fan_in:g} < {NARROW_UNITS}: gradient independence does not "
-                "hold, the backward law is approximate (the forward row tests these weights)"
+                f"fan-in {site.fan_in:g} < {NARROW_UNITS}: approximate (gradient "
+                "independence); the forward row tests these weights"
             )
-        if identity:
-            row.note = (
-                "no gradient reaches this layer at init: its branch ends in a zero scale "
-                "(it starts as the identity)"
-            )
+        if identity:  # 0 = 0 is no test of the law: reported, not counted as agreement
+            row.verdict, row.ratio, row.ratio_low, row.ratio_high = "measured", None, None, None
+            row.note = "no gradient at init: its branch starts as the identity (zero scale)"
         rows.append(row)
     return rows
 
@@ -430,7 +437,15 @@ def _centered(s: dict[str, Any], fan: float) -> ProductStatistics | None:
             v_lrs2=np.asarray(s["c_s_lrs2"], np.float64),
             y_lm2=np.asarray(s["c_y_lm2"], np.float64),
             y_rv=np.asarray(s["c_y_rv"], np.float64),
+            **_gram(s, "c_"),
         )
+
+
+def _gram(s: dict[str, Any], prefix: str) -> dict[str, np.ndarray]:
+    """The small-sample statistics of a narrow dense row (none for the others)."""
+    if prefix + "gram" not in s:
+        return {}
+    return {f"v_{k}": np.asarray(s[prefix + k], np.float64) for k in ("gram", "diag", "sumfrac")}
 
 
 def _merge_row(m: MergeSite, st, paths: list[str]) -> ModelRow:
@@ -441,6 +456,29 @@ def _merge_row(m: MergeSite, st, paths: list[str]) -> ModelRow:
         layers = [d for d in deps if d >= 0]
         return paths[max(layers)] if layers else "input"
 
+    if m.kind == "product":
+        # Measured, never a verdict: attention's logits (q k^T: d E[q^2] E[k^2] for
+        # independent q, k) and its softmax mixing (sum_j p_j^2 E[v^2]) are products of two
+        # activations whose law needs their independence, which nothing guarantees.
+        with np.errstate(invalid="ignore", divide="ignore"):
+            ratio = _seed_mean(tot / ab)
+        left, right = name(m.left), name(m.right)
+        return ModelRow(
+            f"{left} x {right}",
+            "product",
+            "forward",
+            None,
+            None,
+            None,
+            _seed_mean(ab),
+            _seed_mean(tot),
+            ratio,
+            None,
+            None,
+            "measured",
+            "E[y^2] = sum_c E[a_c^2] E[b_c^2] (uncorrelated terms)",
+            note=f"E[a^2] {_fmt(_seed_mean(a))}, E[b^2] {_fmt(_seed_mean(b))}",
+        )
     left, right = m.left - m.right, m.right - m.left
     label = f"{name(left) if left else 'skip'} + {name(right) if right else 'skip'}"
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -448,7 +486,7 @@ def _merge_row(m: MergeSite, st, paths: list[str]) -> ModelRow:
         ratio = _seed_mean(tot / (a + b))
     note = ""
     if np.all(b == 0) or np.all(a == 0):
-        note = "one branch is exactly 0 at init: it starts as the identity (a zero scale)"
+        note = "one branch is exactly 0: it starts as the identity (zero scale)"
     return ModelRow(
         label,
         "residual",
@@ -686,6 +724,10 @@ def check_model(
             open_rows = sum(r.verdict == "inconclusive" for r in rows)
             progress(f"round {rnd}: {total} seeds, {open_rows} of {len(rows)} rows inconclusive")
         if verdict != "inconclusive":
+            break
+        # Stop early when the rows left open need more seeds than the budget allows.
+        need = [r.seeds_needed for r in rows if r.verdict == "inconclusive"]
+        if need and all(n is not None and n > max_seeds for n in need):
             break
     sizes = {
         p: {"forward": site.y_shape, "backward": site.x_shape}

@@ -15,11 +15,13 @@ Per layer (float32, per seed; logs are natural logs, -inf for 0):
   ``y_lm2`` log mean y^2 and ``y_rv`` the relative variance (ddof 1) across the output
   units of their mean squares; ``x_finite``, ``y_finite``.
 * backward: the same with v = dL/dy, y = dL/dx through this layer, op^T for op.
-* merges: mean a^2, b^2, ab and (a + b)^2.
+* merges: mean a^2, b^2, ab and (a + b)^2; products (attention): mean a^2, b^2,
+  op(a^2, b^2) and y^2.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -28,7 +30,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from varprop._src.model.adapter import ModelFunction
-from varprop._src.model.trace import Found, LayerSite, evaluate
+from varprop._src.model.trace import Found, LayerSite, MergeSite, evaluate
+from varprop._src.stats import NARROW_UNITS
 
 F32 = jnp.float32
 
@@ -56,6 +59,46 @@ def _unit_stats(y2: jax.Array, unit_axes: tuple[int, ...], group_pred=None):
 def _group_means(t: jax.Array, axis: int) -> jax.Array:
     """Mean of ``t`` over every axis but ``axis``: one value per group."""
     return jnp.mean(t, axis=tuple(d for d in range(t.ndim) if d != axis))
+
+
+def _rows(v: jax.Array, unit_axes: tuple[int, ...]) -> jax.Array:
+    """``v`` as a (rows, units) matrix, the unit axes last."""
+    rest = [d for d in range(v.ndim) if d not in unit_axes]
+    v = jnp.transpose(v, (*rest, *unit_axes))
+    return v.reshape(-1, math.prod(v.shape[len(rest) :]))
+
+
+def gram_stats(v: jax.Array, prefix: str = "") -> dict[str, jax.Array]:
+    r"""The scale-free statistics of a (rows, n) input V that the exact small-sample law of
+    a narrow product V W needs (:func:`varprop._src.probe.law_summary`): with s = V 1,
+    gram = ||V^T V||^2 / ||V||^4, diag = sum_i (sum_b v_bi^2)^2 / ||V||^4,
+    sumfrac = ||V^T s||^2 / (||V||^2 ||s||^2)."""
+    u = v / jnp.sqrt(jnp.mean(v * v) + jnp.finfo(F32).tiny)
+    b, n = u.shape
+    g = u @ u.T if b <= n else u.T @ u
+    total = jnp.sum(u * u)
+    safe = jnp.where(total > 0, total, 1.0)
+    rows = jnp.sum(u, axis=1)
+    rs2 = jnp.sum(rows * rows)
+    proj = rows @ u
+    return {
+        prefix + "gram": jnp.sum(g * g) / (safe * safe),
+        prefix + "diag": jnp.sum(jnp.square(jnp.sum(u * u, axis=0))) / (safe * safe),
+        prefix + "sumfrac": jnp.where(
+            rs2 > 0, jnp.sum(proj * proj) / (safe * jnp.where(rs2 > 0, rs2, 1.0)), 0.0
+        ),
+    }
+
+
+def is_narrow(site: LayerSite, direction: str) -> bool:
+    """Whether a dense layer's row is tested with the exact small-sample law (few units or
+    a small fan: the spread across units would estimate its variance poorly)."""
+    if site.kind != "dense":
+        return False
+    fan, units = (
+        (site.fan_in, site.units_out) if direction == "forward" else (site.fan_out, site.units_in)
+    )
+    return min(fan, units) < NARROW_UNITS
 
 
 def forward_stats(site: LayerSite, x, y, with_mean: bool) -> dict[str, jax.Array]:
@@ -96,6 +139,9 @@ def forward_stats(site: LayerSite, x, y, with_mean: bool) -> dict[str, jax.Array
         out["c_s_lrs2"] = _log(jnp.mean(site.tap_sums(xc) ** 2))
     else:
         out["c_s_lrs2"] = jnp.full((), -jnp.inf, F32)
+    if is_narrow(site, "forward"):
+        out |= gram_stats(_rows(x32, site.x_unit_axes))
+        out |= gram_stats(_rows(xc, site.x_unit_axes), "c_")
     return out
 
 
@@ -112,18 +158,26 @@ def backward_stats(site: LayerSite, gx, gy) -> dict[str, jax.Array]:
     out["y_lm2"], out["y_rv"] = y_lm2, y_rv
     out["x_finite"] = jnp.all(jnp.isfinite(gy32))
     out["y_finite"] = jnp.all(jnp.isfinite(gx32))
+    if is_narrow(site, "backward"):
+        out |= gram_stats(_rows(gy32, site.y_unit_axes))
     return out
 
 
-def merge_stats(a, b) -> dict[str, jax.Array]:
-    a = jax.lax.stop_gradient(a).astype(F32)
-    b = jax.lax.stop_gradient(b).astype(F32)
-    return {
-        "a_m2": jnp.mean(a * a),
-        "b_m2": jnp.mean(b * b),
-        "ab": jnp.mean(a * b),
-        "sum_m2": jnp.mean((a + b) ** 2),
-    }
+def merge_stats(site: MergeSite, a, b) -> dict[str, jax.Array]:
+    """A residual add: mean a^2, b^2, ab and (a + b)^2. A product y = op(a, b): mean a^2,
+    b^2, y^2 and op(a^2, b^2) (the law of uncorrelated terms)."""
+    a = jax.lax.stop_gradient(a)
+    b = jax.lax.stop_gradient(b)
+    a32, b32 = a.astype(F32), b.astype(F32)
+    out = {"a_m2": jnp.mean(a32 * a32), "b_m2": jnp.mean(b32 * b32)}
+    if site.kind == "residual":
+        out["ab"] = jnp.mean(a32 * b32)
+        out["sum_m2"] = jnp.mean((a32 + b32) ** 2)
+    else:
+        y = site.primitive.bind(a, b, **site.params).astype(F32)
+        out["ab"] = jnp.mean(site.product_of_squares(a, b))
+        out["sum_m2"] = jnp.mean(y * y)
+    return out
 
 
 def make_model_probe(
@@ -173,7 +227,7 @@ def make_model_probe(
                 return y
 
             def on_merge(m, a, b):
-                mer[m.index] = merge_stats(a, b)
+                mer[m.index] = merge_stats(m, a, b)
 
             args = [*params, *mf.state, *flat_inputs, k_rng]
             outs = evaluate(found, args, on_layer, on_merge)

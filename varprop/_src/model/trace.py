@@ -210,16 +210,31 @@ class LayerSite:
 
 @dataclass(frozen=True)
 class MergeSite:
-    """An ``add`` of two activations that depend on different layers (a residual add).
+    """Where two activations meet: an ``add`` of two activations that depend on different
+    layers (``kind="residual"``), or a ``dot_general`` of two activations (``"product"``:
+    attention's logits q k^T and its mixing of the values by the softmax weights).
 
     ``left``/``right`` are the layer indices each operand depends on (:data:`INPUT` for
-    the data)."""
+    the data); ``primitive``/``params`` re-run a product on the operands' squares."""
 
     index: int
     eqn: tuple[int, ...]
     shape: tuple[int, ...]
     left: frozenset[int]
     right: frozenset[int]
+    kind: str = "residual"
+    primitive: Any = field(default=None, repr=False, compare=False)
+    params: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    def product_of_squares(self, a: jax.Array, b: jax.Array) -> jax.Array:
+        """The product op on a^2 and b^2 (float32): each output's sum of a_c^2 b_c^2, the
+        law of E[y^2] when the terms a_c b_c are uncorrelated with mean zero."""
+        params = dict(self.params)
+        if "preferred_element_type" in params:
+            params["preferred_element_type"] = None
+        a = a.astype(jnp.float32)
+        b = b.astype(jnp.float32)
+        return self.primitive.bind(a * a, b * b, **params)
 
 
 @dataclass(frozen=True)
@@ -401,6 +416,24 @@ class _Walker:
                         tuple(eqn.outvars[0].aval.shape),
                         ins[0].deps,
                         ins[1].deps,
+                    )
+                )
+            elif (
+                name == "dot_general"
+                and all(x.param is None for x in ins)
+                and ins[0].deps
+                and ins[1].deps
+            ):
+                self.merges.append(
+                    MergeSite(
+                        len(self.merges),
+                        here,
+                        tuple(eqn.outvars[0].aval.shape),
+                        ins[0].deps,
+                        ins[1].deps,
+                        "product",
+                        eqn.primitive,
+                        dict(eqn.primitive.get_bind_params(eqn.params)),
                     )
                 )
             chain: frozenset[int] = frozenset()
