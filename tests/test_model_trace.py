@@ -74,8 +74,7 @@ def _brute_force(geom, x2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     pads = _padding_pairs(padding, hw, kernel, strides, rdil, ldil)
     dil_size = [(n - 1) * d + 1 for n, d in zip(hw, ldil, strict=True)]
     out_size = [
-        (dil_size[i] + pads[i][0] + pads[i][1] - ((kernel[i] - 1) * rdil[i] + 1)) // strides[i]
-        + 1
+        (dil_size[i] + pads[i][0] + pads[i][1] - ((kernel[i] - 1) * rdil[i] + 1)) // strides[i] + 1
         for i in range(2)
     ]
     cin_g, cout_g = c_in // groups, c_out // groups
