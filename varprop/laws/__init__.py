@@ -50,6 +50,7 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "Propagation": ("varprop._src.laws.propagation", "Propagation"),
     "propagate": ("varprop._src.laws.propagation", "propagate"),
     "finite_width_mean_field": ("varprop._src.laws.finite_width", "finite_width_mean_field"),
+    "model_ops": ("varprop._src.laws.model_ops", None),
     "finite_width_recursion": ("varprop._src.laws.finite_width", "finite_width_recursion"),
     "second_moment_series": ("varprop._src.laws.finite_width", "second_moment_series"),
     "prove_scale_invariance": ("varprop._src.laws.normalization", "prove_scale_invariance"),
@@ -109,6 +110,7 @@ __all__ = [
     "latex",
     "layer_factors",
     "mean_field_fixed_point",
+    "model_ops",
     "moment_expressions",
     "propagate",
     "prove_scale_invariance",
@@ -132,7 +134,7 @@ __getattr__, __dir__ = lazy_attributes(__name__, _LAZY, __all__)
 
 
 if TYPE_CHECKING:  # what pyright and IDEs see; nothing is imported at run time
-    from varprop._src.laws import symbols
+    from varprop._src.laws import model_ops, symbols
     from varprop._src.laws.activation_gains import (
         CONVENTIONAL_GAINS,
         conventional_gain,
