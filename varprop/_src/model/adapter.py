@@ -229,7 +229,9 @@ def _nnx_function(model, mode: str | None, calls: list[InitCall], call_kwargs) -
     return ModelFunction(apply, leaves, paths, state, inits, "nnx", notes)
 
 
-def _linen_function(model, variables, inputs0, mode, call_kwargs) -> ModelFunction:
+def _linen_function(
+    model, variables, inputs0, mode, call_kwargs, rng_names=("dropout",)
+) -> ModelFunction:
     import flax.linen as nn
 
     kw = dict(call_kwargs or {})
@@ -243,7 +245,7 @@ def _linen_function(model, variables, inputs0, mode, call_kwargs) -> ModelFuncti
     if variables is None:
         key = jax.random.key(0)
         variables, calls = record_init_calls(
-            lambda: model.init({"params": key, "dropout": key}, *inputs0, **kw)
+            lambda: model.init({"params": key, **dict.fromkeys(rng_names, key)}, *inputs0, **kw)
         )
     variables = nn.meta.unbox(variables)
     if "params" not in variables:
@@ -265,7 +267,8 @@ def _linen_function(model, variables, inputs0, mode, call_kwargs) -> ModelFuncti
             "params": jax.tree_util.tree_unflatten(ptree, p),
             **jax.tree_util.tree_unflatten(stree, s),
         }
-        out, _ = model.apply(v, *inputs, rngs={"dropout": key}, mutable=True, **kw)
+        rngs = {name: jax.random.fold_in(key, i) for i, name in enumerate(rng_names)}
+        out, _ = model.apply(v, *inputs, rngs=rngs, mutable=True, **kw)
         return out
 
     notes = (
@@ -286,11 +289,13 @@ def as_model_function(
     variables: Any = None,
     mode: str | None = "train",
     call_kwargs: dict[str, Any] | None = None,
+    rngs: Sequence[str] | None = None,
 ) -> ModelFunction:
     """The :class:`ModelFunction` of an NNX module, a factory of one (a callable returning
     it, optionally taking ``rngs``), or a Linen module with (or without) ``variables``."""
+    names = tuple(rngs) if rngs is not None else ("dropout",)
     if _is_linen(model):
-        return _linen_function(model, variables, inputs0, mode, call_kwargs)
+        return _linen_function(model, variables, inputs0, mode, call_kwargs, names)
     if _is_nnx(model):
         if variables is not None:
             raise InputError(
@@ -309,7 +314,7 @@ def as_model_function(
         if _is_nnx(built):
             return _nnx_function(built, mode, calls, call_kwargs)
         if _is_linen(built):
-            return _linen_function(built, variables, inputs0, mode, call_kwargs)
+            return _linen_function(built, variables, inputs0, mode, call_kwargs, names)
         raise InputError(
             f"the factory returned {type(built).__name__}, not a Flax module; allowed: an "
             "nnx.Module or a flax.linen.Module",

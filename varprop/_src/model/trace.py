@@ -134,6 +134,10 @@ class LayerSite:
     #: ``"batchnorm"`` / ``"layernorm"`` when the output is normalized by statistics of
     #: itself (training mode) per unit over the other axes / per row over the units.
     normalized: str | None = None
+    #: The layers (and :data:`INPUT`) the activation operand depends on.
+    x_deps: frozenset[int] = frozenset()
+    #: What lies between the previous layer and this one (:func:`between`).
+    between: tuple[str, ...] = ()
 
     @property
     def units_out(self) -> int:
@@ -340,6 +344,8 @@ class _Info:
     deps: frozenset[int] = frozenset()
     chain: frozenset[int] = frozenset()
     stat: tuple[tuple[int, tuple[int, ...]], ...] = ()
+    #: The primitives applied since the last layer's output (what lies between layers).
+    since: frozenset[str] = frozenset()
 
 
 _EMPTY = _Info()
@@ -359,6 +365,28 @@ _ELEMENTWISE = frozenset(
         "copy_p",
     }
 )
+
+
+#: Primitive names -> what they are part of, to describe what lies between two layers.
+_BETWEEN = (
+    ("normalization", frozenset({"rsqrt"})),
+    ("dropout", frozenset({"random_bits", "threefry2x32", "rng_bit_generator", "random_wrap"})),
+    ("pooling", frozenset({"reduce_window_sum", "reduce_window_max", "reduce_window"})),
+    ("mean over axes", frozenset({"reduce_sum"})),
+    (
+        "activation",
+        frozenset({"max", "tanh", "logistic", "erf", "exp", "custom_jvp_call", "select_n"}),
+    ),
+)
+
+
+def between(names: frozenset[str]) -> tuple[str, ...]:
+    """What a set of primitives applied between two layers amounts to, roughly:
+    ``("normalization", "activation")`` for a BatchNorm and a relu. For reports only."""
+    out = tuple(what for what, prims in _BETWEEN if names & prims)
+    if "normalization" in out:  # its statistics are means over axes
+        out = tuple(w for w in out if w != "mean over axes")
+    return out
 
 
 class _Walker:
@@ -393,6 +421,8 @@ class _Walker:
                 continue
             site = self._site(eqn, [x.param for x in ins], here)
             if site is not None:
+                x_info = ins[site.activation]
+                site = replace(site, x_deps=x_info.deps, between=between(x_info.since))
                 self.layers.append(site)
                 env[eqn.outvars[0]] = _Info(
                     deps=union | {site.index}, chain=frozenset({site.index})
@@ -453,7 +483,12 @@ class _Walker:
                 for s, axes in stats:
                     self.normalized.setdefault(s, self._norm_kind(s, axes))
             for v in eqn.outvars:
-                env[v] = _Info(deps=union, chain=chain, stat=stats)
+                env[v] = _Info(
+                    deps=union,
+                    chain=chain,
+                    stat=stats,
+                    since=frozenset().union(*(x.since for x in ins)) | {name},
+                )
         return [info(v) for v in jaxpr.outvars]
 
     def _norm_kind(self, s: int, axes: tuple[int, ...]) -> str:

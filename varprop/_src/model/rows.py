@@ -1,0 +1,361 @@
+"""The rows of :func:`varprop.check_model`: each layer's conditional test from the probe's
+statistics (:func:`varprop.layer_verdict`), the measured rows (between layers, residual adds,
+attention's products) and the health (``docs/model_checker.md``)."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from typing import Any
+
+import numpy as np
+
+from varprop._src.model.probe import is_narrow
+from varprop._src.model.result import ModelRow, _fmt
+from varprop._src.model.trace import LayerSite, MergeSite
+from varprop._src.stats import NARROW_UNITS
+from varprop._src.verdicts import (
+    ExpectedLaw,
+    LayerMeasurement,
+    ProductStatistics,
+    layer_verdict,
+    predicted_log,
+)
+
+
+def _norm_factor(site: LayerSite) -> tuple[float, str]:
+    from varprop._src.laws.model_ops import normalized_backward_factor
+
+    if site.normalized is None or site.fan_in <= 2:
+        return 1.0, ""
+    kind = site.normalized
+    f = float(normalized_backward_factor(site.fan_in, kind))
+    return (
+        f,
+        f"{kind} after this layer (train mode): backward law x (1 - {2 if kind == 'batchnorm' else 1}/n) = {f:.4g}",
+    )
+
+
+# ----------------------------------------------------------------------------------------
+# Rows.
+# ----------------------------------------------------------------------------------------
+
+
+def layer_path(param_path: str) -> str:
+    """``"blocks/0/conv1"`` from ``"blocks/0/conv1/kernel"``."""
+    return param_path.rsplit("/", 1)[0] if "/" in param_path else param_path
+
+
+def _seed_mean(a) -> float | None:
+    a = np.asarray(a, np.float64)
+    a = a[np.isfinite(a)]
+    return float(np.mean(a)) if a.size else None
+
+
+def _layer_rows(
+    site, path, law, law_name, st, tol, alpha, tests, alpha_last, note_law, zero_scales
+):
+    rows = []
+    f = st["forward"][site.index]
+    directions = ["forward"] if site.kind == "embed" else ["forward", "backward"]
+    for d in directions:
+        s = f if d == "forward" else st["backward"][site.index]
+        if d == "forward":
+            fan = float(site.fan_in)
+            units = site.units_out
+            values = math.prod(site.y_shape)
+            if site.kind == "embed":
+                v_lm2 = np.full_like(s["y_lm2"], -math.log(fan))
+                v_lrs2 = np.zeros_like(s["y_lm2"])
+                x_m2 = None
+            else:
+                v_lm2 = s["s_lm2"] - math.log(fan)
+                v_lrs2 = s["s_lrs2"]
+                x_m2 = s["x_lm2"]
+            factor, assumption = 1.0, ""
+        else:
+            fan = float(site.fan_out)
+            units = site.units_in
+            values = math.prod(site.x_shape)
+            v_lm2 = s["s_lm2"] - math.log(fan)
+            v_lrs2 = np.full_like(s["y_lm2"], -np.inf)
+            x_m2 = s["v_lm2_raw"]
+            factor, assumption = _norm_factor(site)
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+            border = _seed_mean(np.exp(s["s_lm2"] - x_m2) / fan) if x_m2 is not None else None
+        measured = _seed_mean(np.exp(s["y_lm2"]))
+        identity = d == "backward" and zero_scales and measured == 0
+        row = ModelRow(
+            path,
+            site.kind,
+            d,
+            site.fan_in,
+            site.fan_out,
+            border,
+            None,
+            measured,
+            None,
+            None,
+            None,
+            "no_law",
+            law_name,
+            assumption=assumption,
+        )
+        if law is None:
+            row.note = note_law
+            rows.append(row)
+            continue
+        lw = ExpectedLaw(law.variance * factor, law.mean, law.kurtosis)
+        m = LayerMeasurement(
+            direction=d,
+            fan=max(1, round(fan)),
+            units=units,
+            values=values,
+            plain=ProductStatistics(
+                v_lm2=np.asarray(v_lm2, np.float64) + math.log(fan) - math.log(max(1, round(fan))),
+                v_lrs2=np.asarray(v_lrs2, np.float64),
+                y_lm2=np.asarray(s["y_lm2"], np.float64),
+                y_rv=np.asarray(s["y_rv"], np.float64),
+                **_gram(s, ""),
+            ),
+            centered=_centered(s, fan) if d == "forward" and site.kind != "embed" else None,
+            input_finite=np.asarray(s["x_finite"]),
+            output_finite=np.asarray(s["y_finite"]),
+        )
+        narrow = d == "backward" and site.fan_in < NARROW_UNITS
+        t = layer_verdict(
+            m,
+            lw,
+            tolerance=tol,
+            alpha=alpha,
+            tests=tests,
+            alpha_last=alpha_last,
+            narrow=is_narrow(site, d),
+        )
+
+        pred, _ = predicted_log(lw, m.fan, m.plain)
+        with np.errstate(over="ignore"):
+            row.predicted = _seed_mean(np.exp(pred))
+        row.verdict, row.ratio, row.ratio_low, row.ratio_high = (
+            t.verdict,
+            t.ratio,
+            t.ratio_low,
+            t.ratio_high,
+        )
+        row.test, row.dof, row.note, row.seeds_needed = t.test, t.dof, t.note, t.seeds_needed
+        if narrow:
+            # dL/dy depends on this layer's own weights through the activation's slope (and a
+            # normalization's statistics); with a fan-in this small the dependence biases
+            # the backward law (a depthwise 3x3 conv before relu: ratio 1.27). The forward
+            # row tests the same weights exactly; this one is reported, not tested.
+            row.verdict = "measured"
+            row.assumption = ", ".join(x for x in (row.assumption, "gradient independence") if x)
+            row.note = (
+                f"fan-in {site.fan_in:g} < {NARROW_UNITS}: approximate (gradient "
+                "independence); the forward row tests these weights"
+            )
+        if identity:  # 0 = 0 is no test of the law: reported, not counted as agreement
+            row.verdict, row.ratio, row.ratio_low, row.ratio_high = "measured", None, None, None
+            row.note = "no gradient at init: its branch starts as the identity (zero scale)"
+        rows.append(row)
+    return rows
+
+
+def _centered(s: dict[str, Any], fan: float) -> ProductStatistics | None:
+    """The centered statistics where the batch has more than one row to center."""
+    if "c_s_lm2" not in s:
+        return None
+    with np.errstate(invalid="ignore"):
+        return ProductStatistics(
+            v_lm2=np.asarray(s["c_s_lm2"], np.float64) - math.log(max(1, round(fan))),
+            v_lrs2=np.asarray(s["c_s_lrs2"], np.float64),
+            y_lm2=np.asarray(s["c_y_lm2"], np.float64),
+            y_rv=np.asarray(s["c_y_rv"], np.float64),
+            **_gram(s, "c_"),
+        )
+
+
+def _gram(s: dict[str, Any], prefix: str) -> dict[str, np.ndarray]:
+    """The small-sample statistics of a narrow dense row (none for the others)."""
+    if prefix + "gram" not in s:
+        return {}
+    return {f"v_{k}": np.asarray(s[prefix + k], np.float64) for k in ("gram", "diag", "sumfrac")}
+
+
+def _between_row(prev: LayerSite, site: LayerSite, paths: list[str], st) -> ModelRow:
+    """What lies between two layers (activations, normalizations, pooling, dropout, adds):
+    measured, never a verdict: E[x^2] of this layer's input against E[y^2] of the previous
+    layer's output."""
+    y_prev = np.exp(np.asarray(st["forward"][prev.index]["y_lm2"], np.float64))
+    x_here = np.exp(np.asarray(st["forward"][site.index]["x_lm2"], np.float64))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ratio = _seed_mean(x_here / y_prev)
+    what = ", ".join(site.between) or "reshape"
+    return ModelRow(
+        f"{paths[prev.index]} -> {paths[site.index]}",
+        "between",
+        "forward",
+        None,
+        None,
+        None,
+        _seed_mean(y_prev),
+        _seed_mean(x_here),
+        ratio,
+        None,
+        None,
+        "measured",
+        what,
+        note=f"{what}: E[x^2] / E[y^2] of the layer before",
+    )
+
+
+def _merge_row(m: MergeSite, st, paths: list[str]) -> ModelRow:
+    s = st["merge"][m.index]
+    a, b, ab, tot = (np.asarray(s[k], np.float64) for k in ("a_m2", "b_m2", "ab", "sum_m2"))
+
+    def name(deps: frozenset[int]) -> str:
+        layers = [d for d in deps if d >= 0]
+        return paths[max(layers)] if layers else "input"
+
+    if m.kind == "product":
+        # Measured, never a verdict: attention's logits (q k^T: d E[q^2] E[k^2] for
+        # independent q, k) and its softmax mixing (sum_j p_j^2 E[v^2]) are products of two
+        # activations whose law needs their independence, which nothing guarantees.
+        with np.errstate(invalid="ignore", divide="ignore"):
+            ratio = _seed_mean(tot / ab)
+        left, right = name(m.left), name(m.right)
+        return ModelRow(
+            f"{left} x {right}",
+            "product",
+            "forward",
+            None,
+            None,
+            None,
+            _seed_mean(ab),
+            _seed_mean(tot),
+            ratio,
+            None,
+            None,
+            "measured",
+            "E[y^2] = sum_c E[a_c^2] E[b_c^2] (uncorrelated terms)",
+            note=f"E[a^2] {_fmt(_seed_mean(a))}, E[b^2] {_fmt(_seed_mean(b))}",
+        )
+    left, right = m.left - m.right, m.right - m.left
+    label = f"{name(left) if left else 'skip'} + {name(right) if right else 'skip'}"
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rho = _seed_mean(ab / np.sqrt(a * b))
+        ratio = _seed_mean(tot / (a + b))
+    note = ""
+    if np.all(b == 0) or np.all(a == 0):
+        note = "one branch is exactly 0: it starts as the identity (zero scale)"
+    return ModelRow(
+        label,
+        "residual",
+        "forward",
+        None,
+        None,
+        None,
+        _seed_mean(a + b),
+        _seed_mean(tot),
+        ratio,
+        None,
+        None,
+        "measured",
+        "E[(a+b)^2] = E[a^2] + E[b^2] + 2E[ab]",
+        note=note,
+        correlation=rho,
+    )
+
+
+def health(
+    rows: list[ModelRow], sizes: dict[str, dict[str, tuple[int, ...]]], zero_scales: list[str]
+):
+    """Forward E[y^2] and backward E[(dL/dx)^2], compounded over consecutive layers of the
+    same size per example: ``preserved`` while the change stays within a factor 10."""
+    out: dict[str, Any] = {"degenerate": []}
+    for d in ("forward", "backward"):
+        rs = [
+            r
+            for r in rows
+            if r.direction == d
+            and r.kind in ("dense", "conv")
+            and r.measured is not None
+            and not (zero_scales and r.measured == 0)  # an identity branch, not a death
+        ]
+        # Compounded only between consecutive layers of the same size per example: a
+        # resolution change (pooling, strides) rescales a per-value moment legitimately.
+        log_change, steps = 0.0, 0
+        for a, b in itertools.pairwise(rs):
+            if sizes[a.path][d] != sizes[b.path][d]:
+                continue
+            lo, hi = (a, b) if d == "forward" else (b, a)
+            if not (lo.measured and hi.measured):
+                log_change = (
+                    math.nan
+                    if lo.measured == hi.measured
+                    else (-math.inf if not hi.measured else math.inf)
+                )
+                break
+            log_change += math.log(hi.measured / lo.measured)
+            steps += 1
+        if math.isnan(log_change):
+            state = "undetermined"
+        elif log_change < -math.log(10):
+            state = "vanishing"
+        elif log_change > math.log(10):
+            state = "exploding"
+        else:
+            state = "preserved"
+        out[d] = {
+            "state": state,
+            "change": math.exp(log_change) if math.isfinite(log_change) else log_change,
+            "steps": steps,
+        }
+    for r in rows:
+        if r.kind in ("dense", "conv", "embed") and r.direction == "forward" and r.measured == 0:
+            out["degenerate"].append(f"{r.path}: every output is 0")
+        if r.verdict == "disagrees" and "non-finite" in r.note:
+            out["degenerate"].append(f"{r.path} ({r.direction}): non-finite values")
+    zero_bwd = [r.path for r in rows if r.direction == "backward" and r.measured == 0]
+    if zero_bwd and not zero_scales:
+        more = " ..." if len(zero_bwd) > 5 else ""
+        out["degenerate"].append(f"no gradient reaches {', '.join(zero_bwd[:5])}{more}")
+    out["identity_branches"] = zero_scales
+    return out
+
+
+# ----------------------------------------------------------------------------------------
+
+
+def model_rows(found, paths, laws, st, tol, alpha, alpha_last, zero_scales) -> list[ModelRow]:
+    """Every row of a check, in the order of the computation."""
+    n_fwd = sum(lw is not None for lw, _ in laws)
+    n_bwd = sum(
+        lw is not None and s.kind != "embed" for s, (lw, _) in zip(found.layers, laws, strict=False)
+    )
+    rows: list[ModelRow] = []
+    order: list[tuple[tuple[int, ...], int, Any]] = []
+    for site, path, (lw, name) in zip(found.layers, paths, laws, strict=True):
+        note = "no law: the initializer is unknown; name one with expect={glob: SPEC}"
+        rs = _layer_rows(
+            site,
+            path,
+            lw,
+            name,
+            st,
+            tol,
+            alpha,
+            max(n_fwd, n_bwd, 1),
+            alpha_last,
+            note,
+            zero_scales,
+        )
+        prev = [d for d in site.x_deps if d >= 0]
+        if site.kind != "embed" and prev:
+            rs = [_between_row(found.layers[max(prev)], site, paths, st), *rs]
+        order.append((site.eqn, 0, rs))
+    for m in found.merges:
+        order.append((m.eqn, 1, [_merge_row(m, st, paths)]))
+    for _, _, rs in sorted(order, key=lambda t: (t[0], t[1])):
+        rows.extend(rs)
+    return rows
