@@ -50,6 +50,8 @@ from varprop._src.check_inputs import (
     check_memory,
     validate_options,
 )
+from varprop._src.formatting import clean as _clean
+from varprop._src.formatting import fmt as _fmt
 from varprop._src.health import (
     diagnose,
     first_nonfinite,
@@ -204,26 +206,6 @@ class CheckResult:
             out.append("Diagnosis:")
             out.extend(f"  - {d}" for d in self.diagnosis)
         return "\n".join(out)
-
-
-def _fmt(v: float | None, digits: int = 3) -> str:
-    if v is None:
-        return "-"
-    if v == 0:
-        return "0"
-    if not math.isfinite(v):
-        return str(v)
-    return f"{v:.{digits}g}"
-
-
-def _clean(x: Any) -> Any:
-    if isinstance(x, float):
-        return x if math.isfinite(x) else None
-    if isinstance(x, dict):
-        return {k: _clean(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_clean(v) for v in x]
-    return x
 
 
 # -- measurement -> verdicts ---------------------------------------------------------------

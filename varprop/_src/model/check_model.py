@@ -45,9 +45,10 @@ import jax
 import numpy as np
 
 from varprop._src.errors import InputError
+from varprop._src.formatting import fmt as _fmt
 from varprop._src.model.adapter import ModelFunction, as_model_function
 from varprop._src.model.probe import make_model_probe
-from varprop._src.model.result import ModelCheckResult, ModelRow, _fmt
+from varprop._src.model.result import ModelCheckResult, ModelRow
 from varprop._src.model.rows import health, layer_path, model_rows
 from varprop._src.model.trace import Found, LayerSite, find_layers
 from varprop._src.verdicts import ExpectedLaw, overall_verdict

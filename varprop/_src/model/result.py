@@ -4,11 +4,10 @@ verdict, the health and the diagnosis, as a table, a summary, JSON and an exit c
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import numpy as np
+from varprop._src.formatting import clean, fmt
 
 
 @dataclass
@@ -61,7 +60,7 @@ class ModelCheckResult:
     config: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return _clean(asdict(self))
+        return clean(asdict(self))
 
     def to_json(self, indent: int | None = 2) -> str:
         return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
@@ -99,7 +98,7 @@ class ModelCheckResult:
         lines = [head, "-" * len(head)]
         for r in self.layers:
             iv = (
-                f"[{_fmt(r.ratio_low, 4)}, {_fmt(r.ratio_high, 4)}]"
+                f"[{fmt(r.ratio_low, 4)}, {fmt(r.ratio_high, 4)}]"
                 if r.ratio_low is not None and r.ratio_high is not None
                 else "-"
             )
@@ -107,9 +106,9 @@ class ModelCheckResult:
             if r.note:
                 extra += f" ({r.note})"
             lines.append(
-                f"{r.path:<{w}} {r.kind:>8} {r.direction:>8} {_fmt(r.fan_in):>8} "
-                f"{_fmt(r.fan_out):>8} {_fmt(r.border_factor):>6} {_fmt(r.predicted):>10} "
-                f"{_fmt(r.measured):>10} {_fmt(r.ratio, 4):>7} {iv:>17}  {r.verdict}{extra}"
+                f"{r.path:<{w}} {r.kind:>8} {r.direction:>8} {fmt(r.fan_in):>8} "
+                f"{fmt(r.fan_out):>8} {fmt(r.border_factor):>6} {fmt(r.predicted):>10} "
+                f"{fmt(r.measured):>10} {fmt(r.ratio, 4):>7} {iv:>17}  {r.verdict}{extra}"
             )
         return "\n".join(lines)
 
@@ -124,7 +123,7 @@ class ModelCheckResult:
             h = self.health.get(d)
             if h:
                 out.append(
-                    f"Health {d}: {h['state']} (x{_fmt(h['change'])} over {h['steps']} "
+                    f"Health {d}: {h['state']} (x{fmt(h['change'])} over {h['steps']} "
                     "layer-to-layer steps at equal shapes)."
                 )
         out.append(
@@ -134,26 +133,3 @@ class ModelCheckResult:
             out.append("Diagnosis:")
             out.extend(f"  - {d}" for d in self.diagnosis)
         return "\n".join(out)
-
-
-def _fmt(v: float | None, digits: int = 3) -> str:
-    if v is None:
-        return "-"
-    if v == 0:
-        return "0"
-    return f"{v:.{digits}g}"
-
-
-def _clean(x: Any) -> Any:
-    if isinstance(x, dict):
-        return {k: _clean(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [_clean(v) for v in x]
-    if isinstance(x, float | np.floating):
-        f = float(x)
-        return f if math.isfinite(f) else None
-    if isinstance(x, np.integer):
-        return int(x)
-    if isinstance(x, np.bool_):
-        return bool(x)
-    return x

@@ -10,8 +10,9 @@ from typing import Any
 
 import numpy as np
 
+from varprop._src.formatting import fmt as _fmt
 from varprop._src.model.probe import is_narrow
-from varprop._src.model.result import ModelRow, _fmt
+from varprop._src.model.result import ModelRow
 from varprop._src.model.trace import LayerSite, MergeSite
 from varprop._src.stats import NARROW_UNITS
 from varprop._src.verdicts import (

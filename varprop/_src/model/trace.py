@@ -438,34 +438,24 @@ class _Walker:
                 and ins[0].deps != ins[1].deps
                 and eqn.invars[0].aval.shape == eqn.invars[1].aval.shape
             )
-            if is_merge:
-                self.merges.append(
-                    MergeSite(
-                        len(self.merges),
-                        here,
-                        tuple(eqn.outvars[0].aval.shape),
-                        ins[0].deps,
-                        ins[1].deps,
-                    )
-                )
-            elif (
+            is_product = (
                 name == "dot_general"
                 and all(x.param is None for x in ins)
                 and ins[0].deps
                 and ins[1].deps
-            ):
-                self.merges.append(
-                    MergeSite(
-                        len(self.merges),
-                        here,
-                        tuple(eqn.outvars[0].aval.shape),
-                        ins[0].deps,
-                        ins[1].deps,
-                        "product",
-                        eqn.primitive,
-                        dict(eqn.primitive.get_bind_params(eqn.params)),
-                    )
+            )
+            if is_merge or is_product:
+                site = MergeSite(
+                    len(self.merges),
+                    here,
+                    tuple(eqn.outvars[0].aval.shape),
+                    ins[0].deps,
+                    ins[1].deps,
                 )
+                if is_product:
+                    params = dict(eqn.primitive.get_bind_params(eqn.params))
+                    site = replace(site, kind="product", primitive=eqn.primitive, params=params)
+                self.merges.append(site)
             chain: frozenset[int] = frozenset()
             out_shape = tuple(eqn.outvars[0].aval.shape) if eqn.outvars else ()
             if name in _ELEMENTWISE and not is_merge:
