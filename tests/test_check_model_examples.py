@@ -119,3 +119,20 @@ def test_one_wrong_initializer_is_detected_and_named(
     row = next(x for x in r.layers if x.path == path and x.direction == "forward")
     assert row.ratio_low is not None and row.ratio_high is not None
     assert row.ratio_low <= ratio <= row.ratio_high, row
+
+
+def test_dropout_in_training_and_batchnorm_in_eval_mode_agree():
+    """The layer after a dropout sees the dropped input: its law given that input holds
+    (E[x^2] gains 1/(1-p), measured in the row before it). In eval mode BatchNorm uses its
+    running statistics (at init 0 and 1), no batch statistics: no 1 - 2/n factor."""
+    r = varprop.check_model(lambda rngs: em.transformer(dropout=0.2, rngs=rngs), tokens)
+    assert r.verdict == "agrees", r.summary()
+    between = [x for x in r.layers if x.kind == "between" and "dropout" in x.law]
+    assert between, r.summary()
+    e = varprop.check_model(
+        lambda rngs: em.resnet(zero_gamma=False, rngs=rngs), images, mode="eval"
+    )
+    assert e.verdict == "agrees", e.summary()
+    assert not any("batchnorm" in x.assumption for x in e.layers)
+    t = varprop.check_model(lambda rngs: em.resnet(zero_gamma=False, rngs=rngs), images)
+    assert any("batchnorm" in x.assumption for x in t.layers if x.direction == "backward")
