@@ -40,9 +40,9 @@ def test_quick_run(tmp_path):
     for key in ("n", "detected", "rate", "ci95", "verdicts", "misses"):
         assert key in power
     correct = doc["configs"]["fpr"]
-    assert fpr["n"] == len(correct) >= 5 and power["n"] == len(doc["configs"]["power"]) >= 2
+    assert fpr["n"] == len(correct) >= 3 and power["n"] == len(doc["configs"]["power"]) >= 1
     families = {(c["family"], c["framework"]) for c in correct}
-    assert {"cnn", "resnet", "mobilenet", "transformer"} <= {f for f, _ in families}
+    assert {"cnn", "resnet", "transformer"} <= {f for f, _ in families}
     assert {"nnx", "linen"} <= {fw for _, fw in families}
     for c in correct:
         for key in ("family", "framework", "kwargs", "input", "init", "seed", "verdict"):

@@ -50,6 +50,7 @@ def rows_by(result, verdict):
     return sorted({(r.path, r.direction) for r in result.layers if r.verdict == verdict})
 
 
+@pytest.mark.slow
 def test_correct_conv_net_agrees_in_both_directions_with_exact_borders():
     r = varprop.check_model(lambda rngs: ConvNet(rngs), images)
     assert r.verdict == "agrees", r.summary()
@@ -97,6 +98,7 @@ def test_fan_swap_in_a_dense_layer_is_detected():
     assert row.ratio_low <= 64 / 256 <= row.ratio_high
 
 
+@pytest.mark.slow
 def test_expect_glob_names_the_law_and_a_wrong_gain_is_detected():
     lecun = jax.nn.initializers.lecun_normal()
     r = varprop.check_model(
@@ -130,6 +132,7 @@ def token_ids(key):
     return jax.random.randint(key, (8, 32), 0, 1000)
 
 
+@pytest.mark.slow
 def test_embedding_lookup_law_and_a_fan_in_of_the_vocabulary():
     good = varprop.check_model(lambda rngs: Tokens(rngs), token_ids)
     assert good.verdict == "agrees", good.summary()
@@ -140,6 +143,7 @@ def test_embedding_lookup_law_and_a_fan_in_of_the_vocabulary():
     assert any("vocabulary" in d and d.startswith("embed") for d in bad.diagnosis)
 
 
+@pytest.mark.slow
 def test_the_model_and_its_variables_are_never_mutated():
     model = ConvNet(nnx.Rngs(3))
     before = jax.tree.map(np.array, nnx.state(model))
@@ -215,6 +219,9 @@ def _cli(tmp_path, *args):
 
 @pytest.mark.slow
 def test_cli_model_check_exit_codes(tmp_path):
+    wrong = _cli(tmp_path, "--model", "usermodels:good", "--input-shape", "16,32")
+    assert wrong.returncode == 2 and "cannot be built or called" in wrong.stderr
+    assert "Traceback" not in wrong.stderr
     ok = _cli(tmp_path, "--model", "usermodels:good", "--input-shape", "16,64")
     assert ok.returncode == 0, ok.stdout + ok.stderr
     assert "Law: agrees" in ok.stdout
@@ -229,9 +236,6 @@ def test_cli_model_inputs_that_cannot_be_used_exit_2(tmp_path):
     assert missing.returncode == 2
     assert json.loads(missing.stdout)["error"].startswith("--model usermodels:nope")
     assert "Traceback" not in missing.stderr
-    wrong = _cli(tmp_path, "--model", "usermodels:good", "--input-shape", "16,32")
-    assert wrong.returncode == 2 and "cannot be built or called" in wrong.stderr
-    assert "Traceback" not in wrong.stderr
     mixed = _cli(
         tmp_path, "--model", "usermodels:good", "--input-shape", "16,64", "--widths", "8,8"
     )
