@@ -52,7 +52,11 @@ def all_finite(tree) -> bool:
     return all(bool(jnp.all(jnp.isfinite(v))) for v in jax.tree_util.tree_leaves(tree))
 
 
-@pytest.mark.parametrize("name", MODELS)
+#: The CNN in the default suite; the others (3-6 s of compilation each) in the slow one.
+HEAVY = [pytest.param(m, marks=pytest.mark.slow) if m != "cnn" else m for m in MODELS]
+
+
+@pytest.mark.parametrize("name", HEAVY)
 def test_nnx_zero_argument_forward_and_grad(name):
     factory, _, x, shape = MODELS[name]
     model = factory()
@@ -69,7 +73,7 @@ def test_nnx_zero_argument_forward_and_grad(name):
     assert any(float(jnp.abs(g).max()) > 0 for g in jax.tree_util.tree_leaves(grads))
 
 
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", HEAVY)
 def test_linen_zero_argument_forward_and_grad(name):
     _, factory, x, shape = MODELS[name]
     model = factory()

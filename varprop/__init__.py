@@ -34,7 +34,7 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "ModelRow": ("varprop._src.model.check_model", "ModelRow"),
     "enable_compilation_cache": ("varprop._src.cli", "enable_compilation_cache"),
     "Initializer": ("varprop._src.initializers", "Initializer"),
-    "scheme_of": ("varprop._src.initializers", "scheme_of"),
+    "scheme_of": ("varprop._src.recognize", "scheme_of"),
     "Scheme": ("varprop._src.laws.schemes", "Scheme"),
     "initializers": ("varprop.initializers", None),
     "laws": ("varprop.laws", None),
@@ -77,9 +77,10 @@ if TYPE_CHECKING:  # what pyright and IDEs see; nothing is imported at run time
     from varprop import initializers, laws, nn
     from varprop._src.check import CheckResult, LayerRow, assert_agrees, assert_healthy, check
     from varprop._src.cli import enable_compilation_cache
-    from varprop._src.initializers import Initializer, scheme_of
+    from varprop._src.initializers import Initializer
     from varprop._src.laws.schemes import Scheme
     from varprop._src.model.check_model import ModelCheckResult, ModelRow, check_model
+    from varprop._src.recognize import scheme_of
     from varprop._src.verdicts import (
         ExpectedLaw,
         LayerMeasurement,

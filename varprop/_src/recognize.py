@@ -39,7 +39,7 @@ from typing import Any
 import jax
 
 from varprop._src import initializers as vi
-from varprop._src.laws.schemes import DISTRIBUTIONS, MODES, AxisSpec, compute_fans
+from varprop._src.laws.schemes import DISTRIBUTIONS, MODES, AxisSpec, Scheme, compute_fans
 
 #: How many wrappers deep :func:`recognize` follows before giving up (a cycle guard).
 MAX_WRAPPER_DEPTH = 32
@@ -386,3 +386,39 @@ def recognize(init: Any) -> vi.Initializer | None:
             return None
         init = inner
     return None
+
+
+def scheme_of(init: Any) -> Scheme:
+    """The :class:`~varprop.laws.Scheme` (variance law) behind an initializer.
+
+    ``init`` is a varprop :class:`Initializer`, or a ``jax.nn.initializers`` /
+    ``flax.linen.initializers`` / ``flax.nnx.initializers`` function, possibly wrapped
+    (``functools.partial``, ``__wrapped__``, Flax's ``with_partitioning``,
+    ``with_logical_partitioning``, ``with_metadata``), whose law is read from its closure by
+    :func:`varprop.initializers.recognize`.
+
+    Example:
+        >>> import jax, varprop
+        >>> varprop.scheme_of(varprop.initializers.he_normal()).law
+        2/n_in
+        >>> varprop.scheme_of(jax.nn.initializers.he_uniform()).law
+        2/n_in
+
+    Raises:
+        TypeError: ``init`` is neither a varprop initializer nor a recognized JAX/Flax one
+            (the message names it and what is allowed).
+    """
+    if isinstance(init, vi.Initializer):
+        return init.scheme
+    found = recognize(init)
+    if found is not None:
+        return found.scheme
+    raise TypeError(
+        f"{init!r} is not a varprop initializer nor a recognized JAX/Flax one, so varprop "
+        "knows no variance law for it; allowed: a varprop "
+        "initializer (varprop.initializers, e.g. variance_scaling(scale, mode, distribution)) "
+        "or a jax.nn / flax initializer (variance_scaling and the glorot/he/lecun/xavier/"
+        "kaiming builders on it, normal, truncated_normal, uniform, zeros, ones, constant, "
+        "orthogonal, delta_orthogonal), possibly wrapped by functools.partial, __wrapped__ "
+        "or Flax's with_partitioning / with_logical_partitioning / with_metadata"
+    )
