@@ -55,7 +55,12 @@ import numpy as np
 import sympy as sp
 
 from varprop._src.laws.conv import ConvGeometry, Padding
-from varprop._src.laws.normalization import NormKind, norm_kind
+from varprop._src.laws.normalization import (
+    NormKind,
+    eval_mode_output_moments,
+    norm_kind,
+    train_output_second_moment,
+)
 
 #: Anything SymPy accepts as a number or expression.
 ExprLike = sp.Expr | int | float
@@ -300,8 +305,8 @@ def norm_train_forward(
         >>> float(norm_train_forward(1, 0, 1e-4, 1e-5))    # a near-constant group
         0.9090909090909091
     """
-    g, b, v, e = map(sp.sympify, (gamma, beta, group_var, epsilon))
-    return g**2 * v / (v + e) + b**2
+    # BatchNorm's law, written once in laws.normalization; a LayerNorm's group is a row.
+    return train_output_second_moment(gamma, beta, group_var, epsilon)
 
 
 def norm_eval_forward(
@@ -323,8 +328,10 @@ def norm_eval_forward(
         >>> norm_eval_forward(1, 0, 25, 3, 0)
         25
     """
-    g, b, x2, mx, e = map(sp.sympify, (gamma, beta, input_second_moment, input_mean, epsilon))
-    return g**2 * x2 / (1 + e) + 2 * g * b * mx / sp.sqrt(1 + e) + b**2
+    # The eval-mode law of laws.normalization at the initial running statistics (0, 1).
+    mx, x2 = sp.sympify(input_mean), sp.sympify(input_second_moment)
+    out = eval_mode_output_moments(mx, x2 - mx**2, 0, 1, epsilon, gamma, beta)
+    return sp.expand(out.second_moment)
 
 
 def norm_train_backward(
