@@ -7,7 +7,7 @@ the repository root with the venv active:
     python scripts/bench_check.py                       # all sections, writes docs/bench_check.json
     python scripts/bench_check.py --sections verdict    # just the varprop-vs-anyinit comparison
     python scripts/bench_check.py --sections verdict --width 64 --depth 4 --repeats 1 \\
-        --out /tmp/bench_smoke.json                     # a smoke run
+        --out bench_smoke.json                          # a smoke run
 
 anyinit is not a varprop dependency; for the comparison install it into the venv by hand
 (``pip install anyinit==0.4.0``). Without it the anyinit columns are skipped with a message.

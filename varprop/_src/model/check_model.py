@@ -47,7 +47,7 @@ import numpy as np
 from varprop._src.errors import InputError
 from varprop._src.formatting import fmt as _fmt
 from varprop._src.model.adapter import ModelFunction, as_model_function
-from varprop._src.model.probe import make_model_probe
+from varprop._src.model.probe import make_model_probe, model_args
 from varprop._src.model.result import ModelCheckResult, ModelRow
 from varprop._src.model.rows import health, layer_path, model_rows
 from varprop._src.model.trace import Found, LayerSite, find_layers
@@ -61,13 +61,6 @@ MODES = ("train", "eval", None)
 # ----------------------------------------------------------------------------------------
 # Inputs, laws.
 # ----------------------------------------------------------------------------------------
-
-
-def _as_args(inputs: Any, key: jax.Array) -> tuple[Any, ...]:
-    if callable(inputs):
-        out = inputs(key)
-        return out if isinstance(out, tuple) else (out,)
-    return inputs if isinstance(inputs, tuple) else (inputs,)
 
 
 def _row_paths(found: Found) -> list[str]:
@@ -204,7 +197,7 @@ def check_model(
             param="tolerance" if not 0 < tolerance < 10 else "alpha",
         )
     base = jax.random.key(seed)
-    args0 = _as_args(inputs, jax.random.fold_in(base, 10**6))
+    args0 = model_args(inputs, jax.random.fold_in(base, 10**6))
     try:
         mf = as_model_function(
             model,

@@ -198,7 +198,9 @@ def make_model_probe(
     sites = found.layers
     tapped = [s for s in sites if s.kind != "embed"]
     out_tree = jax.eval_shape(
-        lambda: mf.apply(mf.params, mf.state, _inputs(inputs, jax.random.key(0)), jax.random.key(0))
+        lambda: mf.apply(
+            mf.params, mf.state, model_args(inputs, jax.random.key(0)), jax.random.key(0)
+        )
     )
     out_leaves = jax.tree_util.tree_leaves(out_tree)
     float_out = [jnp.issubdtype(o.dtype, jnp.floating) for o in out_leaves]
@@ -206,7 +208,7 @@ def make_model_probe(
     def one_seed(key):
         k_init, k_data, k_cot, k_rng = jax.random.split(key, 4)
         params = mf.redraw(k_init) if redraw else list(mf.params)
-        batch = _inputs(inputs, k_data)
+        batch = model_args(inputs, k_data)
         flat_inputs = jax.tree_util.tree_leaves(batch)
         eps = {s.index: (jnp.zeros(s.x_shape, F32), jnp.zeros(s.y_shape, F32)) for s in tapped}
 
@@ -258,8 +260,9 @@ def make_model_probe(
     return jax.jit(jax.vmap(one_seed))
 
 
-def _inputs(inputs: Any, key: jax.Array) -> tuple[Any, ...]:
+def model_args(inputs: Any, key: jax.Array) -> tuple[Any, ...]:
+    """The model's positional arguments: ``inputs(key)`` when it is a callable (a fresh
+    batch per seed), else ``inputs``; a single array or pytree is one argument."""
     if callable(inputs):
-        out = inputs(key)
-        return out if isinstance(out, tuple) else (out,)
-    return inputs
+        inputs = inputs(key)
+    return inputs if isinstance(inputs, tuple) else (inputs,)

@@ -84,7 +84,7 @@ _INLINE = {
     "custom_vjp_call_jaxpr": "fun_jaxpr",
 }
 #: Equations that iterate a body: layers inside them are not tapped (reported as skipped).
-_LOOPS = frozenset({"scan", "while", "cond", "fori_loop", "map"})
+_LOOPS = frozenset({"scan", "while", "cond"})
 
 KINDS = ("dense", "conv", "embed")
 #: The dependency index of the function's data arguments (layers count from 0).
