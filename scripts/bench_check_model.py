@@ -156,9 +156,7 @@ def build(name: str) -> tuple[Any, Any, tuple[Any, ...], frozenset[int]]:
     import jax.numpy as jnp
 
     from varprop import example_models
-    from varprop._src.model import check_model as cm
-    from varprop._src.model.adapter import as_model_function
-    from varprop._src.model.trace import find_layers
+    from varprop._src.model import expected as cm
 
     factory = getattr(example_models, name)
     key = jax.random.key(10**6)
@@ -166,20 +164,13 @@ def build(name: str) -> tuple[Any, Any, tuple[Any, ...], frozenset[int]]:
         inputs = (jax.random.randint(key, TOKEN_BATCH, 0, 256, dtype=jnp.int32),)
     else:
         inputs = (jax.random.normal(key, IMAGE_BATCH, jnp.float32),)
-    mf = as_model_function(factory, inputs, mode="train")
-    found = find_layers(
-        lambda p, s, a, k: mf.apply(p, s, a, k),
-        mf.params,
-        mf.state,
-        inputs,
-        jax.random.key(0),
-        paths=mf.paths,
-        data=(False, True, False),
+    mf, found = cm.trace_model(
+        factory, inputs, variables=None, mode="train", call_kwargs=None, rngs=None
     )
     means = set()
-    for site, path in zip(found.layers, cm._row_paths(found), strict=True):
-        init, _ = cm._law_for(site, path, mf, None)
-        if init is not None and cm._expected(init, site).mean != 0:
+    for site, path in zip(found.layers, cm.row_paths(found), strict=True):
+        init, _ = cm.law_for(site, path, mf, None)
+        if init is not None and cm.expected_law(init, site).mean != 0:
             means.add(site.index)
     return mf, found, inputs, frozenset(means)
 

@@ -37,7 +37,6 @@ Example:
 
 from __future__ import annotations
 
-import fnmatch
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -46,12 +45,11 @@ import numpy as np
 
 from varprop._src.errors import InputError
 from varprop._src.formatting import fmt as _fmt
-from varprop._src.model.adapter import ModelFunction, as_model_function
+from varprop._src.model.expected import expected_law, law_for, row_paths, trace_model
 from varprop._src.model.probe import make_model_probe, model_args
 from varprop._src.model.result import ModelCheckResult, ModelRow
 from varprop._src.model.rows import health, layer_path, model_rows
-from varprop._src.model.trace import Found, LayerSite, find_layers
-from varprop._src.verdicts import ExpectedLaw, overall_verdict
+from varprop._src.verdicts import overall_verdict
 
 __all__ = ["ModelCheckResult", "ModelRow", "check_model"]
 
@@ -61,70 +59,6 @@ MODES = ("train", "eval", None)
 # ----------------------------------------------------------------------------------------
 # Inputs, laws.
 # ----------------------------------------------------------------------------------------
-
-
-def _row_paths(found: Found) -> list[str]:
-    seen: dict[str, int] = {}
-    out = []
-    for s in found.layers:
-        p = layer_path(s.path)
-        seen[p] = seen.get(p, 0) + 1
-        out.append(p if seen[p] == 1 else f"{p}#{seen[p]}")
-    return out
-
-
-def _law_for(site: LayerSite, path: str, mf: ModelFunction, expect) -> tuple[Any, str]:
-    """The initializer whose law this layer is tested against, and where it came from."""
-    from varprop._src.initializers import Initializer, from_spec
-    from varprop._src.recognize import recognize
-
-    for pattern, spec in (expect or {}).items():
-        if fnmatch.fnmatchcase(path, pattern) or fnmatch.fnmatchcase(site.path, pattern):
-            init = from_spec(spec) if isinstance(spec, str) else spec
-            if not isinstance(init, Initializer):
-                init = recognize(init)
-            if init is None:
-                raise InputError(
-                    f"expect[{pattern!r}] = {spec!r} is not an initializer varprop knows; "
-                    "allowed: a SPEC string (e.g. 'he_normal'), a varprop initializer or a "
-                    "jax.nn.initializers one",
-                    kind="model",
-                    param="expect",
-                )
-            return init, "expect"
-    call = mf.inits[site.param]
-    if call is not None and call.fn is not None:
-        init = recognize(call.fn)
-        if init is not None:
-            return init, "initializer"
-        # A layer's own wrapper around the user's initializer (DenseGeneral draws a
-        # flattened kernel and reshapes it): the law at the op's true fans is the inner
-        # initializer's, whatever shape it was drawn in.
-        inner = [
-            recognize(c.cell_contents)
-            for c in getattr(call.fn, "__closure__", None) or ()
-            if callable(getattr(c, "cell_contents", None))
-        ]
-        inner = [i for i in inner if i is not None]
-        if len(inner) == 1:
-            return inner[0], "initializer (inside the layer's wrapper)"
-    return None, ""
-
-
-def _expected(init, site: LayerSite) -> ExpectedLaw:
-    scheme = init.scheme
-    if scheme.distribution.is_orthogonal:
-        return ExpectedLaw.of(scheme, site.w_shape)
-    if site.kind == "embed":
-        fan_in = fan_out = site.fan_out  # a lookup copies one row: its length is the fan
-    else:
-        fan_in, fan_out = site.fan_in, site.fan_out
-    k = scheme.kurtosis
-    return ExpectedLaw(
-        float(scheme.variance_for_fans(fan_in, fan_out)),
-        float(scheme.mean_for_fans(fan_in, fan_out)),
-        3.0 if k is None else float(k),
-    )
 
 
 # The check.
@@ -198,34 +132,9 @@ def check_model(
         )
     base = jax.random.key(seed)
     args0 = model_args(inputs, jax.random.fold_in(base, 10**6))
-    try:
-        mf = as_model_function(
-            model,
-            args0,
-            variables=variables,
-            mode=mode,
-            call_kwargs=dict(call_kwargs or {}),
-            rngs=rngs,
-        )
-        found = find_layers(
-            lambda p, s, a, k: mf.apply(p, s, a, k),
-            mf.params,
-            mf.state,
-            args0,
-            jax.random.key(0),
-            paths=mf.paths,
-            data=(False, True, False),
-        )
-    except InputError:
-        raise
-    except Exception as e:  # the user's model cannot be built or called on these inputs
-        shapes = [getattr(a, "shape", type(a).__name__) for a in args0]
-        raise InputError(
-            f"the model cannot be built or called on inputs of shape {shapes}: "
-            f"{type(e).__name__}: {e}",
-            kind="model",
-            param="inputs",
-        ) from e
+    mf, found = trace_model(
+        model, args0, variables=variables, mode=mode, call_kwargs=call_kwargs, rngs=rngs
+    )
     if not found.layers:
         raise InputError(
             "no layer found: the model multiplies no input by a parameter (dense, conv or "
@@ -233,12 +142,12 @@ def check_model(
             kind="model",
             param="model",
         )
-    paths = _row_paths(found)
+    paths = row_paths(found)
     laws = []
     notes = list(mf.notes)
     for site, path in zip(found.layers, paths, strict=True):
-        init, _source = _law_for(site, path, mf, expect)
-        laws.append((None, "") if init is None else (_expected(init, site), repr(init)))
+        init, _source = law_for(site, path, mf, expect)
+        laws.append((None, "") if init is None else (expected_law(init, site), repr(init)))
         if site.kind == "embed" and init is not None:
             from varprop._src.laws.model_ops import embedding_fan_warning
 
@@ -289,7 +198,15 @@ def check_model(
             continue
         share = shares[looks.index(total)]
         rows = model_rows(
-            found, paths, laws, stats, tolerance, alpha * share, alpha * shares[-1], zero_scales
+            found,
+            paths,
+            laws,
+            stats,
+            tolerance,
+            alpha * share,
+            alpha * shares[-1],
+            zero_scales,
+            mf.paths,
         )
         verdict = overall_verdict([r.verdict for r in rows])
         if progress is not None:

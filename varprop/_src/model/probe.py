@@ -17,10 +17,13 @@ Per layer (float32, per seed; logs are natural logs, -inf for 0):
 * backward: the same with v = dL/dy, y = dL/dx through this layer, op^T for op.
 * merges: mean a^2, b^2, ab and (a + b)^2; products (attention): mean a^2, b^2,
   op(a^2, b^2) and y^2.
+* normalizations: mean z^2 and the mean of its law given the op's own γ, β, statistics
+  and input (:mod:`~varprop._src.model.tails`); dropout: mean z^2, u^2 and u^4.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from typing import Any
@@ -30,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from varprop._src.model.adapter import ModelFunction
+from varprop._src.model.tails import DropoutSite, NormSite
 from varprop._src.model.trace import Found, LayerSite, MergeSite, evaluate
 from varprop._src.stats import NARROW_UNITS
 
@@ -180,6 +184,61 @@ def merge_stats(site: MergeSite, a, b) -> dict[str, jax.Array]:
     return out
 
 
+@functools.cache
+def _norm_laws() -> tuple[Callable[..., Any], Callable[..., Any]]:
+    """The normalization's train and eval forward laws (:mod:`varprop.laws.model_ops`,
+    :mod:`varprop.laws.normalization`) as JAX functions, lambdified once."""
+    import sympy as sp
+
+    from varprop._src.laws.model_ops import norm_train_forward
+    from varprop._src.laws.normalization import eval_mode_output_moments
+
+    g, b, v, e, mu, var, rm, rv = sp.symbols("gamma beta v epsilon mu var rm rv")
+    train = sp.lambdify((g, b, v, e), norm_train_forward(g, b, v, e), modules="jax")
+    moments = eval_mode_output_moments(mu, var, rm, rv, e, g, b)
+    evalm = sp.lambdify((mu, var, rm, rv, e, g, b), moments.second_moment, modules="jax")
+    return train, evalm
+
+
+Seen = dict[tuple[int, ...], tuple[list[Any], list[Any]]]
+
+
+def norm_stats(site: NormSite, seen: Seen) -> dict[str, jax.Array]:
+    """Mean z^2 of a normalization's output and the mean of its law given the op's own
+    statistic r = (s + eps)^(-1/2), γ, β and (eval mode) the moments of its input u over the
+    axes its statistics are shared across."""
+    sg = jax.lax.stop_gradient
+    z = sg(seen[site.out][1][0]).astype(F32)
+    r = sg(seen[site.rsqrt][1][0]).astype(F32)
+    r = 1.0 / r if site.root else r
+    gamma = sg(seen[site.scale[0]][0][site.scale[1]]).astype(F32) if site.scale else 1.0
+    beta = sg(seen[site.shift[0]][0][site.shift[1]]).astype(F32) if site.shift else 0.0
+    stat = 1.0 / (r * r) - site.eps  # the op's own s: the group's variance, or running var
+    train, evalm = _norm_laws()
+    if site.mode == "train":
+        law = train(gamma, beta, stat, site.eps)
+    else:
+        assert site.center is not None
+        u, c = (sg(a).astype(F32) for a in seen[site.center][0])
+        shared = tuple(d for d in range(u.ndim) if r.ndim == u.ndim and r.shape[d] == 1)
+        mu = jnp.mean(u, axis=shared, keepdims=True)
+        var = jnp.mean(jnp.square(u - mu), axis=shared, keepdims=True)
+        law = evalm(mu, var, c, stat, site.eps, gamma, beta)
+    return {
+        "z_m2": jnp.mean(z * z),
+        "law_m2": jnp.mean(jnp.broadcast_to(law, z.shape)),
+        "finite": jnp.all(jnp.isfinite(z)),
+    }
+
+
+def dropout_stats(site: DropoutSite, seen: Seen) -> dict[str, jax.Array]:
+    """Mean z^2 of the dropout's output and mean u^2, u^4 of its input."""
+    u = jax.lax.stop_gradient(seen[site.scale][0][site.operand]).astype(F32)
+    z = jax.lax.stop_gradient(seen[site.out][1][0]).astype(F32)
+    u2 = u * u
+    return {"z_m2": jnp.mean(z * z), "u_m2": jnp.mean(u2), "u_m4": jnp.mean(u2 * u2)}
+
+
 def make_model_probe(
     mf: ModelFunction,
     found: Found,
@@ -231,11 +290,20 @@ def make_model_probe(
             def on_merge(m, a, b):
                 mer[m.index] = merge_stats(m, a, b)
 
-            args = [*params, *mf.state, *flat_inputs, k_rng]
-            outs = evaluate(found, args, on_layer, on_merge)
-            return outs, (fwd, mer)
+            seen: Seen = {}
 
-        outs, pull, (fwd, mer) = jax.vjp(run, eps, has_aux=True)
+            def on_seen(eqn, ins, outs):
+                seen[eqn] = (ins, outs)
+
+            args = [*params, *mf.state, *flat_inputs, k_rng]
+            outs = evaluate(found, args, on_layer, on_merge, on_seen)
+            tails = {
+                "norm": {n.index: norm_stats(n, seen) for n in found.norms},
+                "dropout": {d.index: dropout_stats(d, seen) for d in found.dropouts},
+            }
+            return outs, (fwd, mer, tails)
+
+        outs, pull, (fwd, mer, tails) = jax.vjp(run, eps, has_aux=True)
         if loss is not None:
             tree = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(out_tree), outs)
             cot_tree = jax.grad(loss)(tree)
@@ -250,7 +318,7 @@ def make_model_probe(
             ]
         (g_eps,) = pull(cots)
         bwd = {s.index: backward_stats(s, *g_eps[s.index]) for s in tapped}
-        return {"forward": fwd, "backward": bwd, "merge": mer}
+        return {"forward": fwd, "backward": bwd, "merge": mer, **tails}
 
     if jax.default_backend() == "cpu":
         # One seed after another inside the call: XLA's CPU compiler takes 2.5x longer on

@@ -13,6 +13,7 @@ import numpy as np
 from varprop._src.formatting import fmt as _fmt
 from varprop._src.model.probe import is_narrow
 from varprop._src.model.result import ModelRow
+from varprop._src.model.tails import DropoutSite, NormSite
 from varprop._src.model.trace import LayerSite, MergeSite
 from varprop._src.stats import NARROW_UNITS
 from varprop._src.verdicts import (
@@ -268,6 +269,121 @@ def _merge_row(m: MergeSite, st, paths: list[str]) -> ModelRow:
     )
 
 
+def _band(lo: float, hi: float, tol: float) -> str:
+    """``agrees`` when [lo, hi] lies in the band [1/(1+tol), 1+tol], ``disagrees`` when
+    it lies outside, else ``inconclusive`` (as :func:`varprop.layer_verdict`)."""
+    a, b = 1 / (1 + tol), 1 + tol
+    if a <= lo and hi <= b:
+        return "agrees"
+    if hi < a or lo > b:
+        return "disagrees"
+    return "inconclusive"
+
+
+def _tail_name(deps: frozenset[int], paths: list[str], what: str) -> str:
+    layers = [d for d in deps if d >= 0]
+    return f"{what} after {paths[max(layers)]}" if layers else f"{what} of the input"
+
+
+def _norm_row(n: NormSite, st, paths: list[str], param_paths, tol: float) -> ModelRow:
+    """A normalization's own forward law given its input: an identity over each group
+    (train) or of the running statistics (eval), so the interval is the seeds' range."""
+    s = st["norm"][n.index]
+    z, law = (np.asarray(s[k], np.float64) for k in ("z_m2", "law_m2"))
+    finite = bool(np.all(s["finite"]))
+    name = (
+        layer_path(param_paths[n.param])
+        if n.param is not None
+        else _tail_name(n.deps, paths, "normalization")
+    )
+    if n.mode == "train":
+        text = "E[z^2] = gamma^2 v/(v+eps) + beta^2 over each group (train)"
+    else:
+        text = "E[z^2] = gamma^2 E[(u-m)^2]/(v_run+eps) + 2 gamma beta E[u-m]/sqrt(v_run+eps) + beta^2 (eval)"
+    row = ModelRow(
+        name,
+        n.kind,
+        "forward",
+        None,
+        None,
+        None,
+        _seed_mean(law),
+        _seed_mean(z),
+        None,
+        None,
+        None,
+        "measured",
+        text,
+        test="identity",
+        note=f"eps {n.eps:.3g}",
+    )
+    if finite and np.all(z == 0) and np.all(law == 0):
+        row.note = "zero scale and shift: the output is 0 (a branch that starts as the identity)"
+        return row
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ratios = z / law
+    if not finite or not np.all(np.isfinite(ratios)):
+        row.note = "non-finite values"
+        return row
+    row.ratio, row.ratio_low, row.ratio_high = (
+        float(np.mean(ratios)),
+        float(np.min(ratios)),
+        float(np.max(ratios)),
+    )
+    row.verdict = _band(row.ratio_low, row.ratio_high, tol)
+    if n.mode == "eval":
+        x = _seed_mean(law)
+        if x is not None and not 0.5 < x < 2:
+            row.note += (
+                f"; eval mode with these running statistics does not normalize: E[z^2] = {_fmt(x)}"
+            )
+    return row
+
+
+def _dropout_row(d: DropoutSite, st, paths: list[str], tol: float, alpha: float) -> ModelRow:
+    """Inverted dropout, ``E[z^2] = E[u^2]/keep`` given u: the sum of independent masked
+    terms has variance ``sum u^4 (1-keep)/keep^3`` (times the values per draw, an upper
+    bound, when the mask is broadcast); a normal interval at ``alpha``."""
+    from scipy.stats import norm
+
+    from varprop._src.laws.model_ops import dropout_factor
+
+    s = st["dropout"][d.index]
+    z, u2, u4 = (np.asarray(s[k], np.float64) for k in ("z_m2", "u_m2", "u_m4"))
+    factor = float(dropout_factor(1 - d.keep))
+    n = math.prod(d.shape)
+    per_draw = max(1, n // max(1, d.draws))
+    pred = u2 * factor
+    row = ModelRow(
+        _tail_name(d.deps, paths, "dropout"),
+        "dropout",
+        "forward",
+        None,
+        None,
+        None,
+        _seed_mean(pred),
+        _seed_mean(z),
+        None,
+        None,
+        None,
+        "measured",
+        f"E[z^2] = E[u^2]/(1-p), p = {1 - d.keep:.3g}",
+        test="normal",
+    )
+    total = float(np.sum(pred))
+    if not (np.all(np.isfinite(z)) and np.all(np.isfinite(u4)) and total > 0):
+        row.note = "non-finite or zero input"
+        return row
+    sd = math.sqrt(float(np.sum(u4)) * per_draw * (1 - d.keep) / d.keep**3 / n) / total
+    ratio = float(np.sum(z)) / total
+    half = float(norm.ppf(1 - alpha / 2)) * sd
+    row.ratio, row.ratio_low, row.ratio_high = ratio, ratio - half, ratio + half
+    row.verdict = _band(row.ratio_low, row.ratio_high, tol)
+    if per_draw > 1:
+        row.note = f"mask shared by {per_draw} values: interval from an upper bound"
+    return row
+
+
 def health(
     rows: list[ModelRow], sizes: dict[str, dict[str, tuple[int, ...]]], zero_scales: list[str]
 ):
@@ -328,7 +444,9 @@ def health(
 # ----------------------------------------------------------------------------------------
 
 
-def model_rows(found, paths, laws, st, tol, alpha, alpha_last, zero_scales) -> list[ModelRow]:
+def model_rows(
+    found, paths, laws, st, tol, alpha, alpha_last, zero_scales, param_paths
+) -> list[ModelRow]:
     """Every row of a check, in the order of the computation."""
     n_fwd = sum(lw is not None for lw, _ in laws)
     n_bwd = sum(
@@ -357,6 +475,11 @@ def model_rows(found, paths, laws, st, tol, alpha, alpha_last, zero_scales) -> l
         order.append((site.eqn, 0, rs))
     for m in found.merges:
         order.append((m.eqn, 1, [_merge_row(m, st, paths)]))
+    for n in found.norms:
+        order.append((n.out, 1, [_norm_row(n, st, paths, param_paths, tol)]))
+    n_tests = max(n_fwd, n_bwd, 1) + len(found.dropouts)
+    for d in found.dropouts:
+        order.append((d.out, 1, [_dropout_row(d, st, paths, tol, alpha / n_tests)]))
     for _, _, rs in sorted(order, key=lambda t: (t[0], t[1])):
         rows.extend(rs)
     return rows

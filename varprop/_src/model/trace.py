@@ -54,6 +54,10 @@ import jax.numpy as jnp
 from jax.extend import core as jcore
 
 from varprop._src.laws.model_ops import OpFans, conv_fans, dense_fans
+from varprop._src.model.tails import ELEMENTWISE as _ELEMENTWISE
+from varprop._src.model.tails import DropoutSite, NormSite, TailInfo, Tails
+
+_NO_TAIL = TailInfo()
 
 #: Equations that pass a parameter on unchanged in law (its entries keep their variance).
 _STRUCTURAL = frozenset(
@@ -251,6 +255,18 @@ class Found:
     merges: tuple[MergeSite, ...]
     skipped: tuple[str, ...]
     n_params: int
+    norms: tuple[NormSite, ...] = ()
+    dropouts: tuple[DropoutSite, ...] = ()
+
+    def watched(self) -> frozenset[tuple[int, ...]]:
+        """The eqns whose operands and outputs the norm and dropout rows read."""
+        out = set()
+        for n in self.norms:
+            out |= {n.rsqrt, n.out, *(e for e in (n.center,) if e is not None)}
+            out |= {op[0] for op in (n.scale, n.shift) if op is not None}
+        for d in self.dropouts:
+            out |= {d.scale, d.out}
+        return frozenset(out)
 
 
 def _subjaxpr(eqn) -> tuple[Any, tuple] | None:
@@ -346,25 +362,11 @@ class _Info:
     stat: tuple[tuple[int, tuple[int, ...]], ...] = ()
     #: The primitives applied since the last layer's output (what lies between layers).
     since: frozenset[str] = frozenset()
+    #: What :class:`~varprop._src.model.tails.Tails` knows of it (normalizations, dropout).
+    tail: TailInfo = _NO_TAIL
 
 
 _EMPTY = _Info()
-#: Elementwise ops along which a layer's output stays "itself" (a bias, a scale, the mean
-#: subtracted): a normalization's statistics of it are statistics of the layer.
-_ELEMENTWISE = frozenset(
-    {
-        "add",
-        "sub",
-        "mul",
-        "div",
-        "square",
-        "integer_pow",
-        "convert_element_type",
-        "neg",
-        "copy",
-        "copy_p",
-    }
-)
 
 
 #: Primitive names -> what they are part of, to describe what lies between two layers.
@@ -396,6 +398,7 @@ class _Walker:
         self.merges: list[MergeSite] = []
         self.skipped: list[str] = []
         self.normalized: dict[int, str] = {}
+        self.tails = Tails()
 
     def walk(self, jaxpr, infos: list[_Info], where=()) -> list[_Info]:
         """Walk ``jaxpr`` given what is known of each invar; returns the same for the
@@ -472,12 +475,14 @@ class _Walker:
             if name in ("rsqrt", "sqrt"):
                 for s, axes in stats:
                     self.normalized.setdefault(s, self._norm_kind(s, axes))
+            tail = self.tails.visit(eqn, here, ins, union)
             for v in eqn.outvars:
                 env[v] = _Info(
                     deps=union,
                     chain=chain,
                     stat=stats,
                     since=frozenset().union(*(x.since for x in ins)) | {name},
+                    tail=tail,
                 )
         return [info(v) for v in jaxpr.outvars]
 
@@ -564,7 +569,15 @@ def find_layers(
         replace(s, normalized=w.normalized.get(s.index)) if s.index in w.normalized else s
         for s in w.layers
     )
-    return Found(closed, layers, tuple(w.merges), tuple(w.skipped), n_params)
+    return Found(
+        closed,
+        layers,
+        tuple(w.merges),
+        tuple(w.skipped),
+        n_params,
+        w.tails.norms(),
+        tuple(w.tails.dropouts),
+    )
 
 
 # ----------------------------------------------------------------------------------------
@@ -572,6 +585,7 @@ def find_layers(
 # ----------------------------------------------------------------------------------------
 
 MergeHook = Callable[[MergeSite, jax.Array, jax.Array], None]
+SeenHook = Callable[[tuple[int, ...], list[Any], list[Any]], None]
 
 
 def evaluate(
@@ -579,31 +593,44 @@ def evaluate(
     flat_args: Sequence[Any],
     on_layer: Callable[[LayerSite, jax.Array, jax.Array, Callable], jax.Array],
     on_merge: MergeHook,
+    on_seen: SeenHook | None = None,
 ) -> list[Any]:
     """Evaluate the traced function on ``flat_args`` (its flattened arguments).
 
     At each layer, ``on_layer(site, x, w, apply)`` is called instead of the op, where
     ``apply(x)`` runs the op on a (possibly perturbed) ``x``; it returns the layer's output.
     At each merge, ``on_merge(site, a, b)`` sees the two operands (the add still runs).
+    At each eqn of :meth:`Found.watched`, ``on_seen(eqn, operands, outputs)``.
     """
     by_eqn = {s.eqn: s for s in found.layers}
     merges = {m.eqn: m for m in found.merges}
+    hooks = _Hooks(on_layer, on_merge, on_seen, found.watched() if on_seen else frozenset())
     closed = found.jaxpr
-    return _eval(
-        closed.jaxpr, closed.consts, list(flat_args), (), by_eqn, merges, on_layer, on_merge
-    )
+    return _eval(closed.jaxpr, closed.consts, list(flat_args), (), by_eqn, merges, hooks)
 
 
-def _eval(jaxpr, consts, args, where, layers, merges, on_layer, on_merge) -> list[Any]:
-    env: dict[Any, Any] = {}
+@dataclass(frozen=True)
+class _Hooks:
+    on_layer: Callable[..., jax.Array]
+    on_merge: MergeHook
+    on_seen: SeenHook | None
+    watched: frozenset[tuple[int, ...]]
+
+
+def start_env(jaxpr, consts, args) -> tuple[dict[Any, Any], Callable[[Any], Any]]:
+    """The environment of a jaxpr's evaluation (consts and arguments bound) and its
+    ``read`` (a literal's value, else the variable's)."""
+    env: dict[Any, Any] = dict(zip(jaxpr.constvars, consts, strict=True))
+    env.update(zip(jaxpr.invars, args, strict=True))
 
     def read(v):
         return v.val if isinstance(v, jcore.Literal) else env[v]
 
-    for v, x in zip(jaxpr.constvars, consts, strict=True):
-        env[v] = x
-    for v, x in zip(jaxpr.invars, args, strict=True):
-        env[v] = x
+    return env, read
+
+
+def _eval(jaxpr, consts, args, where, layers, merges, hooks: _Hooks) -> list[Any]:
+    env, read = start_env(jaxpr, consts, args)
     for i, eqn in enumerate(jaxpr.eqns):
         here = (*where, i)
         ins = [read(v) for v in eqn.invars]
@@ -618,19 +645,21 @@ def _eval(jaxpr, consts, args, where, layers, merges, on_layer, on_merge) -> lis
                 ops[site.activation] = x
                 return site.primitive.bind(*ops, **params)
 
-            outs = [on_layer(site, a, w, apply)]
+            outs = [hooks.on_layer(site, a, w, apply)]
         elif sub is not None and (
             eqn.primitive.name
             not in ("custom_jvp_call", "custom_vjp_call", "custom_vjp_call_jaxpr")
-            or any(k[: len(here)] == here for k in (*layers, *merges))
+            or any(k[: len(here)] == here for k in (*layers, *merges, *hooks.watched))
         ):
-            outs = _eval(sub[0], sub[1], ins, here, layers, merges, on_layer, on_merge)
+            outs = _eval(sub[0], sub[1], ins, here, layers, merges, hooks)
         else:
             if here in merges:
-                on_merge(merges[here], ins[0], ins[1])
+                hooks.on_merge(merges[here], ins[0], ins[1])
             params = eqn.primitive.get_bind_params(eqn.params)
             out = eqn.primitive.bind(*ins, **params)
             outs = out if eqn.primitive.multiple_results else [out]
+            if hooks.on_seen is not None and here in hooks.watched:
+                hooks.on_seen(here, ins, list(outs))
         for v, o in zip(eqn.outvars, outs, strict=True):
             env[v] = o
     return [read(v) for v in jaxpr.outvars]

@@ -1,0 +1,128 @@
+"""Predicting a model's second moments from its jaxpr (varprop/_src/model/propagate.py):
+rules against independent computations, and whole models against measurement."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+from scipy import integrate
+
+import varprop
+from varprop._src.model.propagate import _dot_general, propagate_model
+
+
+def test_dot_general_in_numpy_is_laxs():
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((2, 3, 4, 5))
+    b = rng.standard_normal((2, 5, 6, 4))
+    dims = (((2, 3), (3, 1)), ((0,), (0,)))
+    want = np.asarray(jax.lax.dot_general(jnp.asarray(a), jnp.asarray(b), dims))
+    np.testing.assert_allclose(_dot_general(a, b, dims), want, rtol=1e-5)
+
+
+class _MLP(nnx.Module):
+    def __init__(self, act, *, rngs: nnx.Rngs, width: int = 64):
+        he = jax.nn.initializers.he_normal()
+        self.l1 = nnx.Linear(width, width, kernel_init=he, rngs=rngs)
+        self.l2 = nnx.Linear(width, width, kernel_init=he, rngs=rngs)
+        self.act = act
+
+    def __call__(self, x):
+        return self.l2(self.act(self.l1(x)))
+
+
+X = jax.ShapeDtypeStruct((16, 64), jnp.float32)  # standard normal data
+
+
+def test_relu_mlp_is_the_he_law():
+    """He normal at fan 64 on standard normal data: E[y1^2] = 2, E[relu^2] = 1, E[y2^2] = 2."""
+    p = propagate_model(lambda rngs: _MLP(jax.nn.relu, rngs=rngs), X)
+    assert p.get("l1").predicted == pytest.approx(2.0, rel=1e-9)
+    assert p.get("l1").how == "exact"
+    # Gauss-Hermite on relu's kink: 48 nodes are good to ~1e-3.
+    assert p.get("l2").predicted == pytest.approx(2.0, rel=3e-3)
+    assert p.get("l2").how == "mean-field"
+
+
+def test_gelu_is_one_function_of_its_input():
+    """jax.nn.gelu is x * Phi(x) (several ops on the same value): E[gelu(z)^2] for z ~ N(0, 2),
+    integrated here with scipy, not x^2 times Phi^2 as if the factors were independent."""
+
+    def gelu_exact(x):
+        return jax.nn.gelu(x, approximate=False)
+
+    p = propagate_model(lambda rngs: _MLP(gelu_exact, rngs=rngs), X)
+    q = 2.0
+    dens = lambda z: math.exp(-z * z / (2 * q)) / math.sqrt(2 * math.pi * q)  # noqa: E731
+    g2 = integrate.quad(
+        lambda z: (z * 0.5 * (1 + math.erf(z / math.sqrt(2)))) ** 2 * dens(z), -40, 40
+    )[0]
+    assert p.get("l2").predicted == pytest.approx(2.0 / 64 * 64 * g2, rel=1e-6)
+
+
+def test_an_op_without_a_rule_makes_what_follows_unknown():
+    class Sorted(nnx.Module):
+        def __init__(self, *, rngs):
+            self.l1 = nnx.Linear(64, 64, rngs=rngs)
+            self.l2 = nnx.Linear(64, 64, rngs=rngs)
+
+        def __call__(self, x):
+            return self.l2(jnp.cumprod(self.l1(x), axis=-1))
+
+    p = propagate_model(lambda rngs: Sorted(rngs=rngs), X)
+    assert p.get("l1").predicted is not None
+    assert (p.get("l2").predicted, p.get("l2").how) == (None, "unknown")
+
+
+def _agree_with_measurement(model, x, seeds=8, only=lambda path: True):
+    """Every predicted forward row against check_model's measured seed mean: within 10%
+    (the issue's bar) plus three standard errors of the measurement (from its interval)."""
+    pred = propagate_model(model, x)
+    r = varprop.check_model(model, x, seeds=seeds, max_seeds=seeds)
+    rows = {(row.path, row.direction): row for row in r.layers}
+    checked = 0
+    for p in pred.rows:
+        m = rows.get((p.path, p.direction))
+        if m is None or m.measured is None or p.predicted is None or m.measured == 0:
+            continue
+        if not only(p.path):
+            continue
+        se = 0.0
+        if m.ratio_low is not None and m.ratio_high is not None and m.ratio:
+            se = (m.ratio_high - m.ratio_low) / (2 * 1.96) / m.ratio
+        assert abs(p.predicted / m.measured - 1) <= 0.1 + 3 * se, (p, m.measured, se)
+        checked += 1
+    return pred, checked
+
+
+@pytest.mark.slow
+def test_resnet_with_batchnorm_is_predicted_within_ten_percent():
+    from varprop import example_models
+
+    x = jax.random.normal(jax.random.key(0), (16, 32, 32, 3))
+    pred, checked = _agree_with_measurement(lambda rngs: example_models.resnet(rngs=rngs), x)
+    assert checked >= 11  # 13 rows; the zero-gamma BatchNorms output exactly 0
+    assert all(r.predicted is not None for r in pred.rows)
+
+
+@pytest.mark.slow
+def test_transformer_first_block_is_predicted_within_ten_percent():
+    """The embeddings and the first block (attention over uncorrelated positions: the
+    softmax of small logits averages E[v^2] down by the mask's mixing factor). After it,
+    positions share what attention averaged, and the independence rule under-predicts the
+    next attention's output (0.14 against 0.42 measured): not yet modelled."""
+    from varprop import example_models
+
+    x = jax.random.randint(jax.random.key(0), (8, 64), 0, 256)
+    pred, checked = _agree_with_measurement(
+        lambda rngs: example_models.transformer(rngs=rngs),
+        x,
+        only=lambda path: "embed" in path or path.startswith("blocks/0/"),
+    )
+    assert checked >= 9
+    assert all(r.predicted is not None for r in pred.rows)

@@ -1,0 +1,601 @@
+r"""Predict a model's second moments from its structure: abstract interpretation of its jaxpr.
+
+Every value of the traced model is either **concrete** (computed from parameters, state,
+literals and integer inputs only: a bias, a causal mask, running statistics) or a
+:class:`Moments` record: per element, E[x²] and E[x] over the draw of the weights and the
+data, as arrays broadcastable to the value's shape (size 1 along the axes where they do
+not vary: the batch, usually the units). The rules, each marked in the result by *how* it
+was obtained (``docs/model_propagation.md``):
+
+* **layers** (dense, conv, embedding: :mod:`~varprop._src.model.trace`): the law of the
+  layer's initializer given the input's moments, E[y²] = σ² op(E[x²], 1) + μ_w² op(E[x],
+  1)², over the exact taps of the op (borders, strides, dilations, groups) — ``exact``;
+* **elementwise functions of one value** (a bias and an activation, GELU's
+  ``x·Φ(x)``, a mask): E[f(s)²] and E[f(s)] by Gauss–Hermite quadrature, s Gaussian with
+  the moments of the value they are a function of (the pre-activation, Gaussian over the
+  weights by the central limit theorem) — ``mean-field``;
+* **normalizations** (train mode, found by :mod:`~varprop._src.model.tails`): their law
+  γ²v/(v+ε) + β² with v = E[u²] − E[u]² per element — ``exact`` given the input moments;
+  dropout: E[u²]/(1 − p);
+* **everything else** (two different values meeting: a residual add, attention's products,
+  a softmax's normalizer; reductions, pooling): as if the terms were independent —
+  ``approximation``. A residual add of a branch that ends in a zero-mean layer is exact.
+
+An op without a rule makes its output ``unknown``, and everything after it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from varprop._src.model.trace import Found, LayerSite, _subjaxpr, start_env
+
+#: How a value was obtained, from the most to the least exact.
+HOWS = ("exact", "mean-field", "approximation", "unknown")
+_NODES, _WEIGHTS = np.polynomial.hermite_e.hermegauss(48)
+_WEIGHTS = _WEIGHTS / math.sqrt(2 * math.pi)
+
+
+def _worst(*hows: str) -> str:
+    return HOWS[max((HOWS.index(h) for h in hows), default=0)]
+
+
+@dataclass(frozen=True)
+class Moments:
+    """E[x²] (``m2``) and E[x] (``mu``) per element, broadcastable to ``shape``.
+
+    ``src``/``fn``: the value is ``fn(s)`` elementwise, with ``s`` the value numbered
+    ``src`` (Gaussian with its own moments ``src_m``): how functions of one value compose
+    (GELU's ``x * Φ(x)`` is one function of x, not a product of two values)."""
+
+    m2: np.ndarray
+    mu: np.ndarray
+    shape: tuple[int, ...]
+    how: str
+    src: int = -1
+    fn: Callable[[np.ndarray], np.ndarray] | None = None
+    src_m: tuple[np.ndarray, np.ndarray] | None = None
+
+    @property
+    def var(self) -> np.ndarray:
+        return np.maximum(self.m2 - self.mu * self.mu, 0.0)
+
+
+class Unknown:
+    """A value no rule could predict."""
+
+    def __init__(self, shape):
+        self.shape = tuple(shape)
+
+
+def compress(a: np.ndarray) -> np.ndarray:
+    """``a`` with every axis along which it is constant reduced to size 1."""
+    a = np.asarray(a, np.float64)
+    for d in range(a.ndim):
+        if a.shape[d] > 1:
+            first = np.take(a, [0], axis=d)
+            if np.array_equal(a, np.broadcast_to(first, a.shape)):
+                a = first
+    return a
+
+
+def full(a: np.ndarray, shape) -> np.ndarray:
+    return np.broadcast_to(np.asarray(a, np.float64), shape)
+
+
+# ----------------------------------------------------------------------------------------
+# Elementwise functions in NumPy (for quadrature nodes).
+# ----------------------------------------------------------------------------------------
+
+
+def _np_ops() -> dict[str, Callable[..., Any] | None]:
+    from scipy import special
+
+    def select_n(pred, *cases):
+        pred = np.asarray(pred)
+        if len(cases) == 2:
+            return np.where(pred.astype(bool), cases[1], cases[0])
+        return np.choose(pred.astype(int), np.broadcast_arrays(*cases))
+
+    return {
+        "neg": np.negative,
+        "exp": np.exp,
+        "exp2": np.exp2,
+        "log": np.log,
+        "log1p": np.log1p,
+        "expm1": np.expm1,
+        "tanh": np.tanh,
+        "logistic": special.expit,
+        "erf": special.erf,
+        "erfc": special.erfc,
+        "erf_inv": special.erfinv,
+        "sqrt": np.sqrt,
+        "rsqrt": lambda x: 1.0 / np.sqrt(x),
+        "cbrt": np.cbrt,
+        "abs": np.abs,
+        "sign": np.sign,
+        "square": np.square,
+        "sin": np.sin,
+        "cos": np.cos,
+        "floor": np.floor,
+        "ceil": np.ceil,
+        "is_finite": np.isfinite,
+        "not": np.logical_not,
+        "stop_gradient": lambda x: x,
+        "copy": lambda x: x,
+        "copy_p": lambda x: x,
+        "reduce_precision": lambda x: x,
+        "convert_element_type": lambda x: np.asarray(x, np.float64),
+        "add": np.add,
+        "sub": np.subtract,
+        "mul": np.multiply,
+        "div": np.divide,
+        "max": np.maximum,
+        "min": np.minimum,
+        "pow": np.power,
+        "atan2": np.arctan2,
+        "rem": np.fmod,
+        "gt": np.greater,
+        "ge": np.greater_equal,
+        "lt": np.less,
+        "le": np.less_equal,
+        "eq": np.equal,
+        "ne": np.not_equal,
+        "and": np.logical_and,
+        "or": np.logical_or,
+        "select_n": select_n,
+        "clamp": lambda lo, x, hi: np.clip(x, lo, hi),
+        "integer_pow": None,  # its exponent is a parameter: applied in the composition
+    }
+
+
+_OPS = _np_ops()
+_STRUCT = frozenset(
+    {
+        "reshape",
+        "broadcast_in_dim",
+        "transpose",
+        "squeeze",
+        "expand_dims",
+        "slice",
+        "dynamic_slice",
+        "rev",
+        "gather",
+        "copy",
+        "convert_element_type",
+    }
+)
+
+
+def _is_abstract(x) -> bool:
+    return isinstance(x, (Moments, Unknown))
+
+
+def _np(x) -> np.ndarray:
+    return np.asarray(x, np.float64)
+
+
+def _bind(eqn, *ops):
+    out = eqn.primitive.bind(*ops, **eqn.primitive.get_bind_params(eqn.params))
+    return out if eqn.primitive.multiple_results else [out]
+
+
+class _Interpreter:
+    def __init__(self, found: Found, laws: list[Any]):
+        self.found = found
+        self.layers = {s.eqn: s for s in found.layers}
+        self.laws = laws
+        self.norm_out = {n.out: n for n in found.norms}
+        self.drop_out = {d.out: d for d in found.dropouts}
+        self.watched = found.watched()
+        self.seen: dict[tuple[int, ...], tuple[list[Any], list[Any]]] = {}
+        self.at: dict[tuple[int, ...], Any] = {}  # what each layer, merge, norm gave
+        self.layer_in: dict[int, Any] = {}
+        self._src = 0
+
+    # -- values --------------------------------------------------------------------------
+
+    def moments(self, m2, mu, shape, how, fn=None, src=None, src_m=None) -> Moments:
+        if fn is None:
+            self._src += 1
+            m2c, muc = compress(m2), compress(mu)
+            sd = np.sqrt(np.maximum(m2c - muc * muc, 0.0))
+            return Moments(m2c, muc, tuple(shape), how, self._src, None, (muc, sd))
+        assert src is not None
+        return Moments(compress(m2), compress(mu), tuple(shape), how, src, fn, src_m)
+
+    def of_concrete(self, x, shape=None) -> Moments:
+        a = _np(x)
+        return self.moments(a * a, a, a.shape if shape is None else shape, "exact")
+
+    # -- the walk ------------------------------------------------------------------------
+
+    def run(self, jaxpr, consts, args, where=()) -> list[Any]:
+        env, read = start_env(jaxpr, consts, args)
+        for i, eqn in enumerate(jaxpr.eqns):
+            here = (*where, i)
+            ins = [read(v) for v in eqn.invars]
+            shapes = [tuple(v.aval.shape) for v in eqn.outvars]
+            site = self.layers.get(here)
+            sub = _subjaxpr(eqn)
+            if site is not None:
+                outs = [self.layer(site, ins)]
+                self.at[here] = outs[0]
+            elif sub is not None:
+                outs = self.run(sub[0], sub[1], ins, here)
+            elif not any(_is_abstract(x) for x in ins):
+                outs = _bind(eqn, *ins)
+            elif any(isinstance(x, Unknown) for x in ins):
+                outs = [Unknown(s) for s in shapes]
+            else:
+                try:
+                    outs = self.abstract(eqn, ins, shapes)
+                except Exception:  # an op without a rule: unknown from here on
+                    outs = [Unknown(s) for s in shapes]
+            if here in self.watched:
+                self.seen[here] = (ins, outs)
+            if here in self.norm_out:
+                outs = [self.norm(self.norm_out[here], outs[0])]
+                self.at[here] = outs[0]
+            if here in self.drop_out:
+                outs = [self.dropout(self.drop_out[here], outs[0])]
+                self.at[here] = outs[0]
+            for v, o in zip(eqn.outvars, outs, strict=True):
+                env[v] = o
+        return [read(v) for v in jaxpr.outvars]
+
+    # -- rules ---------------------------------------------------------------------------
+
+    def layer(self, site: LayerSite, ins: list[Any]) -> Moments | Unknown:
+        x = ins[site.activation]
+        law = self.laws[site.index]
+        self.layer_in[site.index] = x
+        if law is None or isinstance(x, Unknown):
+            return Unknown(site.y_shape)
+        w2, wmu = law.variance + law.mean**2, law.mean
+        if site.kind == "embed":
+            ones = np.ones((1,) * len(site.y_shape))
+            return self.moments(ones * w2, ones * wmu, site.y_shape, "exact")
+        if not isinstance(x, Moments):
+            x = self.of_concrete(x)
+        # op(E[x^2], 1) with the op itself (any layout, padding, stride, dilation, groups):
+        # the batch axes of a conv are reduced to one example.
+        shape = list(site.x_shape)
+        if site.kind == "conv":
+            b = site.params["dimension_numbers"].lhs_spec[0]
+            shape[b] = 1
+        m2 = np.broadcast_to(_mean_to(x.m2, shape), shape).astype(np.float32)
+        mu = np.broadcast_to(_mean_to(x.mu, shape), shape).astype(np.float32)
+        ones = np.ones(site.w_shape, np.float32)
+
+        def op(a):
+            ops = [a, ones] if site.activation == 0 else [ones, a]
+            return _np(site.primitive.bind(*ops, **site.params))
+
+        y_m2 = (law.variance * op(m2)) + (wmu * op(mu)) ** 2
+        y_mu = wmu * op(mu)
+        y_shape = y_m2.shape
+        how = _worst(x.how, "exact")
+        return self.moments(y_m2, y_mu, site.y_shape if y_shape == site.y_shape else y_shape, how)
+
+    def norm(self, n, z) -> Any:
+        """Train mode: the law of the normalization from its input's moments."""
+        if n.mode != "train":
+            return z  # eval mode: an elementwise function of u with concrete statistics
+        ins, _ = self.seen.get(n.center, (None, None)) if n.center else (None, None)
+        u = ins[0] if ins else None
+        if not isinstance(u, Moments):
+            return Unknown(n.shape)
+        g = _np(self.seen[n.scale[0]][0][n.scale[1]]) if n.scale else np.ones(())
+        b = _np(self.seen[n.shift[0]][0][n.shift[1]]) if n.shift else np.zeros(())
+        v = u.var
+        frac = np.where(v > 0, v / (v + n.eps), 0.0)
+        m2 = np.broadcast_to(g * g * frac + b * b, n.shape)
+        return self.moments(m2, np.broadcast_to(b, n.shape), n.shape, _worst(u.how, "exact"))
+
+    def dropout(self, d, z) -> Any:
+        ins, _ = self.seen[d.scale]
+        u = ins[d.operand]
+        if not isinstance(u, Moments):
+            return z
+        return self.moments(u.m2 / d.keep, u.mu, d.shape, u.how)
+
+    def abstract(self, eqn, ins: list[Any], shapes) -> list[Any]:
+        name = eqn.primitive.name
+        shape = shapes[0]
+        moms = [x for x in ins if isinstance(x, Moments)]
+        how = _worst(*(m.how for m in moms))
+        if name in _OPS and len(shapes) == 1:
+            if len({m.src for m in moms}) == 1:
+                return [self.same_source(name, eqn, ins, moms[0], shape, how)]
+            return [self.independent(name, ins, shape, how)]
+        if name in _STRUCT:
+            full_ins = [x if not isinstance(x, Moments) else None for x in ins]
+            m2s, mus = [], []
+            for x in ins:
+                if isinstance(x, Moments):
+                    m2s.append(np.broadcast_to(x.m2, x.shape).astype(np.float32))
+                    mus.append(np.broadcast_to(x.mu, x.shape).astype(np.float32))
+                else:
+                    m2s.append(x)
+                    mus.append(x)
+            del full_ins
+            m2 = _np(_bind(eqn, *m2s)[0])
+            mu = _np(_bind(eqn, *mus)[0])
+            return [self.moments(m2, mu, shape, how)]
+        a = [
+            x if isinstance(x, Moments) else self.of_concrete(x, np.shape(x))
+            for x in ins
+            if not _is_key(x)
+        ]
+        approx = _worst(how, "approximation")
+        if name == "reduce_sum":
+            x, axes = a[0], tuple(eqn.params["axes"])
+            mu = np.sum(np.broadcast_to(x.mu, x.shape), axis=axes)
+            var = np.sum(np.broadcast_to(x.var, x.shape), axis=axes)
+            return [self.moments(var + mu * mu, mu, shape, approx)]
+        if name in ("reduce_max", "reduce_min"):
+            # A shift (a softmax's max): its mean, as if it did not fluctuate.
+            x, axes = a[0], tuple(eqn.params["axes"])
+            pick = np.max if name == "reduce_max" else np.min
+            mu = pick(np.broadcast_to(x.mu, x.shape), axis=axes)
+            return [self.moments(mu * mu, mu, shape, approx)]
+        if name == "reduce_window_sum":
+            x = a[0]
+            mu = _np(_bind(eqn, _f32(x.mu, x.shape))[0])
+            var = _np(_bind(eqn, _f32(x.var, x.shape))[0])
+            return [self.moments(var + mu * mu, mu, shape, approx)]
+        if name in ("reduce_window_max", "reduce_window_min"):
+            x = a[0]
+            mu = _np(_bind(eqn, _f32(x.mu, x.shape))[0])
+            m2 = _np(_bind(eqn, _f32(x.m2, x.shape))[0])
+            return [self.moments(np.maximum(m2, mu * mu), mu, shape, approx)]
+        if name == "dot_general" and len(a) == 2:
+            x, y = a
+            dims = eqn.params["dimension_numbers"]
+
+            def d(p, q):
+                return _dot_general(np.broadcast_to(p, x.shape), np.broadcast_to(q, y.shape), dims)
+
+            mu = d(x.mu, y.mu)
+            m2 = d(x.m2, y.m2) + mu * mu - d(x.mu**2, y.mu**2)
+            return [self.moments(np.maximum(m2, 0.0), mu, shape, approx)]
+        if name in ("concatenate", "pad", "dynamic_update_slice"):
+            m2 = _np(_bind(eqn, *(_f32(x.m2, x.shape) for x in a))[0])
+            mu = _np(_bind(eqn, *(_f32(x.mu, x.shape) for x in a))[0])
+            return [self.moments(m2, mu, shape, how)]
+        return [Unknown(s) for s in shapes]
+
+    def same_source(self, name, eqn, ins, m: Moments, shape, how) -> Moments:
+        """A function of one value: compose it and integrate over that value's Gaussian."""
+        op = _OPS[name]
+        params = eqn.params
+        parts: list[Any] = []
+        for x in ins:
+            if isinstance(x, Moments):
+                parts.append(x.fn or (lambda t: t))
+            else:
+                parts.append(_np(x) if not _is_key(x) else x)
+
+        def fn(t):
+            args = [p(t) if callable(p) else p for p in parts]
+            if op is None:  # integer_pow
+                return args[0] ** params["y"]
+            return op(*args)
+
+        assert m.src_m is not None
+        mu_s, sd_s = m.src_m
+        t = mu_s[None] + sd_s[None] * _NODES.reshape((-1,) + (1,) * mu_s.ndim)
+        with np.errstate(all="ignore"):
+            vals = np.asarray(fn(t), np.float64)
+        w = _WEIGHTS.reshape((-1,) + (1,) * (vals.ndim - 1))
+        m2 = np.sum(w * vals * vals, axis=0)
+        mu = np.sum(w * vals, axis=0)
+        return self.moments(m2, mu, shape, _worst(how, "mean-field"), fn, m.src, m.src_m)
+
+    def independent(self, name, ins, shape, how) -> Moments | Unknown:
+        """Two different values meeting elementwise, as if independent."""
+        a = [x if isinstance(x, Moments) else self.of_concrete(x, np.shape(x)) for x in ins]
+        approx = _worst(how, "approximation")
+        if name in ("add", "sub") and len(a) == 2:
+            x, y = a
+            for keep, zero in ((ins[0], y), (ins[1], x)):
+                # A branch that is exactly 0 (a zero-scale block at init): the other value.
+                if isinstance(keep, Moments) and not np.any(zero.m2) and keep.shape == shape:
+                    return keep
+            sign = 1.0 if name == "add" else -1.0
+            mu = x.mu + sign * y.mu
+            m2 = x.m2 + y.m2 + 2 * sign * x.mu * y.mu
+            exact = np.all(x.mu * y.mu == 0)  # a zero-mean branch: E[ab] = 0
+            return self.moments(m2, mu, shape, _worst(how, "mean-field") if exact else approx)
+        if name == "mul" and len(a) == 2:
+            x, y = a
+            return self.moments(x.m2 * y.m2, x.mu * y.mu, shape, approx)
+        if name == "div" and len(a) == 2:
+            x, y = a
+            den = np.where(y.m2 > 0, y.m2, np.inf)
+            return self.moments(x.m2 / den, x.mu / np.where(y.mu != 0, y.mu, np.inf), shape, approx)
+        if name in ("max", "min") and len(a) == 2:
+            x, y = a
+            pick = np.maximum if name == "max" else np.minimum
+            return self.moments(pick(x.m2, y.m2), pick(x.mu, y.mu), shape, approx)
+        if name == "select_n" and len(a) == 3:
+            p, x, y = a  # P(case 1) from the predicate's mean
+            q = p.mu
+            return self.moments((1 - q) * x.m2 + q * y.m2, (1 - q) * x.mu + q * y.mu, shape, approx)
+        return Unknown(shape)
+
+
+def _dot_general(a: np.ndarray, b: np.ndarray, dims) -> np.ndarray:
+    """``lax.dot_general`` in NumPy (float64): batch axes, then a's free, then b's."""
+    (ca, cb), (ba, bb) = dims
+    letters = iter("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+    sa = [""] * a.ndim
+    sb = [""] * b.ndim
+    for i, j in zip(ba, bb, strict=True):
+        sa[i] = sb[j] = next(letters)
+    for i, j in zip(ca, cb, strict=True):
+        sa[i] = sb[j] = next(letters)
+    for i in range(a.ndim):
+        sa[i] = sa[i] or next(letters)
+    for j in range(b.ndim):
+        sb[j] = sb[j] or next(letters)
+    out = [sa[i] for i in ba]
+    out += [sa[i] for i in range(a.ndim) if i not in ca and i not in ba]
+    out += [sb[j] for j in range(b.ndim) if j not in cb and j not in bb]
+    spec = f"{''.join(sa)},{''.join(sb)}->{''.join(out)}"
+    return np.einsum(spec, np.asarray(a, np.float64), np.asarray(b, np.float64))
+
+
+def _is_key(x) -> bool:
+    return hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jax.dtypes.prng_key)
+
+
+def _f32(a, shape) -> np.ndarray:
+    return np.broadcast_to(np.asarray(a, np.float32), shape)
+
+
+def _mean_to(a: np.ndarray, shape) -> np.ndarray:
+    """``a`` averaged over the axes where ``shape`` has size 1 and ``a`` does not."""
+    a = np.asarray(a, np.float64)
+    axes = tuple(d for d in range(a.ndim) if shape[d] == 1 and a.shape[d] > 1)
+    return np.mean(a, axis=axes, keepdims=True) if axes else a
+
+
+# ----------------------------------------------------------------------------------------
+# The API.
+# ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PredictedRow:
+    """One prediction: ``path`` and ``direction`` as in :func:`varprop.check_model`'s rows,
+    ``predicted`` E[y²] (mean over the value's elements; ``None`` when unknown) and ``how``
+    it was obtained (:data:`HOWS`)."""
+
+    path: str
+    kind: str
+    direction: str
+    predicted: float | None
+    how: str
+
+
+@dataclass(frozen=True)
+class Propagation:
+    """What :func:`propagate_model` predicts, row by row in the order of the computation."""
+
+    rows: tuple[PredictedRow, ...]
+    notes: tuple[str, ...] = ()
+
+    def get(self, path: str, direction: str = "forward") -> PredictedRow:
+        for r in self.rows:
+            if r.path == path and r.direction == direction:
+                return r
+        raise KeyError(f"no row {path!r} ({direction}); rows: {[r.path for r in self.rows]}")
+
+    def table(self) -> str:
+        lines = [f"{'path':<36} {'kind':>10} {'dir':>8} {'predicted':>11}  how"]
+        for r in self.rows:
+            p = "-" if r.predicted is None else f"{r.predicted:.4g}"
+            lines.append(f"{r.path:<36} {r.kind:>10} {r.direction:>8} {p:>11}  {r.how}")
+        return "\n".join(lines)
+
+
+def _mean(v) -> tuple[float | None, str]:
+    if isinstance(v, Moments):
+        return float(np.mean(v.m2)), v.how
+    return None, "unknown"
+
+
+def _input_value(interp: _Interpreter, x) -> Any:
+    """Data as the interpreter sees it: floats as their moments over the batch (axis 0)
+    (a ``ShapeDtypeStruct``: standard normal), integers as they are."""
+    if isinstance(x, jax.ShapeDtypeStruct):
+        if jnp.issubdtype(x.dtype, np.floating):
+            one = np.ones((1,) * len(x.shape))
+            return interp.moments(one, 0 * one, x.shape, "exact")
+        return np.ones(x.shape, x.dtype)
+    a = np.asarray(x)
+    if np.issubdtype(a.dtype, np.floating) and a.ndim > 0:
+        a64 = a.astype(np.float64)
+        return interp.moments(
+            np.mean(a64 * a64, axis=0, keepdims=True),
+            np.mean(a64, axis=0, keepdims=True),
+            a.shape,
+            "exact",
+        )
+    return a
+
+
+def propagate_model(
+    model: Any,
+    inputs: Any,
+    *,
+    variables: Any = None,
+    call_kwargs: dict[str, Any] | None = None,
+    expect: dict[str, Any] | None = None,
+    mode: str | None = "train",
+    rngs: Any = None,
+) -> Propagation:
+    """Predict E[y²] of every layer of a Flax model from its structure alone, at init.
+
+    The model is traced as :func:`varprop.check_model` traces it, and its jaxpr is
+    interpreted with values that carry second moments (module docstring): no XLA program
+    of the model is compiled or run. Each row says how its prediction was obtained.
+
+    Args:
+        model, variables, call_kwargs, expect, mode, rngs: as :func:`varprop.check_model`.
+        inputs: an array or a tuple of arrays (float data enters as its moments over the
+            batch axis 0; integer token ids as they are), or ``jax.ShapeDtypeStruct``\\ s
+            (float data then standard normal; token ids all 1).
+    """
+    from varprop._src.model.expected import expected_law, law_for, row_paths, trace_model
+
+    args = inputs if isinstance(inputs, tuple) else (inputs,)
+    leaves, tree = jax.tree_util.tree_flatten(args)
+    args0 = jax.tree_util.tree_unflatten(
+        tree,
+        [
+            np.ones(x.shape, x.dtype) if isinstance(x, jax.ShapeDtypeStruct) else np.asarray(x)
+            for x in leaves
+        ],
+    )
+    mf, found = trace_model(
+        model, args0, variables=variables, mode=mode, call_kwargs=call_kwargs, rngs=rngs
+    )
+    paths = row_paths(found)
+    laws = []
+    for site, path in zip(found.layers, paths, strict=True):
+        init, _ = law_for(site, path, mf, expect)
+        laws.append(None if init is None else expected_law(init, site))
+    interp = _Interpreter(found, laws)
+    flat = [
+        *mf.params,
+        *mf.state,
+        *(_input_value(interp, x) for x in leaves),
+        jax.random.key(0),
+    ]
+    closed = found.jaxpr
+    interp.run(closed.jaxpr, closed.consts, flat)
+    rows: list[tuple[tuple[int, ...], PredictedRow]] = []
+    for site, path in zip(found.layers, paths, strict=True):
+        p, how = _mean(interp.at.get(site.eqn))
+        if laws[site.index] is None:
+            how = "no law"
+        rows.append((site.eqn, PredictedRow(path, site.kind, "forward", p, how)))
+    from varprop._src.model.rows import layer_path
+
+    for n in found.norms:
+        name = layer_path(mf.paths[n.param]) if n.param is not None else f"norm {n.index}"
+        p, how = _mean(interp.at.get(n.out))
+        rows.append((n.out, PredictedRow(name, n.kind, "forward", p, how)))
+    rows.sort(key=lambda t: t[0])
+    notes = [] if not found.skipped else [f"inside {', '.join(found.skipped)}: not predicted"]
+    return Propagation(tuple(r for _, r in rows), tuple(notes))
