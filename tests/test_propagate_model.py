@@ -40,13 +40,17 @@ X = jax.ShapeDtypeStruct((16, 64), jnp.float32)  # standard normal data
 
 
 def test_relu_mlp_is_the_he_law():
-    """He normal at fan 64 on standard normal data: E[y1^2] = 2, E[relu^2] = 1, E[y2^2] = 2."""
+    """He normal at fan 64 on standard normal data: E[y1^2] = 2, E[relu^2] = 1, E[y2^2] = 2.
+    Backward from E[(dL/d out)^2] = 1: through l2, (2/64) 64 = 2; through relu, half of it
+    (relu'(y)^2 = 1 on half the values), so through l1 (2/64) 64 (2/2) = 2."""
     p = propagate_model(lambda rngs: _MLP(jax.nn.relu, rngs=rngs), X)
     assert p.get("l1").predicted == pytest.approx(2.0, rel=1e-9)
     assert p.get("l1").how == "exact"
     # Gauss-Hermite on relu's kink: 48 nodes are good to ~1e-3.
     assert p.get("l2").predicted == pytest.approx(2.0, rel=3e-3)
     assert p.get("l2").how == "mean-field"
+    assert p.get("l2", "backward").predicted == pytest.approx(2.0, rel=1e-9)
+    assert p.get("l1", "backward").predicted == pytest.approx(2.0, rel=3e-3)
 
 
 def test_gelu_is_one_function_of_its_input():
@@ -79,7 +83,7 @@ def test_an_op_without_a_rule_makes_what_follows_unknown():
     assert (p.get("l2").predicted, p.get("l2").how) == (None, "unknown")
 
 
-def _agree_with_measurement(model, x, seeds=8, only=lambda path: True):
+def _agree_with_measurement(model, x, seeds=8, only=lambda path, direction: True):
     """Every predicted forward row against check_model's measured seed mean: within 10%
     (the issue's bar) plus three standard errors of the measurement (from its interval)."""
     pred = propagate_model(model, x)
@@ -90,7 +94,7 @@ def _agree_with_measurement(model, x, seeds=8, only=lambda path: True):
         m = rows.get((p.path, p.direction))
         if m is None or m.measured is None or p.predicted is None or m.measured == 0:
             continue
-        if not only(p.path):
+        if not only(p.path, p.direction):
             continue
         se = 0.0
         if m.ratio_low is not None and m.ratio_high is not None and m.ratio:
@@ -100,13 +104,33 @@ def _agree_with_measurement(model, x, seeds=8, only=lambda path: True):
     return pred, checked
 
 
+class _BatchNormMLP(nnx.Module):
+    def __init__(self, *, rngs: nnx.Rngs):
+        self.l1 = nnx.Linear(64, 128, rngs=rngs)
+        self.bn = nnx.BatchNorm(128, rngs=rngs)
+        self.l2 = nnx.Linear(128, 128, rngs=rngs)
+        self.l3 = nnx.Linear(128, 64, rngs=rngs)
+
+    def __call__(self, x):
+        return self.l3(jax.nn.relu(self.l2(jax.nn.relu(self.bn(self.l1(x))))))
+
+
+def test_batchnorm_mlp_is_predicted_both_ways():
+    x = jax.random.normal(jax.random.key(2), (256, 64))
+    pred, checked = _agree_with_measurement(lambda rngs: _BatchNormMLP(rngs=rngs), x, seeds=4)
+    assert checked == 7  # 3 layers forward and backward, and the BatchNorm
+    assert {r.direction for r in pred.rows} == {"forward", "backward"}
+
+
 @pytest.mark.slow
-def test_resnet_with_batchnorm_is_predicted_within_ten_percent():
+def test_resnet_with_batchnorm_is_predicted_within_ten_percent_both_ways():
     from varprop import example_models
 
     x = jax.random.normal(jax.random.key(0), (16, 32, 32, 3))
     pred, checked = _agree_with_measurement(lambda rngs: example_models.resnet(rngs=rngs), x)
-    assert checked >= 11  # 13 rows; the zero-gamma BatchNorms output exactly 0
+    # 13 forward rows and 7 backward; the zero-gamma BatchNorms and the branches behind
+    # them are exactly 0 (no ratio).
+    assert checked >= 14
     assert all(r.predicted is not None for r in pred.rows)
 
 
@@ -122,7 +146,7 @@ def test_transformer_first_block_is_predicted_within_ten_percent():
     pred, checked = _agree_with_measurement(
         lambda rngs: example_models.transformer(rngs=rngs),
         x,
-        only=lambda path: "embed" in path or path.startswith("blocks/0/"),
+        only=lambda path, d: d == "forward" and ("embed" in path or path.startswith("blocks/0/")),
     )
     assert checked >= 9
-    assert all(r.predicted is not None for r in pred.rows)
+    assert all(r.predicted is not None for r in pred.rows if r.direction == "forward")

@@ -1,6 +1,7 @@
 """The SymPy side of varprop: variance laws of schemes, activations and layers.
 
-Nothing under ``varprop.laws`` imports JAX.
+Nothing under ``varprop.laws`` imports JAX, except :func:`propagate_model`, which traces a
+Flax model to predict its moments (and loads JAX and Flax when first used).
 
 Names are imported on first use (PEP 562): ``from varprop import laws`` loads nothing;
 ``laws.layer_factors`` loads the modules it needs (SciPy only with the activations).
@@ -47,6 +48,9 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "MODES": ("varprop._src.laws.schemes", "MODES"),
     "moment_expressions": ("varprop._src.laws.activation_moments", "moment_expressions"),
     "OutputMoments": ("varprop._src.laws.normalization", "OutputMoments"),
+    "ModelPropagation": ("varprop._src.model.propagate", "ModelPropagation"),
+    "PredictedRow": ("varprop._src.model.propagate", "PredictedRow"),
+    "propagate_model": ("varprop._src.model.propagate", "propagate_model"),
     "Propagation": ("varprop._src.laws.propagation", "Propagation"),
     "propagate": ("varprop._src.laws.propagation", "propagate"),
     "finite_width_mean_field": ("varprop._src.laws.finite_width", "finite_width_mean_field"),
@@ -83,7 +87,9 @@ __all__ = [
     "Distribution",
     "FixedPoint",
     "LayerFactors",
+    "ModelPropagation",
     "OutputMoments",
+    "PredictedRow",
     "Propagation",
     "ScaleInvarianceProof",
     "Scheme",
@@ -113,6 +119,7 @@ __all__ = [
     "model_ops",
     "moment_expressions",
     "propagate",
+    "propagate_model",
     "prove_scale_invariance",
     "quadrature_moments",
     "register_activation",
@@ -204,3 +211,4 @@ if TYPE_CHECKING:  # what pyright and IDEs see; nothing is imported at run time
         truncated_normal_moments,
         truncated_normal_std,
     )
+    from varprop._src.model.propagate import ModelPropagation, PredictedRow, propagate_model

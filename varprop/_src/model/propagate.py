@@ -28,12 +28,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.extend import core as jcore
 
 from varprop._src.model.trace import Found, LayerSite, _subjaxpr, start_env
 
@@ -61,7 +62,13 @@ class Moments:
     how: str
     src: int = -1
     fn: Callable[[np.ndarray], np.ndarray] | None = None
-    src_m: tuple[np.ndarray, np.ndarray] | None = None
+    src_m: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+    #: E[x_i x_j] of two distinct elements of the same unit (two examples, two positions):
+    #: what a batch statistic, a pooling or attention's average keeps of the value.
+    c: np.ndarray = field(default_factory=lambda: np.zeros(()))
+    #: Zero branches this value passed through unchanged (``x + 0``: a zero-scale block),
+    #: by key: the backward pass gives them the gradient that reaches ``x``.
+    through: tuple[Any, ...] = ()
 
     @property
     def var(self) -> np.ndarray:
@@ -199,26 +206,51 @@ class _Interpreter:
         self.at: dict[tuple[int, ...], Any] = {}  # what each layer, merge, norm gave
         self.layer_in: dict[int, Any] = {}
         self._src = 0
+        #: The forward pass as the backward pass reads it: ``("eqn", here, eqn, in_keys,
+        #: out_keys, ins, outs)`` and ``("alias", to_key, from_key)`` (a nested jaxpr's
+        #: variable is its caller's); keys are ``(frame, var)``, ``None`` for literals.
+        self.tape: list[tuple] = []
+        #: Where each source value (numbered by :class:`Moments`.src) lives.
+        self.src_key: dict[int, Any] = {}
+        self.in_keys_at: dict[tuple[int, ...], list[Any]] = {}
+        self._frames = 0
 
     # -- values --------------------------------------------------------------------------
 
-    def moments(self, m2, mu, shape, how, fn=None, src=None, src_m=None) -> Moments:
+    def moments(self, m2, mu, shape, how, fn=None, src=None, src_m=None, c=None) -> Moments:
+        """A value's record; ``c`` defaults to E[x_i]E[x_j] (distinct elements independent)."""
+        m2c, muc = compress(m2), compress(mu)
+        cc = compress(muc * muc if c is None else np.minimum(c, np.maximum(m2c, 0.0)))
         if fn is None:
             self._src += 1
-            m2c, muc = compress(m2), compress(mu)
-            sd = np.sqrt(np.maximum(m2c - muc * muc, 0.0))
-            return Moments(m2c, muc, tuple(shape), how, self._src, None, (muc, sd))
+            var = np.maximum(m2c - muc * muc, 0.0)
+            sd = np.sqrt(var)
+            with np.errstate(all="ignore"):
+                rho = np.where(var > 0, np.clip((cc - muc * muc) / var, -1.0, 1.0), 0.0)
+            return Moments(m2c, muc, tuple(shape), how, self._src, None, (muc, sd, rho), cc)
         assert src is not None
-        return Moments(compress(m2), compress(mu), tuple(shape), how, src, fn, src_m)
+        return Moments(m2c, muc, tuple(shape), how, src, fn, src_m, cc)
 
     def of_concrete(self, x, shape=None) -> Moments:
         a = _np(x)
-        return self.moments(a * a, a, a.shape if shape is None else shape, "exact")
+        return self.moments(a * a, a, a.shape if shape is None else shape, "exact", c=a * a)
 
     # -- the walk ------------------------------------------------------------------------
 
-    def run(self, jaxpr, consts, args, where=()) -> list[Any]:
+    def run(self, jaxpr, consts, args, where=(), arg_keys=None) -> list[Any]:
         env, read = start_env(jaxpr, consts, args)
+        self._frames += 1
+        frame = self._frames
+
+        def key(v):
+            return None if isinstance(v, jcore.Literal) else (frame, v)
+
+        for v, x in zip(jaxpr.invars, args, strict=True):
+            self._note_source(key(v), x)
+        if arg_keys is not None:
+            for v, k in zip(jaxpr.invars, arg_keys, strict=True):
+                if k is not None:
+                    self.tape.append(("alias", key(v), k))
         for i, eqn in enumerate(jaxpr.eqns):
             here = (*where, i)
             ins = [read(v) for v in eqn.invars]
@@ -229,7 +261,11 @@ class _Interpreter:
                 outs = [self.layer(site, ins)]
                 self.at[here] = outs[0]
             elif sub is not None:
-                outs = self.run(sub[0], sub[1], ins, here)
+                inner = self._frames + 1
+                outs = self.run(sub[0], sub[1], ins, here, [key(v) for v in eqn.invars])
+                for v, w in zip(eqn.outvars, sub[0].outvars, strict=True):
+                    if not isinstance(w, jcore.Literal):
+                        self.tape.append(("alias", key(v), (inner, w)))
             elif not any(_is_abstract(x) for x in ins):
                 outs = _bind(eqn, *ins)
             elif any(isinstance(x, Unknown) for x in ins):
@@ -241,15 +277,30 @@ class _Interpreter:
                     outs = [Unknown(s) for s in shapes]
             if here in self.watched:
                 self.seen[here] = (ins, outs)
+                self.in_keys_at[here] = [key(v) for v in eqn.invars]
             if here in self.norm_out:
                 outs = [self.norm(self.norm_out[here], outs[0])]
                 self.at[here] = outs[0]
             if here in self.drop_out:
                 outs = [self.dropout(self.drop_out[here], outs[0])]
                 self.at[here] = outs[0]
+            if eqn.primitive.name in ("add", "sub") and len(ins) == 2:
+                for i in (0, 1):  # x + 0 returned x itself: remember the zero branch
+                    if outs[0] is ins[i] and isinstance(ins[i], Moments):
+                        zero = key(eqn.invars[1 - i])
+                        outs = [replace(ins[i], through=(*ins[i].through, zero))]
             for v, o in zip(eqn.outvars, outs, strict=True):
                 env[v] = o
+                self._note_source(key(v), o)
+            if sub is None:
+                ks = [key(v) for v in eqn.invars]
+                self.tape.append(("eqn", here, eqn, ks, [key(v) for v in eqn.outvars], ins, outs))
+        self.out_keys = [key(v) for v in jaxpr.outvars]
         return [read(v) for v in jaxpr.outvars]
+
+    def _note_source(self, k, x) -> None:
+        if k is not None and isinstance(x, Moments) and x.fn is None:
+            self.src_key.setdefault(x.src, k)
 
     # -- rules ---------------------------------------------------------------------------
 
@@ -262,7 +313,7 @@ class _Interpreter:
         w2, wmu = law.variance + law.mean**2, law.mean
         if site.kind == "embed":
             ones = np.ones((1,) * len(site.y_shape))
-            return self.moments(ones * w2, ones * wmu, site.y_shape, "exact")
+            return self.moments(ones * w2, ones * wmu, site.y_shape, "exact", c=ones * wmu**2)
         if not isinstance(x, Moments):
             x = self.of_concrete(x)
         # op(E[x^2], 1) with the op itself (any layout, padding, stride, dilation, groups):
@@ -279,11 +330,13 @@ class _Interpreter:
             ops = [a, ones] if site.activation == 0 else [ones, a]
             return _np(site.primitive.bind(*ops, **site.params))
 
+        c = np.broadcast_to(_mean_to(x.c, shape), shape).astype(np.float32)
         y_m2 = (law.variance * op(m2)) + (wmu * op(mu)) ** 2
         y_mu = wmu * op(mu)
-        y_shape = y_m2.shape
+        # Two examples (positions) of one unit share its weights: E[y_a y_b] = σ² Σ E[x_a x_b].
+        y_c = (law.variance * op(c)) + (wmu * op(mu)) ** 2
         how = _worst(x.how, "exact")
-        return self.moments(y_m2, y_mu, site.y_shape if y_shape == site.y_shape else y_shape, how)
+        return self.moments(y_m2, y_mu, site.y_shape, how, c=y_c)
 
     def norm(self, n, z) -> Any:
         """Train mode: the law of the normalization from its input's moments."""
@@ -295,17 +348,26 @@ class _Interpreter:
             return Unknown(n.shape)
         g = _np(self.seen[n.scale[0]][0][n.scale[1]]) if n.scale else np.ones(())
         b = _np(self.seen[n.shift[0]][0][n.shift[1]]) if n.shift else np.zeros(())
-        v = u.var
+        # The group's variance: over a batch (BatchNorm), what the examples share (c) is
+        # not variance; over a row's units (LayerNorm), the units are independent.
+        v = np.maximum(u.m2 - (u.c if n.kind == "batchnorm" else u.mu * u.mu), 0.0)
         frac = np.where(v > 0, v / (v + n.eps), 0.0)
         m2 = np.broadcast_to(g * g * frac + b * b, n.shape)
-        return self.moments(m2, np.broadcast_to(b, n.shape), n.shape, _worst(u.how, "exact"))
+        if n.kind == "batchnorm":  # centred over the batch: distinct examples share only β
+            c = np.broadcast_to(b * b, n.shape)
+        else:  # a row scaled to unit variance keeps its correlation with the other rows
+            with np.errstate(all="ignore"):
+                rho = np.where(v > 0, (u.c - u.mu * u.mu) / np.where(v > 0, v, 1.0), 0.0)
+            c = np.broadcast_to(g * g * frac * np.clip(rho, -1, 1) + b * b, n.shape)
+        mu = np.broadcast_to(b, n.shape)
+        return self.moments(m2, mu, n.shape, _worst(u.how, "exact"), c=c)
 
     def dropout(self, d, z) -> Any:
         ins, _ = self.seen[d.scale]
         u = ins[d.operand]
         if not isinstance(u, Moments):
             return z
-        return self.moments(u.m2 / d.keep, u.mu, d.shape, u.how)
+        return self.moments(u.m2 / d.keep, u.mu, d.shape, u.how, c=u.c)
 
     def abstract(self, eqn, ins: list[Any], shapes) -> list[Any]:
         name = eqn.primitive.name
@@ -317,19 +379,15 @@ class _Interpreter:
                 return [self.same_source(name, eqn, ins, moms[0], shape, how)]
             return [self.independent(name, ins, shape, how)]
         if name in _STRUCT:
-            full_ins = [x if not isinstance(x, Moments) else None for x in ins]
-            m2s, mus = [], []
-            for x in ins:
-                if isinstance(x, Moments):
-                    m2s.append(np.broadcast_to(x.m2, x.shape).astype(np.float32))
-                    mus.append(np.broadcast_to(x.mu, x.shape).astype(np.float32))
-                else:
-                    m2s.append(x)
-                    mus.append(x)
-            del full_ins
-            m2 = _np(_bind(eqn, *m2s)[0])
-            mu = _np(_bind(eqn, *mus)[0])
-            return [self.moments(m2, mu, shape, how)]
+
+            def moved(field_name):
+                ops = [
+                    _f32(getattr(x, field_name), x.shape) if isinstance(x, Moments) else x
+                    for x in ins
+                ]
+                return _np(_bind(eqn, *ops)[0])
+
+            return [self.moments(moved("m2"), moved("mu"), shape, how, c=moved("c"))]
         a = [
             x if isinstance(x, Moments) else self.of_concrete(x, np.shape(x))
             for x in ins
@@ -338,20 +396,31 @@ class _Interpreter:
         approx = _worst(how, "approximation")
         if name == "reduce_sum":
             x, axes = a[0], tuple(eqn.params["axes"])
-            mu = np.sum(np.broadcast_to(x.mu, x.shape), axis=axes)
-            var = np.sum(np.broadcast_to(x.var, x.shape), axis=axes)
-            return [self.moments(var + mu * mu, mu, shape, approx)]
+            n = math.prod(x.shape[d] for d in axes)
+            f = lambda v: np.sum(np.broadcast_to(v, x.shape), axis=axes)  # noqa: E731
+            mu = f(x.mu)
+            if len(x.shape) - 1 in axes:  # over the units: independent terms
+                m2 = f(x.var) + mu * mu
+                c = np.broadcast_to(mu * mu, np.shape(m2))
+            else:  # over examples or positions: distinct terms share c
+                cov = f(x.c - x.mu * x.mu) / max(n, 1)
+                m2 = f(x.var) + mu * mu + (n - 1) * cov
+                c = n * n * (f(x.c) / max(n, 1))
+            return [self.moments(m2, mu, shape, approx, c=c)]
         if name in ("reduce_max", "reduce_min"):
             # A shift (a softmax's max): its mean, as if it did not fluctuate.
             x, axes = a[0], tuple(eqn.params["axes"])
             pick = np.max if name == "reduce_max" else np.min
             mu = pick(np.broadcast_to(x.mu, x.shape), axis=axes)
             return [self.moments(mu * mu, mu, shape, approx)]
-        if name == "reduce_window_sum":
+        if name == "reduce_window_sum":  # pooling over positions: they share c
             x = a[0]
-            mu = _np(_bind(eqn, _f32(x.mu, x.shape))[0])
-            var = _np(_bind(eqn, _f32(x.var, x.shape))[0])
-            return [self.moments(var + mu * mu, mu, shape, approx)]
+            w = lambda v: _np(_bind(eqn, _f32(v, x.shape))[0])  # noqa: E731
+            k = np.maximum(w(np.ones(())), 1.0)
+            mu = w(x.mu)
+            cov = w(x.c - x.mu * x.mu) / k
+            m2 = w(x.var) + mu * mu + (k - 1) * cov
+            return [self.moments(m2, mu, shape, approx, c=k * w(x.c))]
         if name in ("reduce_window_max", "reduce_window_min"):
             x = a[0]
             mu = _np(_bind(eqn, _f32(x.mu, x.shape))[0])
@@ -366,11 +435,25 @@ class _Interpreter:
 
             mu = d(x.mu, y.mu)
             m2 = d(x.m2, y.m2) + mu * mu - d(x.mu**2, y.mu**2)
+            (ca, cb), _ = dims
+            units = all(i == len(x.shape) - 1 for i in ca) and all(
+                j == len(y.shape) - 1 for j in cb
+            )
+            if not units:
+                # Over positions (attention's weights times the values): distinct terms
+                # share their covariance, E[a_j a_k] E[b_j b_k] ~ mu_aj mu_ak cov_b +
+                # cov_a mu_bj mu_bk (the product of the two covariances left out).
+                cov_a = max(float(np.mean(x.c - x.mu * x.mu)), 0.0)
+                cov_b = max(float(np.mean(y.c - y.mu * y.mu)), 0.0)
+                one_a, one_b = np.ones(()), np.ones(())
+                m2 = m2 + cov_b * (d(x.mu, one_b) ** 2 - d(x.mu**2, one_b))
+                m2 = m2 + cov_a * (d(one_a, y.mu) ** 2 - d(one_a, y.mu**2))
             return [self.moments(np.maximum(m2, 0.0), mu, shape, approx)]
         if name in ("concatenate", "pad", "dynamic_update_slice"):
             m2 = _np(_bind(eqn, *(_f32(x.m2, x.shape) for x in a))[0])
             mu = _np(_bind(eqn, *(_f32(x.mu, x.shape) for x in a))[0])
-            return [self.moments(m2, mu, shape, how)]
+            c = _np(_bind(eqn, *(_f32(x.c, x.shape) for x in a))[0])
+            return [self.moments(m2, mu, shape, how, c=c)]
         return [Unknown(s) for s in shapes]
 
     def same_source(self, name, eqn, ins, m: Moments, shape, how) -> Moments:
@@ -391,14 +474,22 @@ class _Interpreter:
             return op(*args)
 
         assert m.src_m is not None
-        mu_s, sd_s = m.src_m
+        mu_s, sd_s, rho = m.src_m
         t = mu_s[None] + sd_s[None] * _NODES.reshape((-1,) + (1,) * mu_s.ndim)
         with np.errstate(all="ignore"):
             vals = np.asarray(fn(t), np.float64)
         w = _WEIGHTS.reshape((-1,) + (1,) * (vals.ndim - 1))
         m2 = np.sum(w * vals * vals, axis=0)
         mu = np.sum(w * vals, axis=0)
-        return self.moments(m2, mu, shape, _worst(how, "mean-field"), fn, m.src, m.src_m)
+        if not np.any(np.abs(rho) > 1e-9):  # independent examples: E[f]E[f]
+            c = mu * mu
+        elif np.all(rho > 1 - 1e-9):  # one value shared by all: E[f^2]
+            c = m2
+        else:
+            c = _pair_moment(fn, mu_s, sd_s, rho)
+        out = self.moments(m2, mu, shape, _worst(how, "mean-field"), fn, m.src, m.src_m, c=c)
+        through = tuple(k for x in ins if isinstance(x, Moments) for k in x.through)
+        return replace(out, through=through) if through else out
 
     def independent(self, name, ins, shape, how) -> Moments | Unknown:
         """Two different values meeting elementwise, as if independent."""
@@ -413,23 +504,27 @@ class _Interpreter:
             sign = 1.0 if name == "add" else -1.0
             mu = x.mu + sign * y.mu
             m2 = x.m2 + y.m2 + 2 * sign * x.mu * y.mu
+            c = x.c + y.c + 2 * sign * x.mu * y.mu
             exact = np.all(x.mu * y.mu == 0)  # a zero-mean branch: E[ab] = 0
-            return self.moments(m2, mu, shape, _worst(how, "mean-field") if exact else approx)
+            how2 = _worst(how, "mean-field") if exact else approx
+            return self.moments(m2, mu, shape, how2, c=c)
         if name == "mul" and len(a) == 2:
             x, y = a
-            return self.moments(x.m2 * y.m2, x.mu * y.mu, shape, approx)
+            return self.moments(x.m2 * y.m2, x.mu * y.mu, shape, approx, c=x.c * y.c)
         if name == "div" and len(a) == 2:
             x, y = a
             den = np.where(y.m2 > 0, y.m2, np.inf)
-            return self.moments(x.m2 / den, x.mu / np.where(y.mu != 0, y.mu, np.inf), shape, approx)
+            mu = x.mu / np.where(y.mu != 0, y.mu, np.inf)
+            return self.moments(x.m2 / den, mu, shape, approx, c=x.c / den)
         if name in ("max", "min") and len(a) == 2:
             x, y = a
             pick = np.maximum if name == "max" else np.minimum
-            return self.moments(pick(x.m2, y.m2), pick(x.mu, y.mu), shape, approx)
+            return self.moments(pick(x.m2, y.m2), pick(x.mu, y.mu), shape, approx, c=pick(x.c, y.c))
         if name == "select_n" and len(a) == 3:
             p, x, y = a  # P(case 1) from the predicate's mean
             q = p.mu
-            return self.moments((1 - q) * x.m2 + q * y.m2, (1 - q) * x.mu + q * y.mu, shape, approx)
+            mix = lambda u, v: (1 - q) * u + q * v  # noqa: E731
+            return self.moments(mix(x.m2, y.m2), mix(x.mu, y.mu), shape, approx, c=mix(x.c, y.c))
         return Unknown(shape)
 
 
@@ -452,6 +547,28 @@ def _dot_general(a: np.ndarray, b: np.ndarray, dims) -> np.ndarray:
     out += [sb[j] for j in range(b.ndim) if j not in cb and j not in bb]
     spec = f"{''.join(sa)},{''.join(sb)}->{''.join(out)}"
     return np.einsum(spec, np.asarray(a, np.float64), np.asarray(b, np.float64))
+
+
+_N2, _W2 = np.polynomial.hermite_e.hermegauss(16)
+_W2 = _W2 / math.sqrt(2 * math.pi)
+
+
+def _pair_moment(fn, mu_s, sd_s, rho) -> np.ndarray:
+    """E[f(s_a) f(s_b)] for s_a, s_b Gaussian at (mu_s, sd_s) with correlation ``rho``: two
+    examples (positions) of a value that is a function of one value (2-D Gauss-Hermite)."""
+    mu_s, sd_s, rho = np.broadcast_arrays(np.asarray(mu_s), np.asarray(sd_s), np.asarray(rho))
+    shape = (-1, 1) + (1,) * np.ndim(mu_s)
+    z1 = _N2.reshape(shape)
+    z2 = _N2.reshape((1, -1) + (1,) * np.ndim(mu_s))
+    r = np.asarray(rho)[None, None]
+    sa = mu_s[None, None] + sd_s[None, None] * z1
+    sb = mu_s[None, None] + sd_s[None, None] * (r * z1 + np.sqrt(np.maximum(1 - r * r, 0)) * z2)
+    sa = np.broadcast_to(sa, sb.shape)
+    with np.errstate(all="ignore"):
+        fa = np.asarray(fn(sa.reshape((-1, *sa.shape[2:]))), np.float64)
+        fb = np.asarray(fn(sb.reshape((-1, *sb.shape[2:]))), np.float64)
+    w = (_W2[:, None] * _W2[None, :]).reshape((-1,) + (1,) * (fa.ndim - 1))
+    return np.sum(w * fa * fb, axis=0)
 
 
 def _is_key(x) -> bool:
@@ -488,7 +605,7 @@ class PredictedRow:
 
 
 @dataclass(frozen=True)
-class Propagation:
+class ModelPropagation:
     """What :func:`propagate_model` predicts, row by row in the order of the computation."""
 
     rows: tuple[PredictedRow, ...]
@@ -525,11 +642,9 @@ def _input_value(interp: _Interpreter, x) -> Any:
     a = np.asarray(x)
     if np.issubdtype(a.dtype, np.floating) and a.ndim > 0:
         a64 = a.astype(np.float64)
+        mu = np.mean(a64, axis=0, keepdims=True)
         return interp.moments(
-            np.mean(a64 * a64, axis=0, keepdims=True),
-            np.mean(a64, axis=0, keepdims=True),
-            a.shape,
-            "exact",
+            np.mean(a64 * a64, axis=0, keepdims=True), mu, a.shape, "exact", c=mu * mu
         )
     return a
 
@@ -543,12 +658,35 @@ def propagate_model(
     expect: dict[str, Any] | None = None,
     mode: str | None = "train",
     rngs: Any = None,
-) -> Propagation:
-    """Predict E[y²] of every layer of a Flax model from its structure alone, at init.
+) -> ModelPropagation:
+    """Predict E[y²] and E[(∂L/∂x)²] of every layer of a Flax model at init, from its
+    structure alone.
 
     The model is traced as :func:`varprop.check_model` traces it, and its jaxpr is
-    interpreted with values that carry second moments (module docstring): no XLA program
-    of the model is compiled or run. Each row says how its prediction was obtained.
+    interpreted with values that carry second moments (module docstring; the backward pass:
+    :mod:`varprop._src.model.propagate_backward`): no program of the model is compiled or
+    run. Each row says how its prediction was obtained (``docs/model_propagation.md``).
+
+    Example: He-normal layers on standard normal data keep E[y²] = 2 forward and backward
+    (the relu halves both ways):
+
+        >>> import jax, jax.numpy as jnp
+        >>> from flax import nnx
+        >>> from varprop.laws import propagate_model
+        >>> he = jax.nn.initializers.he_normal()
+        >>> def mlp(rngs):
+        ...     return nnx.Sequential(
+        ...         nnx.Linear(64, 64, kernel_init=he, rngs=rngs),
+        ...         jax.nn.relu,
+        ...         nnx.Linear(64, 64, kernel_init=he, rngs=rngs),
+        ...     )
+        >>> p = propagate_model(mlp, jax.ShapeDtypeStruct((16, 64), jnp.float32))
+        >>> for r in p.rows:
+        ...     print(r.path, r.direction, round(r.predicted, 3), r.how)
+        layers/0 forward 2.0 exact
+        layers/0 backward 2.0 mean-field
+        layers/2 forward 2.0 mean-field
+        layers/2 backward 2.0 mean-field
 
     Args:
         model, variables, call_kwargs, expect, mode, rngs: as :func:`varprop.check_model`.
@@ -583,13 +721,24 @@ def propagate_model(
         jax.random.key(0),
     ]
     closed = found.jaxpr
-    interp.run(closed.jaxpr, closed.consts, flat)
+    outs = interp.run(closed.jaxpr, closed.consts, flat)
+    from varprop._src.model.propagate_backward import Backward
+
+    back = Backward(interp)
+    back.run(outs)
     rows: list[tuple[tuple[int, ...], PredictedRow]] = []
     for site, path in zip(found.layers, paths, strict=True):
         p, how = _mean(interp.at.get(site.eqn))
         if laws[site.index] is None:
             how = "no law"
         rows.append((site.eqn, PredictedRow(path, site.kind, "forward", p, how)))
+        if site.kind != "embed":
+            gx, bhow = back.layer_back.get(site.index, (None, "unknown"))
+            if gx is None:
+                bp, bhow = None, "unknown" if laws[site.index] is not None else "no law"
+            else:
+                bp = float(np.mean(np.broadcast_to(gx, site.x_shape)))
+            rows.append((site.eqn, PredictedRow(path, site.kind, "backward", bp, bhow)))
     from varprop._src.model.rows import layer_path
 
     for n in found.norms:
@@ -598,4 +747,4 @@ def propagate_model(
         rows.append((n.out, PredictedRow(name, n.kind, "forward", p, how)))
     rows.sort(key=lambda t: t[0])
     notes = [] if not found.skipped else [f"inside {', '.join(found.skipped)}: not predicted"]
-    return Propagation(tuple(r for _, r in rows), tuple(notes))
+    return ModelPropagation(tuple(r for _, r in rows), tuple(notes))
