@@ -12,6 +12,12 @@ Initializers are seen with :func:`record_init_calls`, which watches the model be
 (an NNX factory, or Linen's ``init``) for calls ``init(key, shape, dtype)`` and keeps the
 outermost one that returned each parameter. NNX modules do not keep their initializers, so
 an NNX *instance* is checked with its weights as given unless a factory is passed.
+
+Stacked parameters (blocks built under ``nnx.vmap`` or ``linen.scan``/``linen.vmap``, to be
+run by a scan) are drawn by calls with the *slice's* shape inside the transformation; each
+such call is matched to its stacked leaf (by the Linen scope's path, by the batched value
+``nnx.vmap`` computed, or, when every candidate is the same initializer, by shape) and the
+leaf is redrawn as that many independent slices (:attr:`InitCall.stack`).
 """
 
 from __future__ import annotations
@@ -19,12 +25,13 @@ from __future__ import annotations
 import inspect
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.core import Tracer
 
 from varprop._src.errors import InputError
 
@@ -37,6 +44,11 @@ class InitCall:
     shape: tuple[int, ...]
     dtype: Any
     value: Any
+    #: The parameter's path when the call says whose it is (a Linen scope's ``param``).
+    owner: str | None = None
+    #: ``(axis, n)``: the call drew one slice of a parameter stacked ``n`` times on
+    #: ``axis`` (set when matched to a leaf).
+    stack: tuple[int, int] | None = None
 
 
 def _is_key(x: Any) -> bool:
@@ -68,6 +80,22 @@ def _function_of(frame) -> Callable[..., Any] | None:
     return None
 
 
+def _owner(frame) -> str | None:
+    """The path of the parameter a Linen ``param(name, init_fn, ...)`` call a few frames up
+    is creating (its scope's path and name), else None."""
+    f = frame.f_back
+    for _ in range(8):
+        if f is None:
+            return None
+        if f.f_code.co_name == "param":
+            loc = f.f_locals
+            path, name = getattr(loc.get("self"), "path", None), loc.get("name")
+            if isinstance(path, tuple) and isinstance(name, str):
+                return "/".join([*map(str, path), name])
+        f = f.f_back
+    return None
+
+
 def record_init_calls(build: Callable[[], Any]) -> tuple[Any, list[InitCall]]:
     """Run ``build()`` and return its result with the outermost initializer calls made.
 
@@ -90,10 +118,11 @@ def record_init_calls(build: Callable[[], Any]) -> tuple[Any, list[InitCall]]:
                 key, shape = loc.get(names[0]), loc.get(names[1])
                 if _is_key(key) and _is_shape(shape):
                     dtype = loc.get(names[2]) if len(names) > 2 else None
-                    active.append((frame, _function_of(frame), tuple(shape), dtype))
+                    fn = _function_of(frame)
+                    active.append((frame, fn, tuple(shape), dtype, _owner(frame)))
         elif event == "return" and active and active[0][0] is frame:
-            _, fn, shape, dtype = active.pop()
-            calls.append(InitCall(fn, shape, dtype, arg))
+            _, fn, shape, dtype, owner = active.pop()
+            calls.append(InitCall(fn, shape, dtype, arg, owner))
 
     old = sys.getprofile()
     sys.setprofile(prof)
@@ -104,9 +133,12 @@ def record_init_calls(build: Callable[[], Any]) -> tuple[Any, list[InitCall]]:
     return out, calls
 
 
-def _match_inits(leaves: Sequence[Any], calls: Sequence[InitCall]) -> list[InitCall | None]:
+def _match_inits(
+    leaves: Sequence[Any], calls: Sequence[InitCall], paths: Sequence[str] | None = None
+) -> list[InitCall | None]:
     """For each parameter leaf, the initializer call that returned it (by identity, else by
-    equal shape and values), or None."""
+    equal shape and values), or the call that drew one slice of it (:func:`_stacked`), or
+    None."""
     by_id = {id(c.value): c for c in calls}
     out: list[InitCall | None] = []
     used: set[int] = set()
@@ -117,6 +149,7 @@ def _match_inits(leaves: Sequence[Any], calls: Sequence[InitCall]) -> list[InitC
                 v = cand.value
                 if (
                     j not in used
+                    and not isinstance(v, Tracer)
                     and getattr(v, "shape", None) == getattr(leaf, "shape", None)
                     and np.array_equal(np.asarray(v), np.asarray(leaf))
                 ):
@@ -124,7 +157,61 @@ def _match_inits(leaves: Sequence[Any], calls: Sequence[InitCall]) -> list[InitC
                     used.add(j)
                     break
         out.append(c)
+    for i, leaf in enumerate(leaves):
+        if out[i] is None:
+            out[i] = _stacked(leaf, calls, None if paths is None else paths[i])
     return out
+
+
+def _stack_axes(leaf_shape: tuple[int, ...], shape: tuple[int, ...]) -> list[int]:
+    """The axes whose removal from ``leaf_shape`` leaves ``shape``."""
+    if len(leaf_shape) != len(shape) + 1:
+        return []
+    return [a for a in range(len(leaf_shape)) if leaf_shape[:a] + leaf_shape[a + 1 :] == shape]
+
+
+def _batched(v: Any) -> Any:
+    """The concrete stacked value of an ``nnx.vmap``/``jax.vmap`` output (batch axis 0)."""
+    val, bdim = getattr(v, "val", None), getattr(v, "batch_dim", None)
+    if isinstance(val, jax.Array) and not isinstance(val, Tracer) and isinstance(bdim, int):
+        return jnp.moveaxis(val, bdim, 0)
+    return None
+
+
+def _stacked(leaf: Any, calls: Sequence[InitCall], path: str | None) -> InitCall | None:
+    """The call that drew one slice of a stacked ``leaf``: the call of a Linen scope that
+    names this path; else one whose batched value (``nnx.vmap``) is the leaf; else, when
+    every call of the slice's shape made inside a transformation is the same initializer,
+    that one."""
+    from varprop._src.recognize import recognize
+
+    shape = tuple(getattr(leaf, "shape", ()))
+    cands = [(c, _stack_axes(shape, c.shape)) for c in calls if c.fn is not None]
+    cands = [(c, axes) for c, axes in cands if axes]
+    if not cands:
+        return None
+    owned = [(c, axes) for c, axes in cands if path is not None and c.owner == path]
+    if owned:
+        c, axes = owned[-1]
+        return replace(c, stack=(axes[0], shape[axes[0]]))
+    for c, axes in cands:
+        b = _batched(c.value)
+        for a in axes:
+            if b is not None and b.shape[0] == shape[a]:
+                if np.array_equal(np.asarray(jnp.moveaxis(b, 0, a)), np.asarray(leaf)):
+                    return replace(c, stack=(a, shape[a]))
+    if any(c.owner is not None for c, _ in cands):
+        return None  # Linen said whose each call was: not this leaf's
+    # Calls made inside a transformation (their value a tracer) are what stacks are drawn
+    # by; a concrete value of the slice's shape is some other parameter's.
+    cands = [(c, axes) for c, axes in cands if isinstance(c.value, Tracer)]
+    if not cands:
+        return None
+    laws = {repr(recognize(c.fn)) for c, _ in cands}  # a varprop initializer's repr is its law
+    if len(laws) == 1 and laws != {"None"}:
+        c, axes = cands[0]
+        return replace(c, stack=(axes[0], shape[axes[0]]))
+    return None
 
 
 def path_name(path: Sequence[Any]) -> str:
@@ -164,13 +251,27 @@ class ModelFunction:
                 out.append(p)
             else:
                 k = jax.random.fold_in(key, i)
-                args = (k, c.shape) if c.dtype is None else (k, c.shape, c.dtype)
-                out.append(jnp.asarray(c.fn(*args), dtype=jnp.asarray(p).dtype).reshape(p.shape))
+                out.append(_draw(c, k).astype(jnp.asarray(p).dtype).reshape(p.shape))
         return out
 
     @property
     def redrawable(self) -> bool:
         return any(c is not None and c.fn is not None for c in self.inits)
+
+
+def _draw(c: InitCall, key: jax.Array) -> jax.Array:
+    """A fresh draw of ``c``'s parameter: one call, or one per slice of a stacked one."""
+    fn = c.fn
+    assert fn is not None
+
+    def one(k):
+        args = (k, c.shape) if c.dtype is None else (k, c.shape, c.dtype)
+        return jnp.asarray(fn(*args))
+
+    if c.stack is None:
+        return one(key)
+    axis, n = c.stack
+    return jnp.moveaxis(jax.vmap(one)(jax.random.split(key, n)), 0, axis)
 
 
 def _is_nnx(obj: Any) -> bool:
@@ -218,7 +319,9 @@ def _nnx_function(model, mode: str | None, calls: list[InitCall], call_kwargs) -
     orig = [
         leaf for _, leaf in jax.tree_util.tree_flatten_with_path(nnx.state(model, nnx.Param))[0]
     ]
-    inits: list[InitCall | None] = _match_inits(orig, calls) if calls else [None] * len(leaves)
+    inits: list[InitCall | None] = (
+        _match_inits(orig, calls, paths) if calls else [None] * len(leaves)
+    )
     notes = []
     if not calls:
         notes.append(
@@ -260,7 +363,9 @@ def _linen_function(
     paths = [path_name(p) for p, _ in with_paths]
     rest = {k: v for k, v in variables.items() if k != "params"}
     state, stree = jax.tree_util.tree_flatten(rest)
-    inits: list[InitCall | None] = _match_inits(leaves, calls) if calls else [None] * len(leaves)
+    inits: list[InitCall | None] = (
+        _match_inits(leaves, calls, paths) if calls else [None] * len(leaves)
+    )
 
     def apply(p, s, inputs, key):
         v = {

@@ -17,7 +17,9 @@ where Var(w) is the expected law's variance at the op's *true* fans (a conv's
 sums run over exactly the taps of the real op (borders, strides, dilation, groups), and
 c is 1, or ``1 - 2/n`` (``1 - 1/n``) when the layer's output is normalized by a
 training-mode BatchNorm (LayerNorm) (``docs/model_laws.md``). Residual adds are reported
-with the correlation of their branches; they are measured, not tested.
+with the correlation of their branches; they are measured, not tested. Layers inside a
+``lax.scan`` (``nnx.scan``, ``linen.scan`` over stacked block weights) are tested at every
+iteration: one row each, ``blocks/conv1[3]`` (:mod:`varprop._src.model.loops`).
 
 Example:
     >>> import jax, varprop
@@ -46,9 +48,10 @@ import numpy as np
 from varprop._src.errors import InputError
 from varprop._src.formatting import fmt as _fmt
 from varprop._src.model.expected import expected_law, law_for, row_paths, trace_model
+from varprop._src.model.loops import base_path, group_key
 from varprop._src.model.probe import make_model_probe, model_args
 from varprop._src.model.result import ModelCheckResult, ModelRow
-from varprop._src.model.rows import health, layer_path, model_rows
+from varprop._src.model.rows import describe_iterations, health, layer_path, model_rows
 from varprop._src.verdicts import overall_verdict
 
 __all__ = ["ModelCheckResult", "ModelRow", "check_model"]
@@ -223,12 +226,7 @@ def check_model(
         for site, p in zip(found.layers, paths, strict=True)
     }
     state = health(rows, sizes, zero_scales)
-    diagnosis = notes + [
-        f"{r.path} ({r.direction}): measured/predicted {r.ratio:.3g} "
-        f"[{_fmt(r.ratio_low, 3)}, {_fmt(r.ratio_high, 3)}] against {r.law}"
-        for r in rows
-        if r.verdict == "disagrees" and r.ratio is not None
-    ]
+    diagnosis = notes + _disagreements(rows)
     if zero_scales:
         diagnosis.append(
             "branches that start as the identity (zero scale): " + ", ".join(zero_scales)
@@ -248,5 +246,38 @@ def check_model(
         "seed": seed,
         "layers": len(found.layers),
         "merges": len(found.merges),
+        "scans": [lp.length for lp in found.loops],
     }
     return ModelCheckResult(verdict, total, rows, state, diagnosis, config)
+
+
+def _disagreements(rows: list[ModelRow]) -> list[str]:
+    """One line per disagreeing row; the iterations of one site in a scan in one line when
+    more than three disagree (their ratios' range, and which iterations)."""
+    bad = [r for r in rows if r.verdict == "disagrees" and r.ratio is not None]
+    groups: dict[tuple[str, str], list[ModelRow]] = {}
+    for r in bad:
+        key = (group_key(r.path) if r.iteration else r.path, r.direction)
+        groups.setdefault(key, []).append(r)
+    out = []
+    for (_, direction), rs in groups.items():
+        r = rs[0]
+        if len(rs) <= 3:
+            out += [
+                f"{x.path} ({x.direction}): measured/predicted {x.ratio:.3g} "
+                f"[{_fmt(x.ratio_low, 3)}, {_fmt(x.ratio_high, 3)}] against {x.law}"
+                for x in rs
+            ]
+            continue
+        ratios = [x.ratio for x in rs if x.ratio is not None]
+        of = sum(
+            1
+            for x in rows
+            if x.iteration and group_key(x.path) == group_key(r.path) and x.direction == direction
+        )
+        out.append(
+            f"{base_path(r.path)}{describe_iterations(rs)} ({direction}): {len(rs)} of {of} iterations "
+            f"disagree, measured/predicted {min(ratios):.3g} to {max(ratios):.3g} against "
+            f"{r.law}"
+        )
+    return out

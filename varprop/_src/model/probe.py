@@ -19,6 +19,11 @@ Per layer (float32, per seed; logs are natural logs, -inf for 0):
   op(a^2, b^2) and y^2.
 * normalizations: mean z^2 and the mean of its law given the op's own γ, β, statistics
   and input (:mod:`~varprop._src.model.tails`); dropout: mean z^2, u^2 and u^4.
+
+Inside a ``lax.scan`` every statistic has one value per iteration: after the seed axis,
+the axes :meth:`~varprop._src.model.trace.Found.iterations` (the perturbations are scanned
+over with the data and the statistics come back as the scan's stacked outputs:
+:mod:`~varprop._src.model.loops`).
 """
 
 from __future__ import annotations
@@ -269,41 +274,44 @@ def make_model_probe(
         params = mf.redraw(k_init) if redraw else list(mf.params)
         batch = model_args(inputs, k_data)
         flat_inputs = jax.tree_util.tree_leaves(batch)
-        eps = {s.index: (jnp.zeros(s.x_shape, F32), jnp.zeros(s.y_shape, F32)) for s in tapped}
+        # One zero perturbation per iteration for a layer inside a scan.
+        eps = {
+            s.index: tuple(
+                jnp.zeros((*found.iterations(s.eqn), *shape), F32)
+                for shape in (s.x_shape, s.y_shape)
+            )
+            for s in tapped
+        }
+
+        def on_layer(site, x, w, apply, tap):
+            del w
+            if tap is None:
+                y = apply(x)
+            else:
+                ex, ey = tap
+                y = apply(x + ex.astype(x.dtype))
+                y = y + ey.astype(y.dtype)
+            return y, forward_stats(site, x, y, site.index in with_mean)
+
+        def on_scope(seen: Seen):
+            # The normalizations and dropouts of this scope (the model, or a scan's body).
+            out: dict[tuple[str, int], Any] = {}
+            for n in found.norms:
+                if n.out in seen:
+                    out["norm", n.index] = norm_stats(n, seen)
+            for d in found.dropouts:
+                if d.out in seen:
+                    out["dropout", d.index] = dropout_stats(d, seen)
+            return out
 
         def run(eps):
-            fwd: dict[int, Any] = {}
-            mer: dict[int, Any] = {}
-
-            def on_layer(site, x, w, apply):
-                del w
-                pair = eps.get(site.index)
-                if pair is None:
-                    y = apply(x)
-                else:
-                    ex, ey = pair
-                    y = apply(x + ex.astype(x.dtype))
-                    y = y + ey.astype(y.dtype)
-                fwd[site.index] = forward_stats(site, x, y, site.index in with_mean)
-                return y
-
-            def on_merge(m, a, b):
-                mer[m.index] = merge_stats(m, a, b)
-
-            seen: Seen = {}
-
-            def on_seen(eqn, ins, outs):
-                seen[eqn] = (ins, outs)
-
             args = [*params, *mf.state, *flat_inputs, k_rng]
-            outs = evaluate(found, args, on_layer, on_merge, on_seen)
-            tails = {
-                "norm": {n.index: norm_stats(n, seen) for n in found.norms},
-                "dropout": {d.index: dropout_stats(d, seen) for d in found.dropouts},
-            }
-            return outs, (fwd, mer, tails)
+            return evaluate(found, args, on_layer, merge_stats, on_scope, taps=eps)
 
-        outs, pull, (fwd, mer, tails) = jax.vjp(run, eps, has_aux=True)
+        outs, pull, records = jax.vjp(run, eps, has_aux=True)
+        by_kind: dict[str, dict[int, Any]] = {"layer": {}, "merge": {}, "norm": {}, "dropout": {}}
+        for (kind, index), rec in records.items():
+            by_kind[kind][index] = rec
         if loss is not None:
             tree = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(out_tree), outs)
             cot_tree = jax.grad(loss)(tree)
@@ -317,8 +325,19 @@ def make_model_probe(
                 for k, o, f in zip(ks, outs, float_out, strict=True)
             ]
         (g_eps,) = pull(cots)
-        bwd = {s.index: backward_stats(s, *g_eps[s.index]) for s in tapped}
-        return {"forward": fwd, "backward": bwd, "merge": mer, **tails}
+        bwd = {}
+        for s in tapped:
+            stats = functools.partial(backward_stats, s)
+            for _ in found.iterations(s.eqn):  # one per iteration
+                stats = jax.vmap(stats)
+            bwd[s.index] = stats(*g_eps[s.index])
+        return {
+            "forward": by_kind["layer"],
+            "backward": bwd,
+            "merge": by_kind["merge"],
+            "norm": by_kind["norm"],
+            "dropout": by_kind["dropout"],
+        }
 
     if jax.default_backend() == "cpu":
         # One seed after another inside the call: XLA's CPU compiler takes 2.5x longer on

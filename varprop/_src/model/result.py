@@ -1,13 +1,28 @@
 """The result of :func:`varprop.check_model`: one row per layer and direction, the
-verdict, the health and the diagnosis, as a table, a summary, JSON and an exit code."""
+verdict, the health and the diagnosis, as a table, a summary, JSON and an exit code.
+
+A layer inside a ``lax.scan`` has one row per iteration (``blocks/conv1[3]``). Every row is
+in :attr:`ModelCheckResult.layers` and ``to_json()``; the table shows all the iterations of
+a site when there are at most :data:`SHOW_ITERATIONS`, else its :data:`WORST` worst rows
+(disagreeing first, then the farthest ratio from 1) and one line for the whole site: how
+many iterations agree, disagree, ..., and the range of their ratios.
+"""
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from varprop._src.formatting import clean, fmt
+from varprop._src.model.loops import group_key
+
+#: A site's iterations are all shown in the table up to this many.
+SHOW_ITERATIONS = 8
+#: Else its worst rows shown, and a line for the rest.
+WORST = 3
+_RANK = {"disagrees": 0, "inconclusive": 1, "float32_limit": 2, "agrees": 4}
 
 
 @dataclass
@@ -46,6 +61,9 @@ class ModelRow:
     correlation: float | None = None
     #: For an inconclusive narrow row: about how many seeds would decide it.
     seeds_needed: int | None = None
+    #: Inside a scan: the iteration (one index per enclosing scan; the slice of the
+    #: stacked parameters it reads). ``None`` outside loops.
+    iteration: list[int] | None = None
 
 
 @dataclass
@@ -88,15 +106,39 @@ class ModelCheckResult:
     def rows(self, direction: str) -> list[ModelRow]:
         return [r for r in self.layers if r.direction == direction]
 
+    def shown(self) -> list[ModelRow | SiteLine]:
+        """The table's lines: rows, and for a site with more than :data:`SHOW_ITERATIONS`
+        iterations its :data:`WORST` worst rows and a :class:`SiteLine` for all of them."""
+        groups: dict[tuple[str, str, str], list[ModelRow]] = {}
+        for r in self.layers:
+            if r.iteration is not None:
+                groups.setdefault((group_key(r.path), r.kind, r.direction), []).append(r)
+        out: list[ModelRow | SiteLine] = []
+        done: set[tuple[str, str, str]] = set()
+        for r in self.layers:
+            key = (group_key(r.path), r.kind, r.direction)
+            rs = groups.get(key, [r]) if r.iteration is not None else [r]
+            if len(rs) <= SHOW_ITERATIONS:
+                out.append(r)
+            elif key not in done:
+                done.add(key)
+                out += sorted(rs, key=_badness)[:WORST]
+                out.append(_group_line(key, rs))
+        return out
+
     def table(self) -> str:
-        w = max([len(r.path) for r in self.layers] + [4])
+        shown = self.shown()
+        w = max([len(r.path) for r in shown] + [4])
         head = (
             f"{'path':<{w}} {'kind':>8} {'dir':>8} {'fan_in':>8} {'fan_out':>8} "
             f"{'border':>6} {'predicted':>10} {'measured':>10} {'ratio':>7} "
             f"{'interval':>17}  verdict"
         )
         lines = [head, "-" * len(head)]
-        for r in self.layers:
+        for r in shown:
+            if isinstance(r, SiteLine):
+                lines.append(f"{r.path:<{w}} {r.kind:>8} {r.direction:>8}  {r.text}")
+                continue
             iv = (
                 f"[{fmt(r.ratio_low, 4)}, {fmt(r.ratio_high, 4)}]"
                 if r.ratio_low is not None and r.ratio_high is not None
@@ -119,6 +161,12 @@ class ModelCheckResult:
             f"Law: {self.verdict} ({tested} rows tested, {self.seeds} seed"
             f"{'s' if self.seeds != 1 else ''}, band ±{self.config.get('tolerance', 0.1):.0%})."
         )
+        hidden = len(self.layers) - sum(isinstance(r, ModelRow) for r in self.shown())
+        if hidden:
+            out.append(
+                f"Scans: {hidden} of {len(self.layers)} rows (iterations) not shown; "
+                "to_json() has every row."
+            )
         for d in ("forward", "backward"):
             h = self.health.get(d)
             if h:
@@ -133,3 +181,32 @@ class ModelCheckResult:
             out.append("Diagnosis:")
             out.extend(f"  - {d}" for d in self.diagnosis)
         return "\n".join(out)
+
+
+def _badness(r: ModelRow) -> tuple[int, float]:
+    """Disagreeing rows first, then the farthest ratio from 1."""
+    far = abs(math.log(r.ratio)) if r.ratio is not None and r.ratio > 0 else 0.0
+    return _RANK.get(r.verdict, 3), -far
+
+
+@dataclass
+class SiteLine:
+    """A line of the table for every iteration of one site in a scan."""
+
+    path: str
+    kind: str
+    direction: str
+    text: str
+
+
+def _group_line(key: tuple[str, str, str], rs: list[ModelRow]) -> SiteLine:
+    """One line for every iteration of a site: the verdicts counted, the ratios' range."""
+    path, kind, direction = key
+    counts: dict[str, int] = {}
+    for r in rs:
+        counts[r.verdict] = counts.get(r.verdict, 0) + 1
+    verdicts = ", ".join(f"{n} {v}" for v, n in sorted(counts.items(), key=lambda t: -t[1]))
+    ratios = [r.ratio for r in rs if r.ratio is not None]
+    span = f"; ratio {fmt(min(ratios), 4)} to {fmt(max(ratios), 4)}" if ratios else ""
+    text = f"{len(rs)} iterations: {verdicts}{span} (the {WORST} worst shown above)"
+    return SiteLine(path, kind, direction, text)

@@ -1,6 +1,11 @@
 """The rows of :func:`varprop.check_model`: each layer's conditional test from the probe's
 statistics (:func:`varprop.layer_verdict`), the measured rows (between layers, residual adds,
-attention's products) and the health (``docs/model_checker.md``)."""
+attention's products) and the health (``docs/model_checker.md``).
+
+A site inside a ``lax.scan`` has one row per iteration (``blocks/conv1[3]``: the iteration
+that reads slice 3 of the stacked parameters), in the order the iterations run, each
+tested on its own; the multiple-testing correction counts every iteration's test.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from varprop._src.formatting import fmt as _fmt
+from varprop._src.model.loops import base_path, earlier, group_key, ranges, suffix
 from varprop._src.model.probe import is_narrow
 from varprop._src.model.result import ModelRow
 from varprop._src.model.tails import DropoutSite, NormSite
@@ -184,17 +190,19 @@ def _gram(s: dict[str, Any], prefix: str) -> dict[str, np.ndarray]:
     return {f"v_{k}": np.asarray(s[prefix + k], np.float64) for k in ("gram", "diag", "sumfrac")}
 
 
-def _between_row(prev: LayerSite, site: LayerSite, paths: list[str], st) -> ModelRow:
+def _between_row(
+    prev: LayerSite, prev_ix: Ix, site: LayerSite, ix: Ix, paths: list[str], st
+) -> ModelRow:
     """What lies between two layers (activations, normalizations, pooling, dropout, adds):
     measured, never a verdict: E[x^2] of this layer's input against E[y^2] of the previous
-    layer's output."""
-    y_prev = np.exp(np.asarray(st["forward"][prev.index]["y_lm2"], np.float64))
-    x_here = np.exp(np.asarray(st["forward"][site.index]["x_lm2"], np.float64))
+    layer's output (of the iteration that ran last before this one)."""
+    y_prev = np.exp(np.asarray(_at(st["forward"][prev.index], prev_ix)["y_lm2"], np.float64))
+    x_here = np.exp(np.asarray(_at(st["forward"][site.index], ix)["x_lm2"], np.float64))
     with np.errstate(invalid="ignore", divide="ignore"):
         ratio = _seed_mean(x_here / y_prev)
     what = ", ".join(site.between) or "reshape"
     return ModelRow(
-        f"{paths[prev.index]} -> {paths[site.index]}",
+        f"{paths[prev.index]}{suffix(prev_ix)} -> {paths[site.index]}{suffix(ix)}",
         "between",
         "forward",
         None,
@@ -211,13 +219,21 @@ def _between_row(prev: LayerSite, site: LayerSite, paths: list[str], st) -> Mode
     )
 
 
-def _merge_row(m: MergeSite, st, paths: list[str]) -> ModelRow:
-    s = st["merge"][m.index]
+def _merge_row(m: MergeSite, st, paths: list[str], found=None, ix: Ix = ()) -> ModelRow:
+    s = _at(st["merge"][m.index], ix)
     a, b, ab, tot = (np.asarray(s[k], np.float64) for k in ("a_m2", "b_m2", "ab", "sum_m2"))
 
     def name(deps: frozenset[int]) -> str:
         layers = [d for d in deps if d >= 0]
-        return paths[max(layers)] if layers else "input"
+        if layers:
+            d = max(layers)
+            return paths[d] + (suffix(_ix_of(found, d, m.eqn, ix)) if found else "")
+        before = [earlier(d) for d in deps if d <= -2]
+        if before and found is not None:
+            d = max(before)
+            back = _step_back(found, m.eqn, ix)
+            return paths[d] + (suffix(_ix_of(found, d, m.eqn, back)) if back else "")
+        return "input"
 
     if m.kind == "product":
         # Measured, never a verdict: attention's logits (q k^T: d E[q^2] E[k^2] for
@@ -285,17 +301,17 @@ def _tail_name(deps: frozenset[int], paths: list[str], what: str) -> str:
     return f"{what} after {paths[max(layers)]}" if layers else f"{what} of the input"
 
 
-def _norm_row(n: NormSite, st, paths: list[str], param_paths, tol: float) -> ModelRow:
+def _norm_row(n: NormSite, st, paths: list[str], param_paths, tol: float, ix: Ix = ()) -> ModelRow:
     """A normalization's own forward law given its input: an identity over each group
     (train) or of the running statistics (eval), so the interval is the seeds' range."""
-    s = st["norm"][n.index]
+    s = _at(st["norm"][n.index], ix)
     z, law = (np.asarray(s[k], np.float64) for k in ("z_m2", "law_m2"))
     finite = bool(np.all(s["finite"]))
     name = (
         layer_path(param_paths[n.param])
         if n.param is not None
         else _tail_name(n.deps, paths, "normalization")
-    )
+    ) + suffix(ix)
     if n.mode == "train":
         text = "E[z^2] = gamma^2 v/(v+eps) + beta^2 over each group (train)"
     else:
@@ -340,7 +356,9 @@ def _norm_row(n: NormSite, st, paths: list[str], param_paths, tol: float) -> Mod
     return row
 
 
-def _dropout_row(d: DropoutSite, st, paths: list[str], tol: float, alpha: float) -> ModelRow:
+def _dropout_row(
+    d: DropoutSite, st, paths: list[str], tol: float, alpha: float, ix: Ix = ()
+) -> ModelRow:
     """Inverted dropout, ``E[z^2] = E[u^2]/keep`` given u: the sum of independent masked
     terms has variance ``sum u^4 (1-keep)/keep^3`` (times the values per draw, an upper
     bound, when the mask is broadcast); a normal interval at ``alpha``."""
@@ -348,14 +366,14 @@ def _dropout_row(d: DropoutSite, st, paths: list[str], tol: float, alpha: float)
 
     from varprop._src.laws.model_ops import dropout_factor
 
-    s = st["dropout"][d.index]
+    s = _at(st["dropout"][d.index], ix)
     z, u2, u4 = (np.asarray(s[k], np.float64) for k in ("z_m2", "u_m2", "u_m4"))
     factor = float(dropout_factor(1 - d.keep))
     n = math.prod(d.shape)
     per_draw = max(1, n // max(1, d.draws))
     pred = u2 * factor
     row = ModelRow(
-        _tail_name(d.deps, paths, "dropout"),
+        _tail_name(d.deps, paths, "dropout") + suffix(ix),
         "dropout",
         "forward",
         None,
@@ -403,7 +421,7 @@ def health(
         # resolution change (pooling, strides) rescales a per-value moment legitimately.
         log_change, steps = 0.0, 0
         for a, b in itertools.pairwise(rs):
-            if sizes[a.path][d] != sizes[b.path][d]:
+            if sizes[base_path(a.path)][d] != sizes[base_path(b.path)][d]:
                 continue
             lo, hi = (a, b) if d == "forward" else (b, a)
             if not (lo.measured and hi.measured):
@@ -428,11 +446,19 @@ def health(
             "change": math.exp(log_change) if math.isfinite(log_change) else log_change,
             "steps": steps,
         }
-    for r in rows:
-        if r.kind in ("dense", "conv", "embed") and r.direction == "forward" and r.measured == 0:
-            out["degenerate"].append(f"{r.path}: every output is 0")
-        if r.verdict == "disagrees" and "non-finite" in r.note:
-            out["degenerate"].append(f"{r.path} ({r.direction}): non-finite values")
+    zero = [
+        r
+        for r in rows
+        if r.kind in ("dense", "conv", "embed") and r.direction == "forward" and r.measured == 0
+    ]
+    out["degenerate"] += [f"{p}: every output is 0" for p in grouped_paths(zero)]
+    for d in ("forward", "backward"):
+        bad = [
+            r
+            for r in rows
+            if r.direction == d and r.verdict == "disagrees" and "non-finite" in r.note
+        ]
+        out["degenerate"] += [f"{p} ({d}): non-finite values" for p in grouped_paths(bad)]
     zero_bwd = [r.path for r in rows if r.direction == "backward" and r.measured == 0]
     if zero_bwd and not zero_scales:
         more = " ..." if len(zero_bwd) > 5 else ""
@@ -444,42 +470,181 @@ def health(
 # ----------------------------------------------------------------------------------------
 
 
+def grouped_paths(rows: list[ModelRow]) -> list[str]:
+    """The rows' paths, the iterations of one site compacted: ``blocks/a[0-7, 9]``."""
+    out: dict[str, list[Any]] = {}
+    for r in rows:
+        key = group_key(r.path) if r.iteration else r.path
+        out.setdefault(key, []).append(r)
+    return [
+        key if not rs[0].iteration else f"{base_path(rs[0].path)}{describe_iterations(rs)}"
+        for key, rs in out.items()
+    ]
+
+
+def describe_iterations(rows: list[ModelRow]) -> str:
+    """``[0-7, 9]`` (one loop), or the first few suffixes (a scan in a scan)."""
+    ixs = [tuple(r.iteration or ()) for r in rows]
+    if all(len(ix) == 1 for ix in ixs):
+        return f"[{ranges([ix[0] for ix in ixs])}]"
+    more = ", ..." if len(ixs) > 4 else ""
+    return "{" + ", ".join(suffix(ix) for ix in ixs[:4]) + more + "}"
+
+
+Ix = tuple[int, ...]
+
+
+def _at(stats: dict[str, Any], ix: Ix) -> dict[str, Any]:
+    """One iteration's statistics (every array indexed after the seed axis)."""
+    if not ix:
+        return stats
+    return {k: np.asarray(v)[(slice(None), *ix)] for k, v in stats.items()}
+
+
+def _ix_of(found, layer: int, eqn: tuple[int, ...], ix: Ix) -> Ix:
+    """The iteration of ``layer`` that ran last before iteration ``ix`` of ``eqn``: the
+    same in the loops they share, the last in the others."""
+    mine, theirs = found.loops_of(eqn), found.loops_of(found.layers[layer].eqn)
+    k = 0
+    while k < min(len(mine), len(theirs)) and mine[k] == theirs[k]:
+        k += 1
+    return (*ix[:k], *(lp.last for lp in theirs[k:]))
+
+
+def _step_back(found, eqn: tuple[int, ...], ix: Ix) -> Ix | None:
+    """The iteration that ran just before ``ix`` in the innermost loop (None: the first)."""
+    loops = found.loops_of(eqn)
+    if not loops or loops[-1].step(ix[-1]) == 0:
+        return None
+    return (*ix[:-1], loops[-1].slice_at(loops[-1].step(ix[-1]) - 1))
+
+
+def _previous(found, site: LayerSite, ix: Ix) -> tuple[int, Ix] | None:
+    """The layer whose output this layer's input comes from (the last to run before it),
+    and its iteration: in this iteration, else (through the carry) the previous one, else
+    before the loop."""
+    loops = found.loops_of(site.eqn)
+    n = len(loops)
+    now = [d for d in site.x_deps if d >= 0]
+    inner = [d for d in now if found.loops_of(found.layers[d].eqn)[:n] == loops]
+    if inner:
+        return max(inner), _ix_of(found, max(inner), site.eqn, ix)
+    back = _step_back(found, site.eqn, ix)
+    before = [earlier(d) for d in site.x_deps if d <= -2]
+    before = [d for d in before if found.loops_of(found.layers[d].eqn)[:n] == loops]
+    if back is not None and before:
+        return max(before), _ix_of(found, max(before), site.eqn, back)
+    return (max(now), _ix_of(found, max(now), site.eqn, ix)) if now else None
+
+
+def _order(found, eqn: tuple[int, ...], ix: Ix) -> tuple[int, ...]:
+    """Where a row goes: the eqn's path with, after each loop's eqn, when the iteration
+    runs (rows in the order of the computation)."""
+    out: list[int] = []
+    j = 0
+    for lp, i in zip(found.loops_of(eqn), ix, strict=True):
+        out += [*eqn[j : len(lp.eqn)], lp.step(i)]
+        j = len(lp.eqn)
+    return (*out, *eqn[j:])
+
+
+def _iterations(found, eqn: tuple[int, ...]):
+    """Every iteration of an eqn (one empty tuple outside loops)."""
+    return np.ndindex(*found.iterations(eqn))
+
+
+def _count(found, eqn: tuple[int, ...]) -> int:
+    """How many times an eqn runs: its rows, and its tests."""
+    return math.prod(found.iterations(eqn))
+
+
+def _tied(rs: list[ModelRow], loop, i: int) -> None:
+    """A weight shared by the iterations of a loop that feeds itself: at every iteration but
+    the first, the input depends on it; at every iteration but the last, so does the
+    gradient reaching its output. Those rows are measured, not tested."""
+    step = loop.step(i)
+    for r in rs:
+        if r.verdict in ("no_law", "measured"):
+            continue
+        if r.direction == "forward" and step > 0:
+            why = "this input depends on them (the first iteration tests them)"
+        elif r.direction == "backward" and step < loop.length - 1:
+            why = "the gradient reaching this output passes through them again (the last iteration tests them)"
+        else:
+            continue
+        r.note = f"weights shared by the iterations: {why}"
+        r.verdict, r.ratio_low, r.ratio_high = "measured", None, None
+
+
 def model_rows(
     found, paths, laws, st, tol, alpha, alpha_last, zero_scales, param_paths
 ) -> list[ModelRow]:
     """Every row of a check, in the order of the computation."""
-    n_fwd = sum(lw is not None for lw, _ in laws)
+    n_fwd = sum(
+        _count(found, s.eqn)
+        for s, (lw, _) in zip(found.layers, laws, strict=True)
+        if lw is not None
+    )
     n_bwd = sum(
-        lw is not None and s.kind != "embed" for s, (lw, _) in zip(found.layers, laws, strict=False)
+        _count(found, s.eqn)
+        for s, (lw, _) in zip(found.layers, laws, strict=True)
+        if lw is not None and s.kind != "embed"
     )
     rows: list[ModelRow] = []
     order: list[tuple[tuple[int, ...], int, Any]] = []
+    note = "no law: the initializer is unknown; name one with expect={glob: SPEC}"
     for site, path, (lw, name) in zip(found.layers, paths, laws, strict=True):
-        note = "no law: the initializer is unknown; name one with expect={glob: SPEC}"
-        rs = _layer_rows(
-            site,
-            path,
-            lw,
-            name,
-            st,
-            tol,
-            alpha,
-            max(n_fwd, n_bwd, 1),
-            alpha_last,
-            note,
-            zero_scales,
-        )
-        prev = [d for d in site.x_deps if d >= 0]
-        if site.kind != "embed" and prev:
-            rs = [_between_row(found.layers[max(prev)], site, paths, st), *rs]
-        order.append((site.eqn, 0, rs))
+        for ix in _iterations(found, site.eqn):
+            view = {
+                d: {site.index: _at(st[d][site.index], ix)}
+                for d in ("forward", "backward")
+                if site.index in st[d]
+            }
+            rs = _layer_rows(
+                site,
+                path + suffix(ix),
+                lw,
+                name,
+                view,
+                tol,
+                alpha,
+                max(n_fwd, n_bwd, 1),
+                alpha_last,
+                note,
+                zero_scales,
+            )
+            if site.tied and earlier(site.index) in site.x_deps:
+                _tied(rs, found.loops_of(site.eqn)[-1], ix[-1])
+            for r in rs:
+                r.iteration = list(ix) or None
+            prev = _previous(found, site, ix)
+            if site.kind != "embed" and prev is not None:
+                b = _between_row(found.layers[prev[0]], prev[1], site, ix, paths, st)
+                b.iteration = list(ix) or None
+                rs = [b, *rs]
+            order.append((_order(found, site.eqn, ix), 0, rs))
+    extra: list[tuple[Any, tuple[int, ...], Any]] = []
     for m in found.merges:
-        order.append((m.eqn, 1, [_merge_row(m, st, paths)]))
+        extra += [
+            (m.eqn, ix, lambda ix, m=m: _merge_row(m, st, paths, found, ix))
+            for ix in _iterations(found, m.eqn)
+        ]
     for n in found.norms:
-        order.append((n.out, 1, [_norm_row(n, st, paths, param_paths, tol)]))
-    n_tests = max(n_fwd, n_bwd, 1) + len(found.dropouts)
+        extra += [
+            (n.out, ix, lambda ix, n=n: _norm_row(n, st, paths, param_paths, tol, ix))
+            for ix in _iterations(found, n.out)
+        ]
+    n_drop = sum(_count(found, d.out) for d in found.dropouts)
+    n_tests = max(n_fwd, n_bwd, 1) + n_drop
     for d in found.dropouts:
-        order.append((d.out, 1, [_dropout_row(d, st, paths, tol, alpha / n_tests)]))
+        extra += [
+            (d.out, ix, lambda ix, d=d: _dropout_row(d, st, paths, tol, alpha / n_tests, ix))
+            for ix in _iterations(found, d.out)
+        ]
+    for eqn, ix, make in extra:
+        row = make(ix)
+        row.iteration = list(ix) or None
+        order.append((_order(found, eqn, ix), 1, [row]))
     for _, _, rs in sorted(order, key=lambda t: (t[0], t[1])):
         rows.extend(rs)
     return rows

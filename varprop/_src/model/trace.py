@@ -6,9 +6,11 @@ projections), a ``conv_general_dilated`` (Conv N-D, grouped and depthwise convs,
 ConvTranspose) or a ``gather`` from a parameter table (Embed). "A parameter" means a leaf of
 the parameter pytree, possibly reshaped, transposed, broadcast or cast on its way. Nested
 ``jit``/``pjit``, ``remat`` and custom-derivative calls are followed, so a layer is found
-wherever it is, including inside ``jnp.einsum`` or ``jnp.take``. A *merge* is an ``add`` of
-two activations that depend on different layers: a residual connection, or token plus
-position embeddings.
+wherever it is, including inside ``jnp.einsum`` or ``jnp.take``; so is the body of a
+``lax.scan`` (``nnx.scan``, ``linen.scan`` over stacked block weights: a slice of a stacked
+parameter is that parameter; :mod:`varprop._src.model.loops`), where each layer has one set
+of statistics per iteration. A *merge* is an ``add`` of two activations that depend on
+different layers: a residual connection, or token plus position embeddings.
 
 :func:`find_layers` lists them from the traced jaxpr (static; no computation), and
 :func:`evaluate` re-runs the jaxpr equation by equation with each layer's input and output
@@ -54,6 +56,18 @@ import jax.numpy as jnp
 from jax.extend import core as jcore
 
 from varprop._src.laws.model_ops import OpFans, conv_fans, dense_fans
+from varprop._src.model.loops import (  # noqa: F401 (_INLINE, _subjaxpr, start_env: shared)
+    _INLINE,
+    LayerHook,
+    Loop,
+    MergeHook,
+    Records,
+    Run,
+    ScopeHook,
+    _subjaxpr,
+    start_env,
+    walk_scan,
+)
 from varprop._src.model.tails import ELEMENTWISE as _ELEMENTWISE
 from varprop._src.model.tails import DropoutSite, NormSite, TailInfo, Tails
 
@@ -76,19 +90,9 @@ _STRUCTURAL = frozenset(
         "optimization_barrier",
     }
 )
-#: Equations whose body is a jaxpr evaluated once with the equation's operands.
-_INLINE = {
-    "pjit": "jaxpr",
-    "jit": "jaxpr",
-    "closed_call": "call_jaxpr",
-    "checkpoint": "jaxpr",
-    "remat": "jaxpr",
-    "custom_jvp_call": "call_jaxpr",
-    "custom_vjp_call": "call_jaxpr",
-    "custom_vjp_call_jaxpr": "fun_jaxpr",
-}
-#: Equations that iterate a body: layers inside them are not tapped (reported as skipped).
-_LOOPS = frozenset({"scan", "while", "cond"})
+#: Equations with bodies the walk does not follow: layers inside them are not tapped
+#: (reported as skipped). ``scan`` is followed (:mod:`varprop._src.model.loops`).
+_LOOPS = frozenset({"while", "cond"})
 
 KINDS = ("dense", "conv", "embed")
 #: The dependency index of the function's data arguments (layers count from 0).
@@ -138,10 +142,14 @@ class LayerSite:
     #: ``"batchnorm"`` / ``"layernorm"`` when the output is normalized by statistics of
     #: itself (training mode) per unit over the other axes / per row over the units.
     normalized: str | None = None
-    #: The layers (and :data:`INPUT`) the activation operand depends on.
+    #: The layers (and :data:`INPUT`) the activation operand depends on; inside a scan,
+    #: ``loops.earlier(i)`` for layer ``i`` of the same body at an earlier iteration.
     x_deps: frozenset[int] = frozenset()
     #: What lies between the previous layer and this one (:func:`between`).
     between: tuple[str, ...] = ()
+    #: Inside a scan, the weight is the same at every iteration (a const or carry of the
+    #: loop, not a slice of a stacked parameter): the input may depend on it.
+    tied: bool = False
 
     @property
     def units_out(self) -> int:
@@ -247,8 +255,9 @@ class MergeSite:
 
 @dataclass(frozen=True)
 class Found:
-    """What :func:`find_layers` found: the closed jaxpr, its layers and merges, and the
-    parameterized ops it could not tap (inside loops) by primitive name."""
+    """What :func:`find_layers` found: the closed jaxpr, its layers and merges, the
+    parameterized ops it could not tap (inside ``while``/``cond``) by primitive name, and
+    the scans whose bodies it followed."""
 
     jaxpr: Any
     layers: tuple[LayerSite, ...]
@@ -257,6 +266,16 @@ class Found:
     n_params: int
     norms: tuple[NormSite, ...] = ()
     dropouts: tuple[DropoutSite, ...] = ()
+    loops: tuple[Loop, ...] = ()
+
+    def loops_of(self, eqn: tuple[int, ...]) -> tuple[Loop, ...]:
+        """The scans an equation is inside, outermost first."""
+        return tuple(lp for lp in self.loops if eqn[: len(lp.eqn)] == lp.eqn != eqn)
+
+    def iterations(self, eqn: tuple[int, ...]) -> tuple[int, ...]:
+        """The lengths of the scans an equation is inside: the shape of its statistics
+        after the seed axis (``()`` outside loops)."""
+        return tuple(lp.length for lp in self.loops_of(eqn))
 
     def watched(self) -> frozenset[tuple[int, ...]]:
         """The eqns whose operands and outputs the norm and dropout rows read."""
@@ -267,17 +286,6 @@ class Found:
         for d in self.dropouts:
             out |= {d.scale, d.out}
         return frozenset(out)
-
-
-def _subjaxpr(eqn) -> tuple[Any, tuple] | None:
-    """The body of an equation to follow, and its consts."""
-    key = _INLINE.get(eqn.primitive.name)
-    if key is None or key not in eqn.params:
-        return None
-    body = eqn.params[key]
-    if isinstance(body, jcore.ClosedJaxpr):
-        return body.jaxpr, tuple(body.consts)
-    return body, ()
 
 
 def _fans(f: OpFans) -> dict[str, float]:
@@ -364,6 +372,8 @@ class _Info:
     since: frozenset[str] = frozenset()
     #: What :class:`~varprop._src.model.tails.Tails` knows of it (normalizations, dropout).
     tail: TailInfo = _NO_TAIL
+    #: A parameter shared by the iterations of an enclosing scan (``param`` only).
+    tied: bool = False
 
 
 _EMPTY = _Info()
@@ -399,6 +409,7 @@ class _Walker:
         self.skipped: list[str] = []
         self.normalized: dict[int, str] = {}
         self.tails = Tails()
+        self.loops: list[Loop] = []
 
     def walk(self, jaxpr, infos: list[_Info], where=()) -> list[_Info]:
         """Walk ``jaxpr`` given what is known of each invar; returns the same for the
@@ -419,13 +430,22 @@ class _Walker:
                 for v, x in zip(eqn.outvars, self.walk(sub[0], ins, here), strict=True):
                     env[v] = x
                 continue
+            if name == "scan":
+                for v, x in zip(eqn.outvars, walk_scan(self, eqn, ins, here), strict=True):
+                    env[v] = x
+                continue
             if name in _STRUCTURAL and ins and ins[0].param is not None:
-                env[eqn.outvars[0]] = _Info(param=ins[0].param)
+                env[eqn.outvars[0]] = _Info(param=ins[0].param, tied=ins[0].tied)
                 continue
             site = self._site(eqn, [x.param for x in ins], here)
             if site is not None:
                 x_info = ins[site.activation]
-                site = replace(site, x_deps=x_info.deps, between=between(x_info.since))
+                site = replace(
+                    site,
+                    x_deps=x_info.deps,
+                    between=between(x_info.since),
+                    tied=ins[1 - site.activation].tied,
+                )
                 self.layers.append(site)
                 env[eqn.outvars[0]] = _Info(
                     deps=union | {site.index}, chain=frozenset({site.index})
@@ -569,97 +589,56 @@ def find_layers(
         replace(s, normalized=w.normalized.get(s.index)) if s.index in w.normalized else s
         for s in w.layers
     )
-    return Found(
-        closed,
-        layers,
-        tuple(w.merges),
-        tuple(w.skipped),
-        n_params,
-        w.tails.norms(),
-        tuple(w.tails.dropouts),
+    found = Found(closed, layers, tuple(w.merges), tuple(w.skipped), n_params, loops=tuple(w.loops))
+    # A normalization or dropout is measured where it is: all its equations in one scope
+    # (the same scan body, or none). One split across a loop boundary gets no row.
+    norms = [
+        n
+        for n in w.tails.norms()
+        if _one_scope(
+            found, [n.rsqrt, n.out, n.center, n.scale and n.scale[0], n.shift and n.shift[0]]
+        )
+    ]
+    drops = [d for d in w.tails.dropouts if _one_scope(found, [d.scale, d.out])]
+    return replace(
+        found,
+        norms=tuple(replace(n, index=i) for i, n in enumerate(norms)),
+        dropouts=tuple(replace(d, index=i) for i, d in enumerate(drops)),
     )
+
+
+def _one_scope(found: Found, eqns: list[Any]) -> bool:
+    return len({found.loops_of(e) for e in eqns if e is not None}) <= 1
 
 
 # ----------------------------------------------------------------------------------------
 # Evaluation with taps.
 # ----------------------------------------------------------------------------------------
 
-MergeHook = Callable[[MergeSite, jax.Array, jax.Array], None]
-SeenHook = Callable[[tuple[int, ...], list[Any], list[Any]], None]
-
 
 def evaluate(
     found: Found,
     flat_args: Sequence[Any],
-    on_layer: Callable[[LayerSite, jax.Array, jax.Array, Callable], jax.Array],
+    on_layer: LayerHook,
     on_merge: MergeHook,
-    on_seen: SeenHook | None = None,
-) -> list[Any]:
+    on_scope: ScopeHook | None = None,
+    taps: dict[int, Any] | None = None,
+) -> tuple[list[Any], Records]:
     """Evaluate the traced function on ``flat_args`` (its flattened arguments).
 
-    At each layer, ``on_layer(site, x, w, apply)`` is called instead of the op, where
-    ``apply(x)`` runs the op on a (possibly perturbed) ``x``; it returns the layer's output.
-    At each merge, ``on_merge(site, a, b)`` sees the two operands (the add still runs).
-    At each eqn of :meth:`Found.watched`, ``on_seen(eqn, operands, outputs)``.
+    At each layer, ``on_layer(site, x, w, apply, tap)`` is called instead of the op, where
+    ``apply(x)`` runs the op on a (possibly perturbed) ``x`` and ``tap`` is ``taps[index]``
+    (``None`` when absent); it returns the layer's output and a record. At each merge,
+    ``on_merge(site, a, b)`` sees the two operands (the add still runs) and returns a
+    record. At the end of each scope (the function; one iteration of a scan's body),
+    ``on_scope(seen)`` gets the operands and outputs of the eqns of :meth:`Found.watched`
+    evaluated in it and returns records by ``(kind, index)``.
+
+    Returns the outputs and every record by ``(kind, index)`` (kinds ``"layer"``,
+    ``"merge"`` and ``on_scope``'s). Inside a scan a tap has leading axes
+    :meth:`Found.iterations` (one slice per iteration) and so do the records it returns
+    (:mod:`varprop._src.model.loops`).
     """
-    by_eqn = {s.eqn: s for s in found.layers}
-    merges = {m.eqn: m for m in found.merges}
-    hooks = _Hooks(on_layer, on_merge, on_seen, found.watched() if on_seen else frozenset())
+    run = Run(found, on_layer, on_merge, on_scope)
     closed = found.jaxpr
-    return _eval(closed.jaxpr, closed.consts, list(flat_args), (), by_eqn, merges, hooks)
-
-
-@dataclass(frozen=True)
-class _Hooks:
-    on_layer: Callable[..., jax.Array]
-    on_merge: MergeHook
-    on_seen: SeenHook | None
-    watched: frozenset[tuple[int, ...]]
-
-
-def start_env(jaxpr, consts, args) -> tuple[dict[Any, Any], Callable[[Any], Any]]:
-    """The environment of a jaxpr's evaluation (consts and arguments bound) and its
-    ``read`` (a literal's value, else the variable's)."""
-    env: dict[Any, Any] = dict(zip(jaxpr.constvars, consts, strict=True))
-    env.update(zip(jaxpr.invars, args, strict=True))
-
-    def read(v):
-        return v.val if isinstance(v, jcore.Literal) else env[v]
-
-    return env, read
-
-
-def _eval(jaxpr, consts, args, where, layers, merges, hooks: _Hooks) -> list[Any]:
-    env, read = start_env(jaxpr, consts, args)
-    for i, eqn in enumerate(jaxpr.eqns):
-        here = (*where, i)
-        ins = [read(v) for v in eqn.invars]
-        site = layers.get(here)
-        sub = _subjaxpr(eqn)
-        if site is not None:
-            a, w = ins[site.activation], ins[1 - site.activation]
-            params = eqn.primitive.get_bind_params(eqn.params)
-
-            def apply(x, w=w, site=site, params=params, ins=ins):
-                ops = list(ins)
-                ops[site.activation] = x
-                return site.primitive.bind(*ops, **params)
-
-            outs = [hooks.on_layer(site, a, w, apply)]
-        elif sub is not None and (
-            eqn.primitive.name
-            not in ("custom_jvp_call", "custom_vjp_call", "custom_vjp_call_jaxpr")
-            or any(k[: len(here)] == here for k in (*layers, *merges, *hooks.watched))
-        ):
-            outs = _eval(sub[0], sub[1], ins, here, layers, merges, hooks)
-        else:
-            if here in merges:
-                hooks.on_merge(merges[here], ins[0], ins[1])
-            params = eqn.primitive.get_bind_params(eqn.params)
-            out = eqn.primitive.bind(*ins, **params)
-            outs = out if eqn.primitive.multiple_results else [out]
-            if hooks.on_seen is not None and here in hooks.watched:
-                hooks.on_seen(here, ins, list(outs))
-        for v, o in zip(eqn.outvars, outs, strict=True):
-            env[v] = o
-    return [read(v) for v in jaxpr.outvars]
+    return run.scope(closed.jaxpr, closed.consts, list(flat_args), (), dict(taps or {}))
