@@ -30,6 +30,8 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "assert_healthy": ("varprop._src.check", "assert_healthy"),
     "check": ("varprop._src.check", "check"),
     "check_model": ("varprop._src.model.check_model", "check_model"),
+    "solve_init": ("varprop._src.model.solve", "solve_init"),
+    "apply_init": ("varprop._src.model.solve", "apply_init"),
     "ModelCheckResult": ("varprop._src.model.check_model", "ModelCheckResult"),
     "ModelRow": ("varprop._src.model.check_model", "ModelRow"),
     "enable_compilation_cache": ("varprop._src.cli", "enable_compilation_cache"),
@@ -57,6 +59,7 @@ __all__ = [
     "ModelRow",
     "ProductStatistics",
     "Scheme",
+    "apply_init",
     "assert_agrees",
     "assert_healthy",
     "check",
@@ -67,6 +70,7 @@ __all__ = [
     "layer_verdict",
     "nn",
     "scheme_of",
+    "solve_init",
 ]
 
 
@@ -80,6 +84,7 @@ if TYPE_CHECKING:  # what pyright and IDEs see; nothing is imported at run time
     from varprop._src.initializers import Initializer
     from varprop._src.laws.schemes import Scheme
     from varprop._src.model.check_model import ModelCheckResult, ModelRow, check_model
+    from varprop._src.model.solve import apply_init, solve_init
     from varprop._src.recognize import scheme_of
     from varprop._src.verdicts import (
         ExpectedLaw,

@@ -37,6 +37,7 @@ import numpy as np
 from jax.extend import core as jcore
 
 from varprop._src.model.trace import Found, LayerSite, _subjaxpr, start_env
+from varprop._src.verdicts import ExpectedLaw
 
 #: How a value was obtained, from the most to the least exact.
 HOWS = ("exact", "mean-field", "approximation", "unknown")
@@ -210,6 +211,8 @@ class _Interpreter:
         #: out_keys, ins, outs)`` and ``("alias", to_key, from_key)`` (a nested jaxpr's
         #: variable is its caller's); keys are ``(frame, var)``, ``None`` for literals.
         self.tape: list[tuple] = []
+        #: ``{layer index: E[y^2]}``: solve those layers' variance for it (solve_init).
+        self.forward_target: dict[int, float] | None = None
         #: Where each source value (numbered by :class:`Moments`.src) lives.
         self.src_key: dict[int, Any] = {}
         self.in_keys_at: dict[tuple[int, ...], list[Any]] = {}
@@ -308,6 +311,11 @@ class _Interpreter:
         x = ins[site.activation]
         law = self.laws[site.index]
         self.layer_in[site.index] = x
+        target = (self.forward_target or {}).get(site.index)
+        if target is not None and site.kind == "embed":
+            law = self.laws[site.index] = ExpectedLaw(float(target), 0.0, 3.0)
+        if law is None and target is not None:
+            law = ExpectedLaw(1.0, 0.0, 3.0)  # solved below
         if law is None or isinstance(x, Unknown):
             return Unknown(site.y_shape)
         w2, wmu = law.variance + law.mean**2, law.mean
@@ -331,6 +339,12 @@ class _Interpreter:
             return _np(site.primitive.bind(*ops, **site.params))
 
         c = np.broadcast_to(_mean_to(x.c, shape), shape).astype(np.float32)
+        if target is not None and site.kind != "embed":
+            # Solve: the zero-mean variance that gives the layer E[y^2] = target.
+            taps = float(np.mean(op(m2)))
+            var = float(target) / taps if taps > 0 else 0.0
+            law = self.laws[site.index] = ExpectedLaw(var, 0.0, 3.0)
+            wmu = 0.0
         y_m2 = (law.variance * op(m2)) + (wmu * op(mu)) ** 2
         y_mu = wmu * op(mu)
         # Two examples (positions) of one unit share its weights: E[y_a y_b] = σ² Σ E[x_a x_b].
@@ -649,6 +663,50 @@ def _input_value(interp: _Interpreter, x) -> Any:
     return a
 
 
+def trace_for_propagation(model, inputs, variables, call_kwargs, mode, rngs):
+    """The model as a pure function, its traced layers, and the flat inputs (arrays or
+    ``ShapeDtypeStruct``\\ s)."""
+    from varprop._src.model.expected import trace_model
+
+    args = inputs if isinstance(inputs, tuple) else (inputs,)
+    leaves, tree = jax.tree_util.tree_flatten(args)
+    args0 = jax.tree_util.tree_unflatten(
+        tree,
+        [
+            np.ones(x.shape, x.dtype) if isinstance(x, jax.ShapeDtypeStruct) else np.asarray(x)
+            for x in leaves
+        ],
+    )
+    mf, found = trace_model(
+        model, args0, variables=variables, mode=mode, call_kwargs=call_kwargs, rngs=rngs
+    )
+    return mf, found, leaves
+
+
+def run_both_ways(traced, laws, *, forward_target=None, backward_target=None):
+    """One forward interpretation and its backward pass, with each layer's law from
+    ``laws``; with a ``forward_target`` (``{layer index: E[y^2]}``) each of those layers'
+    variance is solved to give it instead, and with a ``backward_target`` likewise for
+    E[(dL/dx)^2] (the solved variances replace ``laws`` in place)."""
+    from varprop._src.model.propagate_backward import Backward
+
+    mf, found, leaves = traced
+    interp = _Interpreter(found, laws)
+    interp.forward_target = forward_target
+    flat = [
+        *mf.params,
+        *mf.state,
+        *(_input_value(interp, x) for x in leaves),
+        jax.random.key(0),
+    ]
+    closed = found.jaxpr
+    outs = interp.run(closed.jaxpr, closed.consts, flat)
+    back = Backward(interp)
+    back.backward_target = backward_target
+    back.run(outs)
+    return interp, back
+
+
 def propagate_model(
     model: Any,
     inputs: Any,
@@ -694,38 +752,16 @@ def propagate_model(
             batch axis 0; integer token ids as they are), or ``jax.ShapeDtypeStruct``\\ s
             (float data then standard normal; token ids all 1).
     """
-    from varprop._src.model.expected import expected_law, law_for, row_paths, trace_model
+    from varprop._src.model.expected import expected_law, law_for, row_paths
 
-    args = inputs if isinstance(inputs, tuple) else (inputs,)
-    leaves, tree = jax.tree_util.tree_flatten(args)
-    args0 = jax.tree_util.tree_unflatten(
-        tree,
-        [
-            np.ones(x.shape, x.dtype) if isinstance(x, jax.ShapeDtypeStruct) else np.asarray(x)
-            for x in leaves
-        ],
-    )
-    mf, found = trace_model(
-        model, args0, variables=variables, mode=mode, call_kwargs=call_kwargs, rngs=rngs
-    )
+    traced = trace_for_propagation(model, inputs, variables, call_kwargs, mode, rngs)
+    mf, found, _ = traced
     paths = row_paths(found)
     laws = []
     for site, path in zip(found.layers, paths, strict=True):
         init, _ = law_for(site, path, mf, expect)
         laws.append(None if init is None else expected_law(init, site))
-    interp = _Interpreter(found, laws)
-    flat = [
-        *mf.params,
-        *mf.state,
-        *(_input_value(interp, x) for x in leaves),
-        jax.random.key(0),
-    ]
-    closed = found.jaxpr
-    outs = interp.run(closed.jaxpr, closed.consts, flat)
-    from varprop._src.model.propagate_backward import Backward
-
-    back = Backward(interp)
-    back.run(outs)
+    interp, back = run_both_ways(traced, laws)
     rows: list[tuple[tuple[int, ...], PredictedRow]] = []
     for site, path in zip(found.layers, paths, strict=True):
         p, how = _mean(interp.at.get(site.eqn))
@@ -746,5 +782,9 @@ def propagate_model(
         p, how = _mean(interp.at.get(n.out))
         rows.append((n.out, PredictedRow(name, n.kind, "forward", p, how)))
     rows.sort(key=lambda t: t[0])
-    notes = [] if not found.skipped else [f"inside {', '.join(found.skipped)}: not predicted"]
+    notes = (
+        [f"inside {', '.join(sorted(set(found.skipped)))}: not predicted"] if found.skipped else []
+    )
+    if getattr(found, "loops", None):
+        notes.append("inside scan: not predicted yet (those rows are unknown)")
     return ModelPropagation(tuple(r for _, r in rows), tuple(notes))

@@ -24,6 +24,7 @@ second moment (gradient independence), and:
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import Any
 
 import jax
@@ -93,6 +94,8 @@ class Backward:
         #: The worst ``how`` of the values after the current point of the reverse walk:
         #: what the gradient reaching a layer went through.
         self.after = "exact"
+        #: ``{layer index: E[(dL/dx)^2]}``: solve those layers' variance for it.
+        self.backward_target: dict[int, float] | None = None
 
     def add(self, k, g) -> None:
         if k is None:
@@ -214,6 +217,11 @@ class Backward:
         # No factor 1 - 2/n for a normalized output here: E[g_y^2] above is the mean-field
         # value, which leaves out the matching n/(n - 2) (E[1/v] over units of a fan-in n
         # layer, Jensen); the two cancel in E[g_x^2].
+        target = (self.backward_target or {}).get(site.index)
+        if target is not None:
+            taps = float(np.mean(np.asarray(t, np.float64)))
+            if taps > 0:  # no gradient reaches it: its scale stays
+                law = self.it.laws[site.index] = replace(law, variance=target / taps, mean=0.0)
         gx = (law.variance + law.mean**2) * np.asarray(t, np.float64)
         x = ins[site.activation]
         how = P._worst(self.after, x.how if isinstance(x, P.Moments) else "exact")
