@@ -116,3 +116,12 @@ def trace_model(
             param="inputs",
         ) from e
     return mf, found
+
+
+def layer_laws(found: Found, mf: ModelFunction, paths, expect=None) -> list[ExpectedLaw | None]:
+    """Each layer's law (``None`` where its initializer is unknown)."""
+    out: list[ExpectedLaw | None] = []
+    for site, path in zip(found.layers, paths, strict=True):
+        init, _ = law_for(site, path, mf, expect)
+        out.append(None if init is None else expected_law(init, site))
+    return out

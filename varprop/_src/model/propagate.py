@@ -752,15 +752,12 @@ def propagate_model(
             batch axis 0; integer token ids as they are), or ``jax.ShapeDtypeStruct``\\ s
             (float data then standard normal; token ids all 1).
     """
-    from varprop._src.model.expected import expected_law, law_for, row_paths
+    from varprop._src.model.expected import layer_laws, row_paths
 
     traced = trace_for_propagation(model, inputs, variables, call_kwargs, mode, rngs)
     mf, found, _ = traced
     paths = row_paths(found)
-    laws = []
-    for site, path in zip(found.layers, paths, strict=True):
-        init, _ = law_for(site, path, mf, expect)
-        laws.append(None if init is None else expected_law(init, site))
+    laws = layer_laws(found, mf, paths, expect)
     interp, back = run_both_ways(traced, laws)
     rows: list[tuple[tuple[int, ...], PredictedRow]] = []
     for site, path in zip(found.layers, paths, strict=True):

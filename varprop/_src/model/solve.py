@@ -78,7 +78,7 @@ def solve_init(
     """
     from varprop._src.errors import InputError
     from varprop._src.initializers import constant, normal
-    from varprop._src.model.expected import expected_law, law_for, row_paths
+    from varprop._src.model.expected import layer_laws, row_paths
     from varprop._src.model.propagate import run_both_ways, trace_for_propagation
 
     if target not in TARGETS:
@@ -100,10 +100,7 @@ def solve_init(
     traced = trace_for_propagation(model, inputs, variables, call_kwargs, mode, rngs)
     mf, found, _ = traced
     paths = row_paths(found)
-    base = []
-    for site, path in zip(found.layers, paths, strict=True):
-        init, _ = law_for(site, path, mf, None)
-        base.append(None if init is None else expected_law(init, site))
+    base = layer_laws(found, mf, paths, None)
     last, inner = _branches(found) if residual == "fixup" else (set(), {})
     n_merges = sum(m.kind == "residual" for m in found.merges)
     q = float(second_moment)
