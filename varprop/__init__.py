@@ -31,6 +31,8 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "check": ("varprop._src.check", "check"),
     "check_model": ("varprop._src.model.check_model", "check_model"),
     "solve_init": ("varprop._src.model.solve", "solve_init"),
+    "derive_model": ("varprop._src.model_report", "derive_model"),
+    "ModelDerivation": ("varprop._src.model_report", "ModelDerivation"),
     "apply_init": ("varprop._src.model.solve", "apply_init"),
     "ModelCheckResult": ("varprop._src.model.check_model", "ModelCheckResult"),
     "ModelRow": ("varprop._src.model.check_model", "ModelRow"),
@@ -56,6 +58,7 @@ __all__ = [
     "LayerRow",
     "LayerTest",
     "ModelCheckResult",
+    "ModelDerivation",
     "ModelRow",
     "ProductStatistics",
     "Scheme",
@@ -64,6 +67,7 @@ __all__ = [
     "assert_healthy",
     "check",
     "check_model",
+    "derive_model",
     "enable_compilation_cache",
     "initializers",
     "laws",
@@ -85,6 +89,7 @@ if TYPE_CHECKING:  # what pyright and IDEs see; nothing is imported at run time
     from varprop._src.laws.schemes import Scheme
     from varprop._src.model.check_model import ModelCheckResult, ModelRow, check_model
     from varprop._src.model.solve import apply_init, solve_init
+    from varprop._src.model_report import ModelDerivation, derive_model
     from varprop._src.recognize import scheme_of
     from varprop._src.verdicts import (
         ExpectedLaw,

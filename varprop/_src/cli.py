@@ -197,7 +197,31 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--fan-in", type=_positive_int, metavar="N", help="one layer's fan_in")
     d.add_argument("--fan-out", type=_positive_int, metavar="M", help="its fan_out (default N)")
     d.add_argument("--batch", type=_positive_int, default=64, help="for float32's limits (64)")
-    d.add_argument("--format", choices=("text", "markdown", "latex"), default="text")
+    d.add_argument(
+        "--format",
+        choices=("text", "markdown", "latex", "html"),
+        default=None,
+        help="text (default), markdown or latex; with --model: markdown (default), latex or html",
+    )
+    add_model_arguments(d)
+    d.add_argument(
+        "--expect",
+        action="append",
+        default=None,
+        metavar="GLOB=SPEC",
+        help="with --model: the law of the layers matching GLOB (repeatable)",
+    )
+    d.add_argument(
+        "--out",
+        default=None,
+        metavar="DIR",
+        help="with --model: write model_derivation.md/.tex/.html and its figure to DIR",
+    )
+    d.add_argument(
+        "--measure",
+        action="store_true",
+        help="with --model: also measure with check_model (4 seeds) for the figure",
+    )
 
     for name in ("experiment", "report"):
         one = name == "experiment"
@@ -309,6 +333,13 @@ def _spec(option: str, parse: Callable[[str], _T], spec: str) -> _T:
 
 
 def _cmd_derive(args: argparse.Namespace) -> int:
+    if args.model is not None:
+        from varprop._src.cli_model import run_model_derivation
+
+        return run_model_derivation(args)
+    if args.format == "html":
+        raise _UsageError("--format html needs --model (a scheme's derivation is text)")
+    args.format = args.format or "text"
     from varprop._src.laws import activations as A
     from varprop._src.laws import derivation
     from varprop._src.laws.catalog import scheme_from_spec

@@ -185,3 +185,38 @@ def run_model_check(args: argparse.Namespace, progress) -> Any:
         raise _fail(
             f"out of memory: {str(e)[:300]}; use a smaller --input-shape", "resources"
         ) from None
+
+
+def run_model_derivation(args: argparse.Namespace) -> int:
+    """``varprop derive --model``: the model's derivation, printed or written to ``--out``."""
+    import jax
+
+    from varprop._src.model_report import derive_model
+
+    if args.format == "text":
+        raise _fail("--format text is for a scheme; with --model: markdown, latex or html")
+    shape = parse_shape(args.input_shape)
+    vocab = args.input_int
+    if vocab is not None and vocab < 1:
+        raise _fail(f"--input-int {vocab}: the vocabulary size must be >= 1")
+    key = jax.random.key(0)
+    x = (
+        jax.random.randint(key, shape, 0, vocab)
+        if vocab is not None
+        else jax.random.normal(key, shape)
+    )
+    d = derive_model(
+        load_factory(args.model),
+        x,
+        expect=parse_expect(args.expect),
+        call_kwargs=parse_call(args.call),
+        mode=None if args.mode == "as-is" else args.mode,
+        measure=args.measure,
+        title=f"Derivation of {args.model}",
+    )
+    if args.out is not None:
+        for path in d.save(args.out):
+            print(path)
+        return 0
+    print(d.render(args.format or "markdown"))
+    return 0
