@@ -330,15 +330,16 @@ class _Interpreter:
         if site.kind == "conv":
             b = site.params["dimension_numbers"].lhs_spec[0]
             shape[b] = 1
-        m2 = np.broadcast_to(_mean_to(x.m2, shape), shape).astype(np.float32)
-        mu = np.broadcast_to(_mean_to(x.mu, shape), shape).astype(np.float32)
+        m2 = np.broadcast_to(_mean_to(x.m2, shape), shape)
+        mu = np.broadcast_to(_mean_to(x.mu, shape), shape)
         ones = np.ones(site.w_shape, np.float32)
 
         def op(a):
-            ops = [a, ones] if site.activation == 0 else [ones, a]
-            return _np(site.primitive.bind(*ops, **site.params))
+            # The op is linear: run it in float32 on a / max|a| and scale back in float64,
+            # so that moments beyond float32's range (a net about to overflow) stay exact.
+            return _scaled(lambda b: site.primitive.bind(*b, **site.params), a, ones, site)
 
-        c = np.broadcast_to(_mean_to(x.c, shape), shape).astype(np.float32)
+        c = np.broadcast_to(_mean_to(x.c, shape), shape)
         if target is not None and site.kind != "embed":
             # Solve: the zero-mean variance that gives the layer E[y^2] = target.
             taps = float(np.mean(op(m2)))
@@ -593,6 +594,18 @@ def _f32(a, shape) -> np.ndarray:
     return np.broadcast_to(np.asarray(a, np.float32), shape)
 
 
+def _scaled(bind, a, ones, site) -> np.ndarray:
+    """``op(a, 1)`` of a linear op, computed in float32 on ``a / max|a|`` and scaled back in
+    float64."""
+    a = np.asarray(a, np.float64)
+    s = float(np.max(np.abs(a))) if a.size else 0.0
+    if not math.isfinite(s):
+        return np.full(site.y_shape, s)
+    s = s or 1.0
+    b = (a / s).astype(np.float32)
+    return _np(bind([b, ones] if site.activation == 0 else [ones, b])) * s
+
+
 def _mean_to(a: np.ndarray, shape) -> np.ndarray:
     """``a`` averaged over the axes where ``shape`` has size 1 and ``a`` does not."""
     a = np.asarray(a, np.float64)
@@ -630,6 +643,22 @@ class ModelPropagation:
             if r.path == path and r.direction == direction:
                 return r
         raise KeyError(f"no row {path!r} ({direction}); rows: {[r.path for r in self.rows]}")
+
+    def first_nonfinite(self, direction: str = "forward") -> PredictedRow | None:
+        """The first layer (in the order of the computation; backward: from the outputs)
+        whose predicted root mean square passes float32's largest value, where its values
+        overflow to inf (the largest of them can do so up to a layer earlier); ``None``
+        when every prediction stays finite."""
+        big = float(np.finfo(np.float32).max)
+        rows = [r for r in self.rows if r.direction == direction and r.kind != "embed"]
+        if direction == "backward":
+            rows = rows[::-1]
+        for r in rows:
+            if r.predicted is not None and (
+                not math.isfinite(r.predicted) or math.sqrt(r.predicted) > big
+            ):
+                return r
+        return None
 
     def table(self) -> str:
         lines = [f"{'path':<36} {'kind':>10} {'dir':>8} {'predicted':>11}  how"]
