@@ -181,3 +181,54 @@ def test_the_first_non_finite_layer_is_predicted_within_one_layer():
         assert first is not None and abs(first - predicted) <= 1, (seed, first, predicted)
     healthy = propagate_model(lambda rngs: _MLP(jax.nn.relu, rngs=rngs), X)
     assert healthy.first_nonfinite() is None
+
+
+class _Block(nnx.Module):
+    def __init__(self, rngs):
+        self.l = nnx.Linear(64, 64, kernel_init=jax.nn.initializers.he_normal(), rngs=rngs)
+
+    def __call__(self, x):
+        return x + 0.5 * self.l(jax.nn.relu(x))
+
+
+class _Scanned(nnx.Module):
+    def __init__(self, rngs, depth=6):
+        @nnx.split_rngs(splits=depth)
+        @nnx.vmap(in_axes=(0,), out_axes=0)
+        def make(rngs):
+            return _Block(rngs)
+
+        self.blocks = make(rngs)
+
+    def __call__(self, x):
+        @nnx.scan(in_axes=(0, nnx.Carry), out_axes=nnx.Carry)
+        def step(block, x):
+            return block(x)
+
+        return step(self.blocks, x)
+
+
+class _Unrolled(nnx.Module):
+    def __init__(self, rngs, depth=6):
+        self.blocks = nnx.List([_Block(rngs) for _ in range(depth)])
+
+    def __call__(self, x):
+        for b in self.blocks:
+            x = b(x)
+        return x
+
+
+def test_a_scan_is_unrolled_and_predicted_as_the_unrolled_model():
+    """Six residual blocks under nnx.scan: one row per iteration (``blocks/l[3]``), equal to
+    the same blocks written as a Python loop."""
+    x = jax.random.normal(jax.random.key(0), (32, 64))
+    scanned = propagate_model(lambda rngs: _Scanned(rngs), x)
+    unrolled = propagate_model(lambda rngs: _Unrolled(rngs), x)
+    for i in range(6):
+        for d in ("forward", "backward"):
+            a = scanned.get(f"blocks/l[{i}]", d).predicted
+            b = unrolled.get(f"blocks/{i}/l", d).predicted
+            assert a == pytest.approx(b, rel=1e-9), (i, d)
+    # E[x_{l+1}^2] = E[x_l^2] + E[(0.5 W relu(x_l))^2] = 1.25 E[x_l^2] for a zero-mean x_l
+    # only at the first block (relu of the residual stream is not half of it after that).
+    assert scanned.get("blocks/l[0]").predicted == pytest.approx(1.0, rel=0.05)

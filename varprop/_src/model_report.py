@@ -296,10 +296,10 @@ def derive_model(
     for site, path, law in zip(found.layers, paths, laws, strict=True):
         init, _ = law_for(site, path, mf, expect)
         x = interp.layer_in.get(site.index)
-        y = interp.at.get(site.eqn)
+        y = interp.at.get((site.eqn, ()))
         x2 = float(np.mean(x.m2)) if isinstance(x, Moments) else None
         y2 = float(np.mean(y.m2)) if isinstance(y, Moments) else None
-        gx = back.layer_back.get(site.index, (None, "unknown"))
+        gx = back.layer_back.get((site.index, ()), (None, "unknown"))
         g2 = float(np.mean(np.broadcast_to(gx[0], site.x_shape))) if gx[0] is not None else None
         var = None if law is None else law.variance
         border = None

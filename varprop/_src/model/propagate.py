@@ -39,6 +39,8 @@ from jax.extend import core as jcore
 from varprop._src.model.trace import Found, LayerSite, _subjaxpr, start_env
 from varprop._src.verdicts import ExpectedLaw
 
+_FRESH = -1  # numbers of sources made outside the interpreter (slices, stacks): negative
+
 #: How a value was obtained, from the most to the least exact.
 HOWS = ("exact", "mean-field", "approximation", "unknown")
 _NODES, _WEIGHTS = np.polynomial.hermite_e.hermegauss(48)
@@ -74,6 +76,16 @@ class Moments:
     @property
     def var(self) -> np.ndarray:
         return np.maximum(self.m2 - self.mu * self.mu, 0.0)
+
+    def fresh(self) -> Moments:
+        """The same moments as a source of their own (a new number, their Gaussian)."""
+        global _FRESH
+        _FRESH -= 1
+        var = self.var
+        with np.errstate(all="ignore"):
+            rho = np.where(var > 0, np.clip((self.c - self.mu**2) / var, -1.0, 1.0), 0.0)
+        gauss = (self.mu, np.sqrt(var), rho)
+        return replace(self, src=_FRESH, fn=None, src_m=gauss, through=())
 
 
 class Unknown:
@@ -204,7 +216,8 @@ class _Interpreter:
         self.drop_out = {d.out: d for d in found.dropouts}
         self.watched = found.watched()
         self.seen: dict[tuple[int, ...], tuple[list[Any], list[Any]]] = {}
-        self.at: dict[tuple[int, ...], Any] = {}  # what each layer, merge, norm gave
+        #: What each layer and norm gave, by (eqn, the iteration of each enclosing scan).
+        self.at: dict[tuple[tuple[int, ...], tuple[int, ...]], Any] = {}
         self.layer_in: dict[int, Any] = {}
         self._src = 0
         #: The forward pass as the backward pass reads it: ``("eqn", here, eqn, in_keys,
@@ -217,6 +230,8 @@ class _Interpreter:
         self.src_key: dict[int, Any] = {}
         self.in_keys_at: dict[tuple[int, ...], list[Any]] = {}
         self._frames = 0
+        #: The slice indices of the scans being unrolled (``()`` outside loops).
+        self.ix: tuple[int, ...] = ()
 
     # -- values --------------------------------------------------------------------------
 
@@ -262,7 +277,9 @@ class _Interpreter:
             sub = _subjaxpr(eqn)
             if site is not None:
                 outs = [self.layer(site, ins)]
-                self.at[here] = outs[0]
+                self.at[(here, self.ix)] = outs[0]
+            elif eqn.primitive.name == "scan" and any(_is_abstract(x) for x in ins):
+                outs = self.scan(eqn, ins, here, [key(v) for v in eqn.invars], key)
             elif sub is not None:
                 inner = self._frames + 1
                 outs = self.run(sub[0], sub[1], ins, here, [key(v) for v in eqn.invars])
@@ -283,10 +300,10 @@ class _Interpreter:
                 self.in_keys_at[here] = [key(v) for v in eqn.invars]
             if here in self.norm_out:
                 outs = [self.norm(self.norm_out[here], outs[0])]
-                self.at[here] = outs[0]
+                self.at[(here, self.ix)] = outs[0]
             if here in self.drop_out:
                 outs = [self.dropout(self.drop_out[here], outs[0])]
-                self.at[here] = outs[0]
+                self.at[(here, self.ix)] = outs[0]
             if eqn.primitive.name in ("add", "sub") and len(ins) == 2:
                 for i in (0, 1):  # x + 0 returned x itself: remember the zero branch
                     if outs[0] is ins[i] and isinstance(ins[i], Moments):
@@ -295,11 +312,42 @@ class _Interpreter:
             for v, o in zip(eqn.outvars, outs, strict=True):
                 env[v] = o
                 self._note_source(key(v), o)
-            if sub is None:
+            if sub is None and eqn.primitive.name != "scan":
                 ks = [key(v) for v in eqn.invars]
-                self.tape.append(("eqn", here, eqn, ks, [key(v) for v in eqn.outvars], ins, outs))
+                out_keys = [key(v) for v in eqn.outvars]
+                self.tape.append(("eqn", here, eqn, ks, out_keys, ins, outs, self.ix))
         self.out_keys = [key(v) for v in jaxpr.outvars]
         return [read(v) for v in jaxpr.outvars]
+
+    def scan(self, eqn, ins, here, in_keys, key) -> list[Any]:
+        """A ``lax.scan`` unrolled: its body interpreted once per iteration, slice by slice
+        (the carry passed on, the ys stacked). Gradients flow back through the carry; the
+        xs and ys of the interpretation get none (stacked weights are concrete anyway)."""
+        p = eqn.params
+        body, n_c, n_k, length = p["jaxpr"], p["num_consts"], p["num_carry"], p["length"]
+        consts, carry, xs = ins[:n_c], ins[n_c : n_c + n_k], ins[n_c + n_k :]
+        carry_keys = in_keys[n_c : n_c + n_k]
+        ys_all: list[list[Any]] = []
+        outer_ix = self.ix
+        for step in range(length):
+            i = length - 1 - step if p["reverse"] else step
+            self.ix = (*outer_ix, i)
+            xs_i = [_slice(x, i) for x in xs]
+            inner = self._frames + 1
+            arg_keys = [*in_keys[:n_c], *carry_keys, *([None] * len(xs))]
+            outs = self.run(body.jaxpr, body.consts, [*consts, *carry, *xs_i], here, arg_keys)
+            carry = outs[:n_k]
+            carry_keys = [
+                None if isinstance(w, jcore.Literal) else (inner, w)
+                for w in body.jaxpr.outvars[:n_k]
+            ]
+            ys_all.append(outs[n_k:])
+        self.ix = outer_ix
+        for v, k in zip(eqn.outvars[:n_k], carry_keys, strict=True):
+            if k is not None:
+                self.tape.append(("alias", key(v), k))
+        ys = [_stack([y[j] for y in ys_all], p["reverse"]) for j in range(len(eqn.outvars) - n_k)]
+        return [*carry, *ys]
 
     def _note_source(self, k, x) -> None:
         if k is not None and isinstance(x, Moments) and x.fn is None:
@@ -594,6 +642,36 @@ def _f32(a, shape) -> np.ndarray:
     return np.broadcast_to(np.asarray(a, np.float32), shape)
 
 
+def _slice(x, i: int):
+    """Slice ``i`` of a scanned-over value (its leading axis)."""
+    if isinstance(x, Moments):
+        pick = lambda a: a[i] if np.shape(a)[0] > 1 else a[0]  # noqa: E731
+        return Moments(
+            pick(x.m2), pick(x.mu), x.shape[1:], x.how, -1, None, None, pick(x.c)
+        ).fresh()
+    if isinstance(x, Unknown):
+        return Unknown(x.shape[1:])
+    return x[i]
+
+
+def _stack(vals: list[Any], reverse: bool) -> Any:
+    """The ys of a scan: per-iteration values stacked in slice order."""
+    if reverse:
+        vals = vals[::-1]
+    if any(isinstance(v, Unknown) for v in vals):
+        return Unknown((len(vals), *tuple(getattr(vals[0], "shape", np.shape(vals[0])))))
+    if not any(isinstance(v, Moments) for v in vals):
+        return np.stack([np.asarray(v) for v in vals])
+    if not all(isinstance(v, Moments) for v in vals):
+        return Unknown((len(vals), *np.shape(vals[0])))
+    ms = [v for v in vals if isinstance(v, Moments)]
+    full = lambda f: np.stack([np.broadcast_to(getattr(m, f), m.shape) for m in ms])  # noqa: E731
+    how = _worst(*(m.how for m in ms))
+    return Moments(
+        full("m2"), full("mu"), (len(vals), *ms[0].shape), how, -1, None, None, full("c")
+    ).fresh()
+
+
 def _scaled(bind, a, ones, site) -> np.ndarray:
     """``op(a, 1)`` of a linear op, computed in float32 on ``a / max|a|`` and scaled back in
     float64."""
@@ -788,29 +866,44 @@ def propagate_model(
     paths = row_paths(found)
     laws = layer_laws(found, mf, paths, expect)
     interp, back = run_both_ways(traced, laws)
-    rows: list[tuple[tuple[int, ...], PredictedRow]] = []
-    for site, path in zip(found.layers, paths, strict=True):
-        p, how = _mean(interp.at.get(site.eqn))
-        if laws[site.index] is None:
-            how = "no law"
-        rows.append((site.eqn, PredictedRow(path, site.kind, "forward", p, how)))
-        if site.kind != "embed":
-            gx, bhow = back.layer_back.get(site.index, (None, "unknown"))
-            if gx is None:
-                bp, bhow = None, "unknown" if laws[site.index] is not None else "no law"
-            else:
-                bp = float(np.mean(np.broadcast_to(gx, site.x_shape)))
-            rows.append((site.eqn, PredictedRow(path, site.kind, "backward", bp, bhow)))
+    from varprop._src.model.loops import suffix
     from varprop._src.model.rows import layer_path
 
+    rows: list[tuple[tuple[Any, ...], PredictedRow]] = []
+
+    def order(eqn, ix):  # the computation's order: a scan's iterations as they ran
+        loops = found.loops_of(eqn)
+        steps = tuple(lp.step(i) for lp, i in zip(loops, ix, strict=True))
+        return (eqn[: len(loops[0].eqn)] if loops else eqn, steps, eqn)
+
+    for site, path in zip(found.layers, paths, strict=True):
+        for ix in np.ndindex(*found.iterations(site.eqn)):
+            p, how = _mean(interp.at.get((site.eqn, ix)))
+            if laws[site.index] is None:
+                how = "no law"
+            name = path + suffix(ix)
+            rows.append((order(site.eqn, ix), PredictedRow(name, site.kind, "forward", p, how)))
+            if site.kind != "embed":
+                gx, bhow = back.layer_back.get((site.index, ix), (None, "unknown"))
+                if gx is None:
+                    bp, bhow = None, "unknown" if laws[site.index] is not None else "no law"
+                else:
+                    bp = float(np.mean(np.broadcast_to(gx, site.x_shape)))
+                row = PredictedRow(name, site.kind, "backward", bp, bhow)
+                rows.append((order(site.eqn, ix), row))
     for n in found.norms:
         name = layer_path(mf.paths[n.param]) if n.param is not None else f"norm {n.index}"
-        p, how = _mean(interp.at.get(n.out))
-        rows.append((n.out, PredictedRow(name, n.kind, "forward", p, how)))
+        for ix in np.ndindex(*found.iterations(n.out)):
+            p, how = _mean(interp.at.get((n.out, ix)))
+            row = PredictedRow(name + suffix(ix), n.kind, "forward", p, how)
+            rows.append((order(n.out, ix), row))
     rows.sort(key=lambda t: t[0])
     notes = (
         [f"inside {', '.join(sorted(set(found.skipped)))}: not predicted"] if found.skipped else []
     )
-    if getattr(found, "loops", None):
-        notes.append("inside scan: not predicted yet (those rows are unknown)")
+    if found.loops:
+        notes.append(
+            "scans are unrolled: each iteration is predicted on its own; gradients reach "
+            "the carry, not the scanned-over inputs"
+        )
     return ModelPropagation(tuple(r for _, r in rows), tuple(notes))

@@ -89,7 +89,8 @@ class Backward:
         self.it = interp
         self.G: dict[Any, Any] = {}
         #: E[(∂L/∂x)²] through each layer (its backward row), and how.
-        self.layer_back: dict[int, tuple[np.ndarray | None, str]] = {}
+        self.layer_back: dict[tuple[int, tuple[int, ...]], tuple[np.ndarray | None, str]] = {}
+        self.ix: tuple[int, ...] = ()
         self.norm_at = {n.out: n for n in interp.found.norms}
         #: The worst ``how`` of the values after the current point of the reverse walk:
         #: what the gradient reaching a layer went through.
@@ -116,7 +117,8 @@ class Backward:
                 if to in self.G:
                     self.add(frm, self.G[to])
                 continue
-            _, here, eqn, in_keys, out_keys, ins, outs = entry
+            _, here, eqn, in_keys, out_keys, ins, outs, ix = entry
+            self.ix = ix
             hows = [o.how for o in outs if isinstance(o, P.Moments)]
             self.after = P._worst(self.after, *hows)
             gs = [self.G.get(k) for k in out_keys]
@@ -202,7 +204,7 @@ class Backward:
         law = self.it.laws[site.index]
         k = in_keys[site.activation]
         if law is None or site.kind == "embed":
-            self.layer_back[site.index] = (None, "no law" if law is None else "exact")
+            self.layer_back[(site.index, self.ix)] = (None, "no law" if law is None else "exact")
             return
         shape = list(site.x_shape)
         g_full = np.broadcast_to(g, site.y_shape)
@@ -227,7 +229,7 @@ class Backward:
         gx = (law.variance + law.mean**2) * np.asarray(t, np.float64)
         x = ins[site.activation]
         how = P._worst(self.after, x.how if isinstance(x, P.Moments) else "exact")
-        self.layer_back[site.index] = (gx, how)
+        self.layer_back[(site.index, self.ix)] = (gx, how)
         if isinstance(x, P.Moments):
             self.add(k, gx)
 
