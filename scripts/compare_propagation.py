@@ -42,7 +42,7 @@ def _model(name: str):
 
 def compare(name: str, seeds: int) -> dict:
     import varprop
-    from varprop._src.model.propagate import propagate_model
+    from varprop.laws import propagate_model
 
     model, x = _model(name)
     t0 = time.perf_counter()

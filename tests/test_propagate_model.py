@@ -13,7 +13,8 @@ from flax import nnx
 from scipy import integrate
 
 import varprop
-from varprop._src.model.propagate import _dot_general, propagate_model
+from varprop._src.model.propagate import _dot_general
+from varprop.laws import propagate_model
 
 
 def test_dot_general_in_numpy_is_laxs():

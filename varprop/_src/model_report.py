@@ -284,7 +284,8 @@ def derive_model(
     import time
 
     from varprop._src.model.expected import law_for, layer_laws, row_paths
-    from varprop._src.model.propagate import Moments, run_both_ways, trace_for_propagation
+    from varprop._src.model.predict import run_both_ways, trace_for_propagation
+    from varprop._src.model.propagate import Moments
 
     t0 = time.perf_counter()
     traced = trace_for_propagation(model, inputs, variables, call_kwargs, mode, rngs)
@@ -326,9 +327,9 @@ def derive_model(
         sizes.append(tuple(site.y_shape))
     notes = []
     if measure:
-        import varprop
+        from varprop._src.model.check_model import check_model
 
-        r = varprop.check_model(
+        r = check_model(
             model,
             inputs,
             variables=variables,

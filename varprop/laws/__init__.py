@@ -48,9 +48,9 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "MODES": ("varprop._src.laws.schemes", "MODES"),
     "moment_expressions": ("varprop._src.laws.activation_moments", "moment_expressions"),
     "OutputMoments": ("varprop._src.laws.normalization", "OutputMoments"),
-    "ModelPropagation": ("varprop._src.model.propagate", "ModelPropagation"),
-    "PredictedRow": ("varprop._src.model.propagate", "PredictedRow"),
-    "propagate_model": ("varprop._src.model.propagate", "propagate_model"),
+    "ModelPropagation": ("varprop._src.model.predict", "ModelPropagation"),
+    "PredictedRow": ("varprop._src.model.predict", "PredictedRow"),
+    "propagate_model": ("varprop._src.model.predict", "propagate_model"),
     "Propagation": ("varprop._src.laws.propagation", "Propagation"),
     "propagate": ("varprop._src.laws.propagation", "propagate"),
     "finite_width_mean_field": ("varprop._src.laws.finite_width", "finite_width_mean_field"),
@@ -211,4 +211,4 @@ if TYPE_CHECKING:  # what pyright and IDEs see; nothing is imported at run time
         truncated_normal_moments,
         truncated_normal_std,
     )
-    from varprop._src.model.propagate import ModelPropagation, PredictedRow, propagate_model
+    from varprop._src.model.predict import ModelPropagation, PredictedRow, propagate_model

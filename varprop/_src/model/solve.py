@@ -79,7 +79,7 @@ def solve_init(
     from varprop._src.errors import InputError
     from varprop._src.initializers import constant, normal
     from varprop._src.model.expected import layer_laws, row_paths
-    from varprop._src.model.propagate import run_both_ways, trace_for_propagation
+    from varprop._src.model.predict import run_both_ways, trace_for_propagation
 
     if target not in TARGETS:
         raise InputError(
