@@ -365,3 +365,17 @@ def test_variance_for_fans_refuses_orthogonal(init):
 def test_variance_for_fans_refuses_bad_fans(fans):
     with pytest.raises(ValueError, match="finite number > 0"):
         I.he_normal().scheme.variance_for_fans(*fans)
+
+
+def test_a_stacked_initializer_with_batch_axis_is_recognized():
+    """``variance_scaling(..., batch_axis=0)`` draws each slice of a stacked (L, n, m) kernel
+    with the slice's fans; its law is the same (its 2-D probe shapes, where the batch axis
+    would fall on a fan axis, are not the layout's and are left out)."""
+    import jax
+
+    from varprop.initializers import recognize
+
+    init = recognize(jax.nn.initializers.variance_scaling(2.0, "fan_in", "normal", batch_axis=0))
+    assert init is not None
+    assert init.scheme.variance((4, 64, 32)) == 2 / 64
+    assert init.scheme.variance((4, 3, 3, 16, 8)) == 2 / (3 * 3 * 16)

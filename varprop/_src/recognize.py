@@ -145,6 +145,18 @@ def _layout_for(
     return None
 
 
+def _batch_overlaps(shape: tuple[int, ...], layout: tuple[AxisSpec, AxisSpec, AxisSpec]) -> bool:
+    """Whether the batch axes of ``layout`` fall on an ``in`` or ``out`` axis of ``shape``
+    (``batch_axis=0`` of a stacked kernel probed on a 2-D shape)."""
+
+    def norm(axes: AxisSpec) -> set[int]:
+        axes = (axes,) if isinstance(axes, int) else tuple(axes)
+        return {a % len(shape) for a in axes}
+
+    in_axes, out_axes, batch = (norm(a) for a in layout)
+    return bool(batch & (in_axes | out_axes))
+
+
 def _layout_agrees(
     mode: str,
     jax_layout: tuple[AxisSpec, AxisSpec, AxisSpec],
@@ -156,6 +168,8 @@ def _layout_agrees(
             want = _denominator(mode, *_jax_fans(shape, *jax_layout))
         except (IndexError, ZeroDivisionError):
             continue  # JAX itself cannot draw this shape
+        if _batch_overlaps(shape, jax_layout):
+            continue  # a stacked layout's batch axis on a shape too small for it
         tested += 1
         try:
             got = _denominator(mode, *compute_fans(shape, *layout))
