@@ -74,13 +74,14 @@ import datetime as _dt
 import json
 import os
 import platform
-import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+from bench_common import fmt, median, ratio
 
 FORMAT = 2
 SECTIONS = ("plain", "compile", "verdict")
@@ -91,25 +92,6 @@ DEFAULT_OUT = REPO / "docs" / "bench_check.json"
 
 
 # --------------------------------------------------------------------- pure helpers
-
-
-def median(xs: Sequence[float]) -> float:
-    """Median of a non-empty sequence."""
-    if not xs:
-        raise ValueError("median of no values")
-    return float(statistics.median(xs))
-
-
-def ratio(num: float | None, den: float | None) -> float | None:
-    """``num / den``, or None when either is missing or ``den`` is not positive."""
-    if num is None or den is None or den <= 0:
-        return None
-    return num / den
-
-
-def fmt(x: float | None, digits: int = 3) -> str:
-    """A number with ``digits`` decimals, or an em dash for a missing one."""
-    return "—" if x is None else f"{x:.{digits}f}"
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]], right=None) -> str:

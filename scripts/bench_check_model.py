@@ -50,12 +50,13 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
 from importlib import metadata
 from typing import Any
+
+from bench_common import fmt, median, ratio
 
 MODELS = ("resnet", "mobilenet", "transformer")
 IMAGE_BATCH = (16, 32, 32, 3)
@@ -64,25 +65,6 @@ TARGET_RUN_RATIO = 1.3
 
 
 # --------------------------------------------------------------------- pure helpers
-
-
-def median(xs: Sequence[float]) -> float:
-    """Median of a non-empty sequence."""
-    if not xs:
-        raise ValueError("median of no values")
-    return float(statistics.median(xs))
-
-
-def ratio(num: float | None, den: float | None) -> float | None:
-    """``num / den``, or None when either is missing or ``den`` is not positive."""
-    if num is None or den is None or den <= 0:
-        return None
-    return num / den
-
-
-def fmt(x: float | None, digits: int = 3) -> str:
-    """A number with ``digits`` decimals, or an em dash for a missing one."""
-    return "—" if x is None else f"{x:.{digits}f}"
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:

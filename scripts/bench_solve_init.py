@@ -56,7 +56,6 @@ import json
 import math
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import time
@@ -64,6 +63,8 @@ from collections.abc import Callable, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+from bench_common import fmt, median, ratio
 
 MODELS = ("cnn", "resnet", "resnet_nonorm", "mobilenet", "transformer")
 QUICK_MODEL = "resnet_nonorm"
@@ -77,25 +78,6 @@ ANYINIT_VERSION = "0.4.0"
 FORMAT = 1
 
 # --------------------------------------------------------------------- pure helpers
-
-
-def median(xs: Sequence[float]) -> float:
-    """Median of a non-empty sequence."""
-    if not xs:
-        raise ValueError("median of no values")
-    return float(statistics.median(xs))
-
-
-def ratio(num: float | None, den: float | None) -> float | None:
-    """``num / den``, or None when either is missing or ``den`` is not positive."""
-    if num is None or den is None or den <= 0:
-        return None
-    return num / den
-
-
-def fmt(x: float | None, digits: int = 3) -> str:
-    """A number with ``digits`` decimals, or an em dash for a missing one."""
-    return "—" if x is None else f"{x:.{digits}f}"
 
 
 def fmt_g(x: float | None) -> str:

@@ -3,6 +3,7 @@ CLI's compilation cache goes to a temporary directory, not the user's."""
 
 import importlib.util
 import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -38,6 +39,8 @@ def quick_result():
 def load_script(name: str):
     """The module of ``scripts/<name>.py``, loaded by path (scripts are not a package)."""
     path = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
+    if str(path.parent) not in sys.path:  # the scripts share bench_common.py
+        sys.path.insert(0, str(path.parent))
     spec = importlib.util.spec_from_file_location(name, path)
     assert spec is not None and spec.loader is not None
     mod = importlib.util.module_from_spec(spec)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import base64
 import html
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -342,7 +342,7 @@ def derive_model(
         )
         meas = {(row.path, row.direction): row.measured for row in r.layers}
         layers = [
-            _with(
+            replace(
                 lay,
                 measured_y2=meas.get((lay.path, "forward")),
                 measured_g2=meas.get((lay.path, "backward")),
@@ -355,12 +355,6 @@ def derive_model(
     out.figure = _figure(layers)
     out.seconds = time.perf_counter() - t0
     return out
-
-
-def _with(layer: LayerDerivation, **kw) -> LayerDerivation:
-    from dataclasses import replace
-
-    return replace(layer, **kw)
 
 
 def _op(site) -> str:

@@ -106,10 +106,6 @@ def compress(a: np.ndarray) -> np.ndarray:
     return a
 
 
-def full(a: np.ndarray, shape) -> np.ndarray:
-    return np.broadcast_to(np.asarray(a, np.float64), shape)
-
-
 # ----------------------------------------------------------------------------------------
 # Elementwise functions in NumPy (for quadrature nodes).
 # ----------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from varprop._src.model.probe import is_narrow
 from varprop._src.model.result import ModelRow
 from varprop._src.model.tails import DropoutSite, NormSite
 from varprop._src.model.trace import LayerSite, MergeSite
-from varprop._src.stats import NARROW_UNITS
+from varprop._src.stats import NARROW_UNITS, band_verdict
 from varprop._src.verdicts import (
     ExpectedLaw,
     LayerMeasurement,
@@ -285,17 +285,6 @@ def _merge_row(m: MergeSite, st, paths: list[str], found=None, ix: Ix = ()) -> M
     )
 
 
-def _band(lo: float, hi: float, tol: float) -> str:
-    """``agrees`` when [lo, hi] lies in the band [1/(1+tol), 1+tol], ``disagrees`` when
-    it lies outside, else ``inconclusive`` (as :func:`varprop.layer_verdict`)."""
-    a, b = 1 / (1 + tol), 1 + tol
-    if a <= lo and hi <= b:
-        return "agrees"
-    if hi < a or lo > b:
-        return "disagrees"
-    return "inconclusive"
-
-
 def _tail_name(deps: frozenset[int], paths: list[str], what: str) -> str:
     layers = [d for d in deps if d >= 0]
     return f"{what} after {paths[max(layers)]}" if layers else f"{what} of the input"
@@ -346,7 +335,7 @@ def _norm_row(n: NormSite, st, paths: list[str], param_paths, tol: float, ix: Ix
         float(np.min(ratios)),
         float(np.max(ratios)),
     )
-    row.verdict = _band(row.ratio_low, row.ratio_high, tol)
+    row.verdict = band_verdict(row.ratio_low, row.ratio_high, tol)
     if n.mode == "eval":
         x = _seed_mean(law)
         if x is not None and not 0.5 < x < 2:
@@ -396,7 +385,7 @@ def _dropout_row(
     ratio = float(np.sum(z)) / total
     half = float(norm.ppf(1 - alpha / 2)) * sd
     row.ratio, row.ratio_low, row.ratio_high = ratio, ratio - half, ratio + half
-    row.verdict = _band(row.ratio_low, row.ratio_high, tol)
+    row.verdict = band_verdict(row.ratio_low, row.ratio_high, tol)
     if per_draw > 1:
         row.note = f"mask shared by {per_draw} values: interval from an upper bound"
     return row
