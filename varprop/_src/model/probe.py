@@ -244,6 +244,81 @@ def dropout_stats(site: DropoutSite, seen: Seen) -> dict[str, jax.Array]:
     return {"z_m2": jnp.mean(z * z), "u_m2": jnp.mean(u2), "u_m4": jnp.mean(u2 * u2)}
 
 
+def gaussian_cotangents(key: jax.Array, outs: list[Any], float_out: list[bool]) -> list[Any]:
+    """A standard normal cotangent on every float output (E[(dL/d out)^2] = 1); a float0
+    zero on the others."""
+    ks = jax.random.split(key, len(outs))
+    return [
+        jax.random.normal(k, o.shape, o.dtype) if f else np.zeros(o.shape, jax.dtypes.float0)
+        for k, o, f in zip(ks, outs, float_out, strict=True)
+    ]
+
+
+def measure(
+    found: Found,
+    args: list[Any],
+    cotangents: Callable[[list[Any]], list[Any]],
+    with_mean: frozenset[int] = frozenset(),
+) -> dict[str, dict[int, Any]]:
+    """Every statistic of one run of the traced model on its flat arguments ``args``
+    (parameters, state, inputs, the RNG key, in :func:`find_layers`' order), traceable:
+    the model is evaluated with a zero perturbation on each layer's input and output, and
+    the VJP of ``cotangents(outputs)`` (the flat outputs' cotangents) gives each layer's
+    dL/dy and dL/dx. Returns ``{"forward", "backward", "merge", "norm", "dropout"}``,
+    each by site index (the module docstring)."""
+    tapped = [s for s in found.layers if s.kind != "embed"]
+    # One zero perturbation per iteration for a layer inside a scan.
+    eps = {
+        s.index: tuple(
+            jnp.zeros((*found.iterations(s.eqn), *shape), F32) for shape in (s.x_shape, s.y_shape)
+        )
+        for s in tapped
+    }
+
+    def on_layer(site, x, w, apply, tap):
+        del w
+        if tap is None:
+            y = apply(x)
+        else:
+            ex, ey = tap
+            y = apply(x + ex.astype(x.dtype))
+            y = y + ey.astype(y.dtype)
+        return y, forward_stats(site, x, y, site.index in with_mean)
+
+    def on_scope(seen: Seen):
+        # The normalizations and dropouts of this scope (the model, or a scan's body).
+        out: dict[tuple[str, int], Any] = {}
+        for n in found.norms:
+            if n.out in seen:
+                out["norm", n.index] = norm_stats(n, seen)
+        for d in found.dropouts:
+            if d.out in seen:
+                out["dropout", d.index] = dropout_stats(d, seen)
+        return out
+
+    def run(eps):
+        return evaluate(found, args, on_layer, merge_stats, on_scope, taps=eps)
+
+    outs, pull, records = jax.vjp(run, eps, has_aux=True)
+    by_kind: dict[str, dict[int, Any]] = {"layer": {}, "merge": {}, "norm": {}, "dropout": {}}
+    for (kind, index), rec in records.items():
+        by_kind[kind][index] = rec
+    (g_eps,) = pull(cotangents(outs))
+    bwd = {}
+    for s in tapped:
+        stats = functools.partial(backward_stats, s)
+        for _ in found.iterations(s.eqn):  # one per iteration
+            stats = jax.vmap(stats)
+        bwd[s.index] = stats(*g_eps[s.index])
+    return {
+        "forward": by_kind["layer"],
+        "backward": bwd,
+        "merge": by_kind["merge"],
+        "norm": by_kind["norm"],
+        "dropout": by_kind["dropout"],
+    }
+
+
 def make_model_probe(
     mf: ModelFunction,
     found: Found,
@@ -259,8 +334,6 @@ def make_model_probe(
     ``inputs`` is a tuple of arrays (the same batch every seed) or a callable
     ``key -> tuple`` (a fresh batch per seed). ``with_mean``: layers whose law has a weight
     mean (the extra statistic ``s_lrs2``)."""
-    sites = found.layers
-    tapped = [s for s in sites if s.kind != "embed"]
     out_tree = jax.eval_shape(
         lambda: mf.apply(
             mf.params, mf.state, model_args(inputs, jax.random.key(0)), jax.random.key(0)
@@ -273,71 +346,15 @@ def make_model_probe(
         k_init, k_data, k_cot, k_rng = jax.random.split(key, 4)
         params = mf.redraw(k_init) if redraw else list(mf.params)
         batch = model_args(inputs, k_data)
-        flat_inputs = jax.tree_util.tree_leaves(batch)
-        # One zero perturbation per iteration for a layer inside a scan.
-        eps = {
-            s.index: tuple(
-                jnp.zeros((*found.iterations(s.eqn), *shape), F32)
-                for shape in (s.x_shape, s.y_shape)
-            )
-            for s in tapped
-        }
 
-        def on_layer(site, x, w, apply, tap):
-            del w
-            if tap is None:
-                y = apply(x)
-            else:
-                ex, ey = tap
-                y = apply(x + ex.astype(x.dtype))
-                y = y + ey.astype(y.dtype)
-            return y, forward_stats(site, x, y, site.index in with_mean)
+        def cotangents(outs):
+            if loss is not None:
+                tree = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(out_tree), outs)
+                return jax.tree_util.tree_leaves(jax.grad(loss)(tree))
+            return gaussian_cotangents(k_cot, outs, float_out)
 
-        def on_scope(seen: Seen):
-            # The normalizations and dropouts of this scope (the model, or a scan's body).
-            out: dict[tuple[str, int], Any] = {}
-            for n in found.norms:
-                if n.out in seen:
-                    out["norm", n.index] = norm_stats(n, seen)
-            for d in found.dropouts:
-                if d.out in seen:
-                    out["dropout", d.index] = dropout_stats(d, seen)
-            return out
-
-        def run(eps):
-            args = [*params, *mf.state, *flat_inputs, k_rng]
-            return evaluate(found, args, on_layer, merge_stats, on_scope, taps=eps)
-
-        outs, pull, records = jax.vjp(run, eps, has_aux=True)
-        by_kind: dict[str, dict[int, Any]] = {"layer": {}, "merge": {}, "norm": {}, "dropout": {}}
-        for (kind, index), rec in records.items():
-            by_kind[kind][index] = rec
-        if loss is not None:
-            tree = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(out_tree), outs)
-            cot_tree = jax.grad(loss)(tree)
-            cots = jax.tree_util.tree_leaves(cot_tree)
-        else:
-            ks = jax.random.split(k_cot, len(outs))
-            cots = [
-                jax.random.normal(k, o.shape, o.dtype)
-                if f
-                else np.zeros(o.shape, jax.dtypes.float0)
-                for k, o, f in zip(ks, outs, float_out, strict=True)
-            ]
-        (g_eps,) = pull(cots)
-        bwd = {}
-        for s in tapped:
-            stats = functools.partial(backward_stats, s)
-            for _ in found.iterations(s.eqn):  # one per iteration
-                stats = jax.vmap(stats)
-            bwd[s.index] = stats(*g_eps[s.index])
-        return {
-            "forward": by_kind["layer"],
-            "backward": bwd,
-            "merge": by_kind["merge"],
-            "norm": by_kind["norm"],
-            "dropout": by_kind["dropout"],
-        }
+        args = [*params, *mf.state, *jax.tree_util.tree_leaves(batch), k_rng]
+        return measure(found, args, cotangents, with_mean)
 
     if jax.default_backend() == "cpu":
         # One seed after another inside the call: XLA's CPU compiler takes 2.5x longer on
