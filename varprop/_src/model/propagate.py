@@ -36,6 +36,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.extend import core as jcore
 
+from varprop._src.model.numpy_ops import ELEMENTWISE, concrete, structural
+from varprop._src.model.taps import layer_sums
 from varprop._src.model.trace import Found, LayerSite, _subjaxpr, start_env
 from varprop._src.verdicts import ExpectedLaw
 
@@ -95,9 +97,13 @@ class Unknown:
         self.shape = tuple(shape)
 
 
-def compress(a: np.ndarray) -> np.ndarray:
-    """``a`` with every axis along which it is constant reduced to size 1."""
-    a = np.asarray(a, np.float64)
+def compress(a: np.ndarray, dtype: Any = np.float64) -> np.ndarray:
+    """``a`` with every axis along which it is constant reduced to size 1 (as ``dtype``;
+    ``None``: its own)."""
+    a = np.asarray(a)
+    # The axes a broadcast view repeats (stride 0) are constant without looking.
+    a = a[tuple(slice(0, 1) if st == 0 else slice(None) for st in a.strides)]
+    a = np.asarray(a, dtype)
     for d in range(a.ndim):
         if a.shape[d] > 1:
             first = np.take(a, [0], axis=d)
@@ -111,68 +117,7 @@ def compress(a: np.ndarray) -> np.ndarray:
 # ----------------------------------------------------------------------------------------
 
 
-def _np_ops() -> dict[str, Callable[..., Any] | None]:
-    from scipy import special
-
-    def select_n(pred, *cases):
-        pred = np.asarray(pred)
-        if len(cases) == 2:
-            return np.where(pred.astype(bool), cases[1], cases[0])
-        return np.choose(pred.astype(int), np.broadcast_arrays(*cases))
-
-    return {
-        "neg": np.negative,
-        "exp": np.exp,
-        "exp2": np.exp2,
-        "log": np.log,
-        "log1p": np.log1p,
-        "expm1": np.expm1,
-        "tanh": np.tanh,
-        "logistic": special.expit,
-        "erf": special.erf,
-        "erfc": special.erfc,
-        "erf_inv": special.erfinv,
-        "sqrt": np.sqrt,
-        "rsqrt": lambda x: 1.0 / np.sqrt(x),
-        "cbrt": np.cbrt,
-        "abs": np.abs,
-        "sign": np.sign,
-        "square": np.square,
-        "sin": np.sin,
-        "cos": np.cos,
-        "floor": np.floor,
-        "ceil": np.ceil,
-        "is_finite": np.isfinite,
-        "not": np.logical_not,
-        "stop_gradient": lambda x: x,
-        "copy": lambda x: x,
-        "copy_p": lambda x: x,
-        "reduce_precision": lambda x: x,
-        "convert_element_type": lambda x: np.asarray(x, np.float64),
-        "add": np.add,
-        "sub": np.subtract,
-        "mul": np.multiply,
-        "div": np.divide,
-        "max": np.maximum,
-        "min": np.minimum,
-        "pow": np.power,
-        "atan2": np.arctan2,
-        "rem": np.fmod,
-        "gt": np.greater,
-        "ge": np.greater_equal,
-        "lt": np.less,
-        "le": np.less_equal,
-        "eq": np.equal,
-        "ne": np.not_equal,
-        "and": np.logical_and,
-        "or": np.logical_or,
-        "select_n": select_n,
-        "clamp": lambda lo, x, hi: np.clip(x, lo, hi),
-        "integer_pow": None,  # its exponent is a parameter: applied in the composition
-    }
-
-
-_OPS = _np_ops()
+_OPS = ELEMENTWISE
 _STRUCT = frozenset(
     {
         "reshape",
@@ -283,7 +228,7 @@ class _Interpreter:
                     if not isinstance(w, jcore.Literal):
                         self.tape.append(("alias", key(v), (inner, w)))
             elif not any(_is_abstract(x) for x in ins):
-                outs = _bind(eqn, *ins)
+                outs = concrete(eqn, ins) or _bind(eqn, *ins)
             elif any(isinstance(x, Unknown) for x in ins):
                 outs = [Unknown(s) for s in shapes]
             else:
@@ -368,25 +313,22 @@ class _Interpreter:
             return self.moments(ones * w2, ones * wmu, site.y_shape, "exact", c=ones * wmu**2)
         if not isinstance(x, Moments):
             x = self.of_concrete(x)
-        # op(E[x^2], 1) with the op itself (any layout, padding, stride, dilation, groups):
-        # the batch axes of a conv are reduced to one example.
+        # op(E[x^2], 1) over the op's exact taps (any layout, padding, stride, dilation,
+        # groups), in float64 NumPy (no XLA program per shape; moments beyond float32's
+        # range, a net about to overflow, stay exact): the batch axes of a conv are
+        # reduced to one example.
         shape = list(site.x_shape)
         if site.kind == "conv":
             b = site.params["dimension_numbers"].lhs_spec[0]
             shape[b] = 1
-        m2 = np.broadcast_to(_mean_to(x.m2, shape), shape)
-        mu = np.broadcast_to(_mean_to(x.mu, shape), shape)
-        ones = np.ones(site.w_shape, np.float32)
+        m2, mu, c = (_mean_to(v, shape) for v in (x.m2, x.mu, x.c))
 
         def op(a):
-            # The op is linear: run it in float32 on a / max|a| and scale back in float64,
-            # so that moments beyond float32's range (a net about to overflow) stay exact.
-            return _scaled(lambda b: site.primitive.bind(*b, **site.params), a, ones, site)
+            return layer_sums(site, a)
 
-        c = np.broadcast_to(_mean_to(x.c, shape), shape)
         if target is not None and site.kind != "embed":
             # Solve: the zero-mean variance that gives the layer E[y^2] = target.
-            taps = float(np.mean(op(m2)))
+            taps = float(np.mean(np.broadcast_to(op(m2), site.y_shape)))
             var = float(target) / taps if taps > 0 else 0.0
             law = self.laws[site.index] = ExpectedLaw(var, 0.0, 3.0)
             wmu = 0.0
@@ -440,6 +382,11 @@ class _Interpreter:
         if name in _STRUCT:
 
             def moved(field_name):
+                x0 = ins[0]
+                if len(ins) == 1 and isinstance(x0, Moments):  # NumPy, on the small array
+                    r = structural(name, eqn.params, getattr(x0, field_name), x0.shape)
+                    if r is not None:
+                        return r
                 ops = [
                     _f32(getattr(x, field_name), x.shape) if isinstance(x, Moments) else x
                     for x in ins
@@ -524,7 +471,9 @@ class _Interpreter:
             if isinstance(x, Moments):
                 parts.append(x.fn or (lambda t: t))
             else:
-                parts.append(_np(x) if not _is_key(x) else x)
+                # A concrete operand reduced to where it varies (a bias of equal entries
+                # is one number): the quadrature runs on the smallest shape.
+                parts.append(compress(x, None) if not _is_key(x) else x)
 
         def fn(t):
             args = [p(t) if callable(p) else p for p in parts]
@@ -666,18 +615,6 @@ def _stack(vals: list[Any], reverse: bool) -> Any:
     return Moments(
         full("m2"), full("mu"), (len(vals), *ms[0].shape), how, -1, None, None, full("c")
     ).fresh()
-
-
-def _scaled(bind, a, ones, site) -> np.ndarray:
-    """``op(a, 1)`` of a linear op, computed in float32 on ``a / max|a|`` and scaled back in
-    float64."""
-    a = np.asarray(a, np.float64)
-    s = float(np.max(np.abs(a))) if a.size else 0.0
-    if not math.isfinite(s):
-        return np.full(site.y_shape, s)
-    s = s or 1.0
-    b = (a / s).astype(np.float32)
-    return _np(bind([b, ones] if site.activation == 0 else [ones, b])) * s
 
 
 def _mean_to(a: np.ndarray, shape) -> np.ndarray:

@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from varprop._src.model import propagate as P
+from varprop._src.model.taps import layer_sums_transpose
 
 _LINEAR = frozenset(
     {
@@ -206,18 +207,7 @@ class Backward:
         if law is None or site.kind == "embed":
             self.layer_back[(site.index, self.ix)] = (None, "no law" if law is None else "exact")
             return
-        shape = list(site.x_shape)
-        g_full = np.broadcast_to(g, site.y_shape)
-        ones = jnp.ones(site.w_shape, jnp.float32)
-
-        def op(a):
-            ops = [a, ones] if site.activation == 0 else [ones, a]
-            return site.primitive.bind(*ops, **site.params)
-
-        _, pull = jax.vjp(op, jnp.zeros(shape, jnp.float32))
-        scale = float(np.max(np.abs(g_full))) or 1.0  # linear: float32 on g / max|g|
-        (t,) = pull(jnp.asarray(g_full / scale, jnp.float32))
-        t = np.asarray(t, np.float64) * scale
+        t = layer_sums_transpose(site, g)  # opᵀ(E[g_y²], 1), float64 NumPy
         # No factor 1 - 2/n for a normalized output here: E[g_y^2] above is the mean-field
         # value, which leaves out the matching n/(n - 2) (E[1/v] over units of a fan-in n
         # layer, Jensen); the two cancel in E[g_x^2].
