@@ -233,3 +233,66 @@ def test_a_scan_is_unrolled_and_predicted_as_the_unrolled_model():
     # The first block's layer reads relu of standard normal data (E = 1/2) with He weights:
     # E[y^2] = (2/64) 64 (1/2) = 1, to the quadrature's error on relu's kink.
     assert scanned.get("blocks/l[0]").predicted == pytest.approx(1.0, rel=3e-3)
+
+
+class _VmapStack(nnx.Module):
+    """Blocks created by ``nnx.vmap`` (stacked weights, one initializer call per slice)."""
+
+    def __init__(self, rngs, n=3, d=32):
+        @nnx.split_rngs(splits=n)
+        @nnx.vmap(in_axes=(0,), out_axes=0)
+        def make(rngs):
+            return nnx.Linear(d, d, kernel_init=jax.nn.initializers.he_normal(), rngs=rngs)
+
+        self.blocks = make(rngs)
+
+    def __call__(self, x):
+        @nnx.scan(in_axes=(0, nnx.Carry), out_axes=nnx.Carry)
+        def step(block, h):
+            return h + block(jax.nn.relu(h))
+
+        return step(self.blocks, x)
+
+
+def _traced_init_case(name):
+    from varprop import example_models as em
+
+    images = jax.random.normal(jax.random.key(1), (4, 32, 32, 3))
+    tokens = jnp.ones((4, 16), jnp.int32)
+    return {
+        "resnet_linen": (em.resnet_linen(), images),
+        "transformer_linen": (em.transformer_linen(), tokens),
+        "resnet": (lambda rngs: em.resnet(rngs=rngs), images),
+        "transformer": (lambda rngs: em.transformer(rngs=rngs), tokens),
+        "mobilenet": (lambda rngs: em.mobilenet(rngs=rngs), images),
+        "nnx_vmap_stack": (lambda rngs: _VmapStack(rngs), jnp.ones((4, 32))),
+    }[name]
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["resnet_linen", "transformer_linen", "resnet", "transformer", "mobilenet", "nnx_vmap_stack"],
+)
+def test_a_traced_init_predicts_what_a_run_init_does(name, monkeypatch):
+    # propagate_model traces the init (Linen's init, an NNX factory) instead of running it
+    # (no XLA program) and computes only the non-layer parameters from its jaxpr: the
+    # predictions must be those of the init run for real, to float rounding.
+    from varprop._src.model import expected
+
+    model, x = _traced_init_case(name)
+    traced = propagate_model(model, x)
+    real_trace = expected.trace_model
+    monkeypatch.setattr(
+        expected,
+        "trace_model",
+        lambda *a, **k: real_trace(*a, **{**k, "abstract": False}),
+    )
+    run = propagate_model(model, x)
+    assert [r.path for r in traced.rows] == [r.path for r in run.rows]
+    assert any(r.how != "no law" for r in run.rows)
+    for a, b in zip(traced.rows, run.rows, strict=True):
+        assert a.how == b.how, a.path
+        if b.predicted is None:
+            assert a.predicted is None, a.path
+        else:
+            assert a.predicted == pytest.approx(b.predicted, rel=1e-9), (a.path, a.direction)

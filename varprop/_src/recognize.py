@@ -200,6 +200,13 @@ def _variance_scaling(c: Mapping[str, Any]) -> vi.Initializer | None:
     }
     if given == _FLAX_EMBED:
         return vi.embed_normal()
+    return _variance_scaling_of(scale, mode, dist, in_axis, out_axis, batch_axis)
+
+
+@functools.lru_cache(maxsize=256)
+def _variance_scaling_of(scale, mode, dist, in_axis, out_axis, batch_axis):
+    """The varprop initializer of one variance-scaling configuration, built once (its
+    SymPy law is costly to build, and every layer of a model shares a few of them)."""
     layout = _layout_for(mode, in_axis, out_axis, batch_axis)
     if layout is None:
         return None

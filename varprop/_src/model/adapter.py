@@ -241,6 +241,10 @@ class ModelFunction:
     inits: list[InitCall | None]
     framework: str
     notes: list[str]
+    #: Abstract parameters (``ShapeDtypeStruct``\ s, :func:`as_model_function` with
+    #: ``abstract=True``): ``materialize(skip)`` computes every parameter but those whose
+    #: index is in ``skip`` (left as zeros) from the init's jaxpr, then is ``None``.
+    materialize: Callable[[set[int]], None] | None = None
 
     def redraw(self, key: jax.Array) -> list[Any]:
         """The parameters redrawn by their own initializers with ``key`` (those whose
@@ -291,7 +295,10 @@ def _takes_rngs(factory: Callable[..., Any]) -> bool:
         return False
 
 
-def _nnx_function(model, mode: str | None, calls: list[InitCall], call_kwargs) -> ModelFunction:
+def _nnx_function(
+    model, mode: str | None, calls: list[InitCall], call_kwargs, matched=None
+) -> ModelFunction:
+    """``matched``: the parameters' initializer calls, already matched (a traced build)."""
     from flax import nnx
 
     copy = nnx.merge(*nnx.split(model))  # never touch the user's model
@@ -320,10 +327,14 @@ def _nnx_function(model, mode: str | None, calls: list[InitCall], call_kwargs) -
         leaf for _, leaf in jax.tree_util.tree_flatten_with_path(nnx.state(model, nnx.Param))[0]
     ]
     inits: list[InitCall | None] = (
-        _match_inits(orig, calls, paths) if calls else [None] * len(leaves)
+        matched
+        if matched is not None
+        else _match_inits(orig, calls, paths)
+        if calls
+        else [None] * len(leaves)
     )
     notes = []
-    if not calls:
+    if not calls and matched is None:
         notes.append(
             "NNX modules do not keep their initializers: each layer's weights are used as "
             "given; pass a factory (e.g. lambda rngs: Model(..., rngs=rngs)) to redraw them "
@@ -332,8 +343,95 @@ def _nnx_function(model, mode: str | None, calls: list[InitCall], call_kwargs) -
     return ModelFunction(apply, leaves, paths, state, inits, "nnx", notes)
 
 
+def _nnx_abstract(build_fn, mode, call_kwargs) -> ModelFunction:
+    """An NNX factory traced, not run (as :func:`_linen_abstract`): the module is built
+    inside ``jax.make_jaxpr``, its non-parameter state computed from that jaxpr, and its
+    parameters left abstract until :attr:`ModelFunction.materialize`."""
+    from flax import nnx
+
+    from varprop._src.model.numpy_ops import evaluate
+
+    box: dict[str, Any] = {}
+
+    def build():
+        m, calls = record_init_calls(build_fn)
+        if not _is_nnx(m):
+            raise TypeError("not an NNX module")
+        graphdef, params, rest = nnx.split(m, nnx.Param, ...)
+        with_paths = jax.tree_util.tree_flatten_with_path(params)[0]
+        leaves, paths = [v for _, v in with_paths], [path_name(p) for p, _ in with_paths]
+        box["graphdef"] = graphdef
+        box["matched"] = _match_inits(leaves, calls, paths) if calls else None
+        return params, rest
+
+    closed, (p_abs, r_abs) = jax.make_jaxpr(build, return_shape=True)()
+    n_p, n_r = len(jax.tree_util.tree_leaves(p_abs)), len(jax.tree_util.tree_leaves(r_abs))
+    rest = evaluate(closed, [], [False] * n_p + [True] * n_r)[n_p:]
+    r_val = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(r_abs), rest)
+    model = nnx.merge(box["graphdef"], p_abs, r_val)
+    mf = _nnx_function(model, mode, [], call_kwargs, matched=box["matched"])
+    shapes = [(tuple(v.shape), v.dtype) for v in jax.tree_util.tree_leaves(p_abs)]
+    if [(tuple(v.shape), v.dtype) for v in mf.params] != shapes:
+        raise TypeError("the parameters' order changed")
+
+    def materialize(skip: set[int]) -> None:
+        out = evaluate(closed, [], [j not in skip for j in range(n_p)] + [False] * n_r)
+        mf.params = [
+            np.zeros(s, d) if v is None else v for v, (s, d) in zip(out[:n_p], shapes, strict=True)
+        ]
+        mf.materialize = None
+
+    mf.materialize = materialize
+    return mf
+
+
+def _linen_abstract(model, inputs0, kw, rng_names):
+    """Linen's ``init`` traced, not run: the variables' shapes, the initializer calls
+    (seen during the trace), the concrete non-parameter collections, and a function that
+    computes the chosen parameters from the init's jaxpr (``numpy_ops.evaluate``)."""
+    import flax.linen as nn
+
+    from varprop._src.model.numpy_ops import evaluate
+
+    box: dict[str, Any] = {}
+
+    def init(key):
+        v, calls = record_init_calls(
+            lambda: model.init({"params": key, **dict.fromkeys(rng_names, key)}, *inputs0, **kw)
+        )
+        v = nn.meta.unbox(v)
+        box["calls"], box["leaves"] = calls, jax.tree_util.tree_leaves(v.get("params", {}))
+        return v
+
+    key = jax.random.key(0)
+    closed, shapes = jax.make_jaxpr(init, return_shape=True)(key)
+    where = [p[0].key == "params" for p, _ in jax.tree_util.tree_flatten_with_path(shapes)[0]]
+    rest = evaluate(closed, [key], [not w for w in where])
+    values = jax.tree_util.tree_unflatten(
+        jax.tree_util.tree_structure(shapes),
+        [
+            r if r is not None else s
+            for r, s in zip(rest, jax.tree_util.tree_leaves(shapes), strict=True)
+        ],
+    )
+
+    def params_of(skip: set[int]) -> list[Any]:
+        pos = [i for i, w in enumerate(where) if w]
+        used = [False] * len(where)
+        for j, i in enumerate(pos):
+            used[i] = j not in skip
+        out = evaluate(closed, [key], used)
+        shape_leaves = jax.tree_util.tree_leaves(shapes)
+        return [
+            out[i] if used[i] else np.zeros(shape_leaves[i].shape, shape_leaves[i].dtype)
+            for i in pos
+        ]
+
+    return values, box["calls"], box["leaves"], params_of
+
+
 def _linen_function(
-    model, variables, inputs0, mode, call_kwargs, rng_names=("dropout",)
+    model, variables, inputs0, mode, call_kwargs, rng_names=("dropout",), abstract=False
 ) -> ModelFunction:
     import flax.linen as nn
 
@@ -345,7 +443,10 @@ def _linen_function(
         except (TypeError, ValueError):
             pass
     calls: list[InitCall] = []
-    if variables is None:
+    params_of, traced = None, None
+    if variables is None and abstract:
+        variables, calls, traced, params_of = _linen_abstract(model, inputs0, kw, rng_names)
+    elif variables is None:
         key = jax.random.key(0)
         variables, calls = record_init_calls(
             lambda: model.init({"params": key, **dict.fromkeys(rng_names, key)}, *inputs0, **kw)
@@ -364,7 +465,9 @@ def _linen_function(
     rest = {k: v for k, v in variables.items() if k != "params"}
     state, stree = jax.tree_util.tree_flatten(rest)
     inits: list[InitCall | None] = (
-        _match_inits(leaves, calls, paths) if calls else [None] * len(leaves)
+        _match_inits(traced if traced is not None else leaves, calls, paths)
+        if calls
+        else [None] * len(leaves)
     )
 
     def apply(p, s, inputs, key):
@@ -384,7 +487,15 @@ def _linen_function(
             "unknown unless expect= names them)"
         ]
     )
-    return ModelFunction(apply, leaves, paths, state, inits, "linen", notes)
+    mf = ModelFunction(apply, leaves, paths, state, inits, "linen", notes)
+    if params_of is not None:
+
+        def materialize(skip: set[int]) -> None:
+            assert params_of is not None
+            mf.params, mf.materialize = params_of(skip), None
+
+        mf.materialize = materialize
+    return mf
 
 
 def as_model_function(
@@ -395,12 +506,19 @@ def as_model_function(
     mode: str | None = "train",
     call_kwargs: dict[str, Any] | None = None,
     rngs: Sequence[str] | None = None,
+    abstract: bool = False,
 ) -> ModelFunction:
-    """The :class:`ModelFunction` of an NNX module, a factory of one (a callable returning
-    it, optionally taking ``rngs``), or a Linen module with (or without) ``variables``."""
+    r"""The :class:`ModelFunction` of an NNX module, a factory of one (a callable returning
+    it, optionally taking ``rngs``), or a Linen module with (or without) ``variables``.
+
+    ``abstract``: a Linen module without variables is initialized by tracing its ``init``,
+    not running it (no XLA program is compiled); its parameters are then
+    ``ShapeDtypeStruct``\ s until :attr:`ModelFunction.materialize` computes them."""
     names = tuple(rngs) if rngs is not None else ("dropout",)
     if _is_linen(model):
-        return _linen_function(model, variables, inputs0, mode, call_kwargs, names)
+        return _linen_function(
+            model, variables, inputs0, mode, call_kwargs, names, abstract=abstract
+        )
     if _is_nnx(model):
         if variables is not None:
             raise InputError(
@@ -410,16 +528,23 @@ def as_model_function(
             )
         return _nnx_function(model, mode, [], call_kwargs)
     if callable(model):
-        if _takes_rngs(model):
-            from flax import nnx
+        from flax import nnx
 
-            built, calls = record_init_calls(lambda: model(rngs=nnx.Rngs(0)))
-        else:
-            built, calls = record_init_calls(model)
+        def build():
+            return model(rngs=nnx.Rngs(0)) if _takes_rngs(model) else model()
+
+        if abstract:
+            try:
+                return _nnx_abstract(build, mode, call_kwargs)
+            except Exception:  # not NNX, or not traceable: built for real below
+                pass
+        built, calls = record_init_calls(build)
         if _is_nnx(built):
             return _nnx_function(built, mode, calls, call_kwargs)
         if _is_linen(built):
-            return _linen_function(built, variables, inputs0, mode, call_kwargs, names)
+            return _linen_function(
+                built, variables, inputs0, mode, call_kwargs, names, abstract=abstract
+            )
         raise InputError(
             f"the factory returned {type(built).__name__}, not a Flax module; allowed: an "
             "nnx.Module or a flax.linen.Module",

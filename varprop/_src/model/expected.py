@@ -82,7 +82,7 @@ def expected_law(init, site: LayerSite) -> ExpectedLaw:
 
 
 def trace_model(
-    model: Any, args0: tuple[Any, ...], *, variables, mode, call_kwargs, rngs
+    model: Any, args0: tuple[Any, ...], *, variables, mode, call_kwargs, rngs, abstract=False
 ) -> tuple[ModelFunction, Found]:
     """The model as a pure function and its traced layers, on the positional arguments
     ``args0``; a model that cannot be built or called is an ``InputError`` (kind
@@ -95,6 +95,7 @@ def trace_model(
             mode=mode,
             call_kwargs=dict(call_kwargs or {}),
             rngs=rngs,
+            abstract=abstract,
         )
         found = find_layers(
             lambda p, s, a, k: mf.apply(p, s, a, k),
@@ -105,6 +106,8 @@ def trace_model(
             paths=mf.paths,
             data=(False, True, False),
         )
+        if mf.materialize is not None:  # the layers' own weights are not needed: laws
+            mf.materialize({s.param for s in found.layers})
     except InputError:
         raise
     except Exception as e:  # the user's model cannot be built or called on these inputs

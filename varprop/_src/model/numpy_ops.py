@@ -217,3 +217,39 @@ def concrete(eqn, ins: list[Any]) -> list[Any] | None:
     if r is None:
         return None
     return [np.asarray(r).astype(dtype, copy=False)]
+
+
+def evaluate(closed: Any, args: list[Any], used: list[bool]) -> list[Any]:
+    """The outputs of the closed jaxpr ``closed`` marked ``used`` (the others ``None``):
+    only the equations they depend on run (a parameter's initializer that is not needed,
+    a random draw, is skipped), each in NumPy when :func:`concrete` has a rule, else bound
+    by JAX."""
+    from jax.extend import core as jcore
+
+    jaxpr = closed.jaxpr
+    needed = {v for v, u in zip(jaxpr.outvars, used, strict=True) if u and not _literal(v)}
+    keep = []
+    for eqn in reversed(jaxpr.eqns):
+        if any(v in needed for v in eqn.outvars):
+            keep.append(eqn)
+            needed.update(v for v in eqn.invars if not isinstance(v, jcore.Literal))
+    env: dict[Any, Any] = dict(zip(jaxpr.constvars, closed.consts, strict=True))
+    env.update(zip(jaxpr.invars, args, strict=True))
+
+    def read(v):
+        return v.val if isinstance(v, jcore.Literal) else env[v]
+
+    for eqn in reversed(keep):
+        ins = [read(v) for v in eqn.invars]
+        outs = concrete(eqn, ins)
+        if outs is None:
+            out = eqn.primitive.bind(*ins, **eqn.primitive.get_bind_params(eqn.params))
+            outs = out if eqn.primitive.multiple_results else [out]
+        env.update(zip(eqn.outvars, outs, strict=True))
+    return [read(v) if u else None for v, u in zip(jaxpr.outvars, used, strict=True)]
+
+
+def _literal(v) -> bool:
+    from jax.extend import core as jcore
+
+    return isinstance(v, jcore.Literal)

@@ -105,7 +105,13 @@ def trace_for_propagation(model, inputs, variables, call_kwargs, mode, rngs):
         ],
     )
     mf, found = trace_model(
-        model, args0, variables=variables, mode=mode, call_kwargs=call_kwargs, rngs=rngs
+        model,
+        args0,
+        variables=variables,
+        mode=mode,
+        call_kwargs=call_kwargs,
+        rngs=rngs,
+        abstract=True,  # nothing is run: the init is traced, only non-layer weights computed
     )
     return mf, found, leaves
 

@@ -347,8 +347,9 @@ class _Interpreter:
         u = ins[0] if ins else None
         if not isinstance(u, Moments):
             return Unknown(n.shape)
-        g = _np(self.seen[n.scale[0]][0][n.scale[1]]) if n.scale else np.ones(())
-        b = _np(self.seen[n.shift[0]][0][n.shift[1]]) if n.shift else np.zeros(())
+        # γ and β reduced to where they vary (equal entries: one number; γ = 1 at init).
+        g = compress(self.seen[n.scale[0]][0][n.scale[1]]) if n.scale else np.ones(())
+        b = compress(self.seen[n.shift[0]][0][n.shift[1]]) if n.shift else np.zeros(())
         # The group's variance: over a batch (BatchNorm), what the examples share (c) is
         # not variance; over a row's units (LayerNorm), the units are independent.
         v = np.maximum(u.m2 - (u.c if n.kind == "batchnorm" else u.mu * u.mu), 0.0)
