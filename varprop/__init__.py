@@ -48,6 +48,8 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "LayerTest": ("varprop._src.verdicts", "LayerTest"),
     "ProductStatistics": ("varprop._src.verdicts", "ProductStatistics"),
     "layer_verdict": ("varprop._src.verdicts", "layer_verdict"),
+    "WidthScaling": ("varprop._src.parametrization_jax", "WidthScaling"),
+    "roles_from_shapes": ("varprop._src.parametrization_jax", "roles_from_shapes"),
 }
 
 __all__ = [
@@ -62,6 +64,7 @@ __all__ = [
     "ModelRow",
     "ProductStatistics",
     "Scheme",
+    "WidthScaling",
     "apply_init",
     "assert_agrees",
     "assert_healthy",
@@ -73,6 +76,7 @@ __all__ = [
     "laws",
     "layer_verdict",
     "nn",
+    "roles_from_shapes",
     "scheme_of",
     "solve_init",
 ]
@@ -90,6 +94,7 @@ if TYPE_CHECKING:  # what pyright and IDEs see; nothing is imported at run time
     from varprop._src.model.check_model import ModelCheckResult, ModelRow, check_model
     from varprop._src.model.solve import apply_init, solve_init
     from varprop._src.model_report import ModelDerivation, derive_model
+    from varprop._src.parametrization_jax import WidthScaling, roles_from_shapes
     from varprop._src.recognize import scheme_of
     from varprop._src.verdicts import (
         ExpectedLaw,
