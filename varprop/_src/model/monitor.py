@@ -173,8 +173,8 @@ class MonitorRow:
 
 @dataclass(frozen=True)
 class LayerSeries:
-    """One layer row's recorded time series (host numpy arrays, one entry per record, in
-    the order of the steps). ``forward_ratio = y_m2 / y_law`` and ``backward_ratio =
+    """One layer row's recorded time series (host numpy arrays, float64, one entry per
+    record, in the order of the steps). ``forward_ratio = y_m2 / y_law`` and ``backward_ratio =
     gx_m2 / gx_law``: 1 where the initializer's law holds given the measured input (the
     drift from the init law during training)."""
 
@@ -311,9 +311,16 @@ class Monitor:
         ``{"params": ..., ...}``; or the parameters of a model without other state)
         called on ``inputs`` (an array or a tuple of positional arguments, the shapes of
         the example), the backward ones of ``loss(outputs, *loss_args)``. Traceable; call
-        it inside the jitted step, before the update, with the arrays the step already
-        has. The model is not changed (a normalization's running statistics and RNG
-        counters stay as they are)."""
+        it inside the jitted step with the arrays the step already has. The model is not
+        changed (a normalization's running statistics and RNG counters stay as they are).
+
+        Where: *before* the optimizer update, a record is of the weights the step's
+        gradient is taken at (step 0: the initial weights, as :func:`varprop.check_model`
+        measures them); *after* it, of the weights the step returns. When the step donates
+        the parameters (``donate_argnums``), calling it before the update makes XLA copy
+        them every step (the ``lax.cond`` reads them before they are overwritten in
+        place); after the update it costs nothing on the steps that do not record
+        (``docs/monitor.md``, the overhead figures)."""
         params, mstate = self._flat_model(model)
         args = model_args(inputs, jax.random.key(0))
         flat_inputs = jax.tree_util.tree_leaves(args)
@@ -424,7 +431,11 @@ class Monitor:
         ``every`` updates (a ``lax.cond`` on its own counter), each kernel's ‖ΔW‖ (the
         update ``tx`` returns) and ‖W‖ (the ``params`` passed to ``update``, before the
         update). Use it as the outermost transformation (``nnx.Optimizer`` passes the
-        parameters; with plain optax pass ``params=`` to ``update``)."""
+        parameters; with plain optax pass ``params=`` to ``update``).
+
+        Cost on the steps that do not record: the ``lax.cond`` reads the updates, so XLA
+        writes them to memory instead of fusing them into the parameter update, one more
+        pass over the parameters per step (``docs/monitor.md``)."""
         import optax
 
         inner = optax.with_extra_args_support(tx)
@@ -498,7 +509,7 @@ class Monitor:
             count = int(np.asarray(state.count))
             steps = np.asarray(state.steps)
             order, dropped = _chronological(count, steps, self.capacity)
-            m = Moments(*(np.asarray(b)[order] for b in state.moments))
+            m = Moments(*(np.asarray(b, np.float64)[order] for b in state.moments))
             for j, row in enumerate(self.rows):
                 cols = {k: np.asarray(v)[:, j] for k, v in m._asdict().items()}
                 layers.append(LayerSeries(row.path, row.kind, steps[order], **cols))
@@ -508,7 +519,8 @@ class Monitor:
             count = int(np.asarray(rec.count))
             steps = np.asarray(rec.steps)
             order, dropped_u = _chronological(count, steps, self.capacity)
-            un, pn = np.asarray(rec.update_norm)[order], np.asarray(rec.param_norm)[order]
+            un = np.asarray(rec.update_norm, np.float64)[order]
+            pn = np.asarray(rec.param_norm, np.float64)[order]
             updates = [
                 UpdateSeries(path, steps[order], un[:, j], pn[:, j])
                 for j, (_, path) in enumerate(self.kernels)
