@@ -49,6 +49,12 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "ProductStatistics": ("varprop._src.verdicts", "ProductStatistics"),
     "layer_verdict": ("varprop._src.verdicts", "layer_verdict"),
     "WidthScaling": ("varprop._src.parametrization_jax", "WidthScaling"),
+    "monitor": ("varprop._src.model.monitor", "monitor"),
+    "Monitor": ("varprop._src.model.monitor", "Monitor"),
+    "MonitorState": ("varprop._src.model.monitor", "MonitorState"),
+    "MonitorSeries": ("varprop._src.model.monitor", "MonitorSeries"),
+    "LayerSeries": ("varprop._src.model.monitor", "LayerSeries"),
+    "UpdateSeries": ("varprop._src.model.monitor", "UpdateSeries"),
     "roles_from_shapes": ("varprop._src.parametrization_jax", "roles_from_shapes"),
 }
 
@@ -58,12 +64,17 @@ __all__ = [
     "Initializer",
     "LayerMeasurement",
     "LayerRow",
+    "LayerSeries",
     "LayerTest",
     "ModelCheckResult",
     "ModelDerivation",
     "ModelRow",
+    "Monitor",
+    "MonitorSeries",
+    "MonitorState",
     "ProductStatistics",
     "Scheme",
+    "UpdateSeries",
     "WidthScaling",
     "apply_init",
     "assert_agrees",
@@ -75,6 +86,7 @@ __all__ = [
     "initializers",
     "laws",
     "layer_verdict",
+    "monitor",
     "nn",
     "roles_from_shapes",
     "scheme_of",
@@ -92,6 +104,14 @@ if TYPE_CHECKING:  # what pyright and IDEs see; nothing is imported at run time
     from varprop._src.initializers import Initializer
     from varprop._src.laws.schemes import Scheme
     from varprop._src.model.check_model import ModelCheckResult, ModelRow, check_model
+    from varprop._src.model.monitor import (
+        LayerSeries,
+        Monitor,
+        MonitorSeries,
+        MonitorState,
+        UpdateSeries,
+        monitor,
+    )
     from varprop._src.model.solve import apply_init, solve_init
     from varprop._src.model_report import ModelDerivation, derive_model
     from varprop._src.parametrization_jax import WidthScaling, roles_from_shapes
