@@ -296,3 +296,36 @@ def test_a_traced_init_predicts_what_a_run_init_does(name, monkeypatch):
             assert a.predicted is None, a.path
         else:
             assert a.predicted == pytest.approx(b.predicted, rel=1e-9), (a.path, a.direction)
+
+
+@pytest.mark.parametrize("offset", [0.0, 1.0])
+def test_data_shares_only_what_its_pairs_share(offset):
+    # An average over positions keeps c, E[x_i x_j] of two distinct elements of a feature.
+    # Data drawn iid has c = 0 (the squared sample mean over 16 examples, about 1/16, is
+    # noise, not a shared part); a per-feature offset s shared by every element has c = s^2.
+    # After the mean over T positions and a lecun-normal Linear: E[y^2] = 1/T + s^2 (the
+    # offset's own variance, 0, plus the iid part's 1/T).
+    b, t, d = 16, 32, 64
+    x = jax.random.normal(jax.random.key(0), (b, t, d)) + offset
+
+    def model(rngs):
+        lin = nnx.Linear(d, d, rngs=rngs)
+        return lambda x: lin(jnp.mean(x, axis=1))
+
+    class M(nnx.Module):
+        def __init__(self, rngs):
+            self.lin = nnx.Linear(d, d, rngs=rngs)
+
+        def __call__(self, x):
+            return self.lin(jnp.mean(x, axis=1))
+
+    p = propagate_model(lambda rngs: M(rngs), x).get("lin")
+    # The sample's own moments: E[x^2] and the pairs' mean over this draw.
+    x64 = np.asarray(x, np.float64)
+    m2 = float(np.mean(x64**2))
+    n = b * t
+    s = x64.sum(axis=(0, 1))
+    c = float(np.mean((s**2 - (x64**2).sum(axis=(0, 1))) / (n * (n - 1))))
+    want = m2 / t + (1 - 1 / t) * c
+    assert p.predicted == pytest.approx(want, rel=1e-6)
+    assert p.predicted == pytest.approx(1 / t + offset**2, abs=4 * np.sqrt(2 / (n * d)) + 0.01)

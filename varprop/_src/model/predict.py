@@ -83,10 +83,16 @@ def _input_value(interp: _Interpreter, x) -> Any:
     a = np.asarray(x)
     if np.issubdtype(a.dtype, np.floating) and a.ndim > 0:
         a64 = a.astype(np.float64)
-        mu = np.mean(a64, axis=0, keepdims=True)
-        return interp.moments(
-            np.mean(a64 * a64, axis=0, keepdims=True), mu, a.shape, "exact", c=mu * mu
-        )
+        # Per feature (the last axis), over every example and position: the mean, and c,
+        # E[x_i x_j] of two distinct elements, by the unbiased pair statistic
+        # (S² − Σx²)/(N(N − 1)); the squared sample mean over the batch would count its
+        # noise, E[x²]/B, as a part the elements share. E[x²] stays per element.
+        rest = tuple(range(a.ndim - 1))
+        n = math.prod(a.shape[:-1])
+        s, q = np.sum(a64, axis=rest, keepdims=True), np.sum(a64 * a64, axis=rest, keepdims=True)
+        c = (s * s - q) / (n * (n - 1)) if n > 1 else np.zeros_like(s)
+        m2 = np.mean(a64 * a64, axis=0, keepdims=True)
+        return interp.moments(m2, s / n, a.shape, "exact", c=c)
     return a
 
 

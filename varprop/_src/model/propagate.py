@@ -37,6 +37,7 @@ import numpy as np
 from jax.extend import core as jcore
 
 from varprop._src.model.numpy_ops import ELEMENTWISE, concrete, structural
+from varprop._src.model.softmax import softmax_moments
 from varprop._src.model.taps import layer_sums
 from varprop._src.model.trace import Found, LayerSite, _subjaxpr, start_env
 from varprop._src.verdicts import ExpectedLaw
@@ -173,13 +174,18 @@ class _Interpreter:
         self._frames = 0
         #: The slice indices of the scans being unrolled (``()`` outside loops).
         self.ix: tuple[int, ...] = ()
+        #: The softmaxes (``e / sum(e)`` over an axis) by the place of their division:
+        #: the backward pass gives them the softmax's Jacobian, not two independent paths.
+        self.softmax: dict[tuple[int, ...], tuple[int, ...]] = {}
 
     # -- values --------------------------------------------------------------------------
 
     def moments(self, m2, mu, shape, how, fn=None, src=None, src_m=None, c=None) -> Moments:
         """A value's record; ``c`` defaults to E[x_i]E[x_j] (distinct elements independent)."""
         m2c, muc = compress(m2), compress(mu)
-        cc = compress(muc * muc if c is None else np.minimum(c, np.maximum(m2c, 0.0)))
+        # |E[x_i x_j]| <= max E[x^2] (Cauchy-Schwarz; the pair's own E[x^2] may differ).
+        top = float(np.max(m2c)) if m2c.size else 0.0
+        cc = compress(muc * muc if c is None else np.minimum(c, max(top, 0.0)))
         if fn is None:
             self._src += 1
             var = np.maximum(m2c - muc * muc, 0.0)
@@ -210,10 +216,13 @@ class _Interpreter:
             for v, k in zip(jaxpr.invars, arg_keys, strict=True):
                 if k is not None:
                     self.tape.append(("alias", key(v), k))
+        made_by: dict[Any, Any] = {}  # each variable's equation, in this jaxpr
         for i, eqn in enumerate(jaxpr.eqns):
             here = (*where, i)
             ins = [read(v) for v in eqn.invars]
             shapes = [tuple(v.aval.shape) for v in eqn.outvars]
+            if eqn.primitive.name == "div" and (axes := _softmax_axes(eqn, made_by)):
+                self.softmax[here] = axes
             site = self.layers.get(here)
             sub = _subjaxpr(eqn)
             if site is not None:
@@ -242,6 +251,8 @@ class _Interpreter:
             if here in self.norm_out:
                 outs = [self.norm(self.norm_out[here], outs[0])]
                 self.at[(here, self.ix)] = outs[0]
+            if here in self.softmax and isinstance(p := outs[0], Moments):
+                outs = [self.softmax_out(ins[0], p, self.softmax[here])]
             if here in self.drop_out:
                 outs = [self.dropout(self.drop_out[here], outs[0])]
                 self.at[(here, self.ix)] = outs[0]
@@ -252,6 +263,7 @@ class _Interpreter:
                         outs = [replace(ins[i], through=(*ins[i].through, zero))]
             for v, o in zip(eqn.outvars, outs, strict=True):
                 env[v] = o
+                made_by[v] = eqn
                 self._note_source(key(v), o)
             if sub is None and eqn.primitive.name != "scan":
                 ks = [key(v) for v in eqn.invars]
@@ -364,6 +376,13 @@ class _Interpreter:
         mu = np.broadcast_to(b, n.shape)
         return self.moments(m2, mu, n.shape, _worst(u.how, "exact"), c=c)
 
+    def softmax_out(self, e, p: Moments, axes) -> Moments:
+        """A softmax of e = f(t): its moments by Monte Carlo over t (:mod:`.softmax`)."""
+        if not isinstance(e, Moments) or e.fn is None or e.src_m is None:
+            return p
+        m2, mu, c = softmax_moments(e.fn, e.src_m, p.shape, axes)
+        return self.moments(m2, mu, p.shape, _worst(e.how, "mean-field"), c=c)
+
     def dropout(self, d, z) -> Any:
         ins, _ = self.seen[d.scale]
         u = ins[d.operand]
@@ -409,10 +428,9 @@ class _Interpreter:
             if len(x.shape) - 1 in axes:  # over the units: independent terms
                 m2 = f(x.var) + mu * mu
                 c = np.broadcast_to(mu * mu, np.shape(m2))
-            else:  # over examples or positions: distinct terms share c
-                cov = f(x.c - x.mu * x.mu) / max(n, 1)
-                m2 = f(x.var) + mu * mu + (n - 1) * cov
-                c = n * n * (f(x.c) / max(n, 1))
+            else:  # over examples or positions: each of the n(n - 1) pairs shares c
+                m2 = f(x.m2) + (n - 1) * f(x.c)
+                c = n * f(x.c)
             return [self.moments(m2, mu, shape, approx, c=c)]
         if name in ("reduce_max", "reduce_min"):
             # A shift (a softmax's max): its mean, as if it did not fluctuate.
@@ -423,10 +441,9 @@ class _Interpreter:
         if name == "reduce_window_sum":  # pooling over positions: they share c
             x = a[0]
             w = lambda v: _np(_bind(eqn, _f32(v, x.shape))[0])  # noqa: E731
-            k = np.maximum(w(np.ones(())), 1.0)
+            k = np.maximum(w(np.ones(())), 1.0)  # the window's taps (fewer at a border)
             mu = w(x.mu)
-            cov = w(x.c - x.mu * x.mu) / k
-            m2 = w(x.var) + mu * mu + (k - 1) * cov
+            m2 = w(x.m2) + (k - 1) * w(x.c)  # each of the k(k - 1) pairs shares c
             return [self.moments(m2, mu, shape, approx, c=k * w(x.c))]
         if name in ("reduce_window_max", "reduce_window_min"):
             x = a[0]
@@ -535,6 +552,26 @@ class _Interpreter:
             mix = lambda u, v: (1 - q) * u + q * v  # noqa: E731
             return self.moments(mix(x.m2, y.m2), mix(x.mu, y.mu), shape, approx, c=mix(x.c, y.c))
         return Unknown(shape)
+
+
+def _softmax_axes(div, made_by) -> tuple[int, ...]:
+    """The axes of a softmax ``div`` (e / sum(e) with the sum over axes of e itself,
+    broadcast back through reshapes, broadcasts and conversions; any axis, masked or not);
+    ``()`` for any other division."""
+    num, den = div.invars
+
+    def made(v):
+        return None if isinstance(v, jcore.Literal) else made_by.get(v)
+
+    eqn = made(den)
+    while eqn is not None and eqn.primitive.name in _PASS_THROUGH:
+        eqn = made(eqn.invars[0])
+    if eqn is not None and eqn.primitive.name == "reduce_sum" and eqn.invars[0] is num:
+        return tuple(eqn.params["axes"])
+    return ()
+
+
+_PASS_THROUGH = frozenset({"broadcast_in_dim", "reshape", "convert_element_type", "copy"})
 
 
 def _dot_general(a: np.ndarray, b: np.ndarray, dims) -> np.ndarray:

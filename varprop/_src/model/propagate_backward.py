@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from varprop._src.model import propagate as P
+from varprop._src.model.softmax import softmax_backward
 from varprop._src.model.taps import layer_sums_transpose
 
 _LINEAR = frozenset(
@@ -151,6 +152,9 @@ class Backward:
         out = outs[0]
         if name == "stop_gradient" or not abstract:
             return
+        if here in self.it.softmax and isinstance(out, P.Moments):
+            self.softmax(ins[0], out, g, self.it.softmax[here])
+            return
         same = all(ins[i].src == getattr(out, "src", None) for i in abstract)
         if isinstance(out, P.Moments) and out.fn is not None and name in P._OPS and same:
             # A function of one value: straight to that value (the ops inside the function
@@ -200,6 +204,15 @@ class Backward:
             return  # a shift (a softmax's max): its gradient sums to ~0 over the row
         else:
             raise NotImplementedError(name)
+
+    def softmax(self, e, p: P.Moments, g, axes: tuple[int, ...]) -> None:
+        """p = softmax(t) over ``axes``, e = f(t): E[(∂L/∂t)²] from the softmax's Jacobian
+        (:func:`~varprop._src.model.softmax.softmax_backward`), straight to t, not through
+        the numerator and the sum as two independent paths (which would add what the
+        softmax's centring cancels)."""
+        if not isinstance(e, P.Moments) or e.fn is None or e.src_m is None:
+            raise NotImplementedError("a softmax of a value that is not a function of one")
+        self.add(self.it.src_key.get(e.src), softmax_backward(e.fn, e.src_m, p.shape, axes, g))
 
     def layer(self, site, in_keys, ins, g) -> None:
         law = self.it.laws[site.index]
