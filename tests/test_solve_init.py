@@ -123,3 +123,137 @@ def test_a_deep_net_with_solved_scales_is_healthy_where_flax_default_is_not():
     assert r.verdict != "disagrees"
     # One draw as given: the spread across units alone (a few rows stay inconclusive).
     assert sum(row.verdict == "agrees" for row in r.layers) >= 10
+
+
+# -- The example families, deeper: Flax's default against the solved scales --------------
+#
+# Each solved init is checked through a factory that builds the model and redraws the
+# solved layers (apply_init inside the factory): check_model sees those initializer calls
+# while it builds, so every seed redraws the solved scales, tested against expect=inits.
+
+
+class _PlainCNN(nnx.Module):
+    """``depth`` SAME 3x3 convs with ReLU, no normalization, global average pool, head."""
+
+    def __init__(self, depth, width, *, kernel_init=None, rngs: nnx.Rngs):
+        kw = {} if kernel_init is None else {"kernel_init": kernel_init}
+        chans = (4,) + (width,) * depth
+        self.convs = nnx.List(
+            [
+                nnx.Conv(a, b, (3, 3), padding="SAME", rngs=rngs, **kw)
+                for a, b in itertools.pairwise(chans)
+            ]
+        )
+        self.head = nnx.Linear(width, 10, rngs=rngs, **kw)
+
+    def __call__(self, x):
+        for conv in self.convs:
+            x = jax.nn.relu(conv(x))
+        return self.head(x.mean(axis=(1, 2)))
+
+
+def _solved(base, inits):
+    return lambda rngs: varprop.apply_init(base(rngs), inits, rngs.params())
+
+
+def _no_disagreement(r):
+    bad = [(row.path, row.direction, row.ratio) for row in r.layers if row.verdict == "disagrees"]
+    assert not bad, (bad, r.diagnosis)
+
+
+def test_deep_plain_cnn_solved_forward_is_preserved_where_lecun_vanishes():
+    """8 ReLU convs: LeCun (Flax's default) keeps n Var(w) = 1 and the ReLU halves E[y^2]
+    per layer, 0.5^7 = 0.008 over the 7 same-shape steps; the forward solve is He's rule
+    (the first conv reads unit data, the head the pool) and keeps E[y^2] = 1. With 4 seeds
+    of an 8 x 8 x 8 batch some narrow rows stay inconclusive; none may disagree."""
+    base = lambda rngs: _PlainCNN(8, 16, rngs=rngs)  # noqa: E731
+    x = jax.random.normal(jax.random.key(0), (8, 8, 8, 4))
+    default = varprop.check_model(base, x, seeds=2, max_seeds=2)  # the health alone
+    assert default.health["forward"]["state"] == "vanishing"
+    assert default.health["forward"]["change"] < 0.03
+    inits = varprop.solve_init(base, x)
+    r = varprop.check_model(_solved(base, inits), x, expect=inits, seeds=4, max_seeds=4)
+    _no_disagreement(r)
+    assert sum(row.verdict == "agrees" for row in r.layers) >= 3  # the rest inconclusive
+    assert r.health["forward"]["state"] == "preserved"
+    assert r.health["backward"]["state"] == "preserved"
+    assert 0.5 < r.health["forward"]["change"] < 2
+
+
+@pytest.mark.slow
+def test_deep_plain_cnn_solved_backward_keeps_the_gradient():
+    """The backward solve on a 10-conv net keeps E[(dL/dx)^2] from the head down."""
+    base = lambda rngs: _PlainCNN(10, 16, rngs=rngs)  # noqa: E731
+    x = jax.random.normal(jax.random.key(0), (8, 8, 8, 4))
+    inits = varprop.solve_init(base, x, target="backward")
+    r = varprop.check_model(_solved(base, inits), x, expect=inits, seeds=4, max_seeds=8)
+    _no_disagreement(r)
+    assert r.health["backward"]["state"] == "preserved"
+    assert 0.5 < r.health["backward"]["change"] < 2
+
+
+def _resnet(kernel_init=None):
+    from varprop import example_models as em
+
+    return lambda rngs: em.resnet(  # 12 basic blocks, no BatchNorm
+        norm=False, stage_sizes=(6, 6), width=8, kernel_init=kernel_init, rngs=rngs
+    )
+
+
+@pytest.mark.slow
+def test_deep_resnet_without_norm_solved_forward_is_preserved_where_he_explodes():
+    """He-normal kernels in 12 un-normalized basic blocks: each branch adds about as much as
+    the stream holds, so E[y^2] roughly doubles per block (exploding both ways). The forward
+    solve gives every conv E[y^2] = 1 whatever the stream it reads."""
+    x = jax.random.normal(jax.random.key(0), (8, 16, 16, 3))
+    he = varprop.check_model(_resnet(varprop.initializers.he_normal()), x, seeds=4, max_seeds=4)
+    assert he.health["forward"]["state"] == "exploding"
+    assert he.health["backward"]["state"] == "exploding"
+    inits = varprop.solve_init(_resnet(), x)
+    r = varprop.check_model(_solved(_resnet(), inits), x, expect=inits, seeds=4, max_seeds=4)
+    _no_disagreement(r)
+    assert r.health["forward"]["state"] == "preserved"
+    assert r.health["backward"]["state"] == "preserved"
+
+
+@pytest.mark.slow
+def test_deep_resnet_fixup_starts_as_the_skip_path():
+    """Fixup: every block's conv2 is 0, so the stream is the skip path (every merge row
+    measures what the block received) and no row disagrees. check_model's health counts
+    the zero conv2 outputs as a death (it leaves out zero rows only for zero norm scales),
+    so the health is not asserted here."""
+    x = jax.random.normal(jax.random.key(0), (8, 16, 16, 3))
+    inits = varprop.solve_init(_resnet(), x, residual="fixup")
+    r = varprop.check_model(_solved(_resnet(), inits), x, expect=inits, seeds=4, max_seeds=4)
+    _no_disagreement(r)
+    conv2 = [
+        row
+        for row in r.layers
+        if row.kind == "conv" and row.path.endswith("conv2") and row.direction == "forward"
+    ]
+    assert len(conv2) == 12 and all(row.measured == 0 for row in conv2)
+    stream = [
+        row.measured
+        for row in r.layers
+        if row.direction == "forward" and row.path.startswith("skip + blocks/")
+    ]
+    assert len(stream) == 11  # the identity-shortcut blocks (blocks/6 projects)
+    assert max(stream) / min(stream) < 1.5
+
+
+@pytest.mark.slow
+def test_deep_mobilenet_solved_forward_is_preserved_where_lecun_vanishes():
+    """12 inverted residuals with BatchNorm: under LeCun the 1x1 projections read relu6 of
+    the depthwise output and the stem/expand stack shrinks E[y^2] by orders of magnitude;
+    the forward solve keeps every conv's output at 1."""
+    from varprop import example_models as em
+
+    blocks = ((16, 1),) * 6 + ((24, 2),) + ((24, 1),) * 5
+    base = lambda rngs: em.mobilenet(blocks=blocks, rngs=rngs)  # noqa: E731
+    x = jax.random.normal(jax.random.key(0), (8, 16, 16, 3))
+    default = varprop.check_model(base, x, seeds=4, max_seeds=4)
+    assert default.health["forward"]["state"] == "vanishing"
+    inits = varprop.solve_init(base, x)
+    r = varprop.check_model(_solved(base, inits), x, expect=inits, seeds=4, max_seeds=4)
+    _no_disagreement(r)
+    assert r.health["forward"]["state"] == "preserved"
