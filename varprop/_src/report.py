@@ -26,6 +26,7 @@ Robustness:
 from __future__ import annotations
 
 import base64
+import functools
 import html
 import io
 import math
@@ -415,8 +416,10 @@ def _intro(report: Report) -> str:
 # ----------------------------------------------------------------------------------- html
 
 
+@functools.lru_cache(maxsize=1024)
 def tex_to_svg(tex: str) -> str | None:
-    """Inline SVG of ``tex`` typeset by matplotlib's mathtext, or None if it cannot parse."""
+    """Inline SVG of ``tex`` typeset by matplotlib's mathtext, or None if it cannot parse
+    (cached: a model's layers share a few laws)."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
