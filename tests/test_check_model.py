@@ -242,3 +242,30 @@ def test_cli_model_inputs_that_cannot_be_used_exit_2(tmp_path):
     assert mixed.returncode == 2 and "--widths" in mixed.stderr
     shape = _cli(tmp_path, "--model", "usermodels:good", "--input-shape", "1,64")
     assert shape.returncode == 2 and "batch" in shape.stderr
+
+
+class _ZeroEndBranches(nnx.Module):
+    """Residual blocks whose branch ends in a zero-initialized layer (Fixup, SkipInit):
+    the stream starts as its skip path."""
+
+    def __init__(self, rngs, depth=4, d=128):
+        he = jax.nn.initializers.he_normal()
+        zeros = jax.nn.initializers.zeros
+        self.a = nnx.List([nnx.Linear(d, d, kernel_init=he, rngs=rngs) for _ in range(depth)])
+        self.b = nnx.List([nnx.Linear(d, d, kernel_init=zeros, rngs=rngs) for _ in range(depth)])
+
+    def __call__(self, x):
+        for a, b in zip(self.a, self.b, strict=True):
+            x = x + b(jax.nn.relu(a(x)))
+        return x
+
+
+def test_a_branch_ending_in_a_zero_layer_is_an_identity_branch_not_a_death():
+    # Bug (found on a Fixup-solved ResNet): the zero layer's rows (E[y^2] = 0) entered the
+    # health, which said "vanishing (-inf)", and the model was called degenerate.
+    x = jax.random.normal(jax.random.key(0), (64, 128))
+    r = varprop.check_model(lambda rngs: _ZeroEndBranches(rngs), x, seeds=4)
+    assert r.health["forward"]["state"] == "preserved", r.health
+    assert r.health["backward"]["state"] == "preserved", r.health
+    assert not r.health["degenerate"], r.health
+    assert sorted(r.health["identity_branches"]) == [f"b/{i}" for i in range(4)]

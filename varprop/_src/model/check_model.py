@@ -52,6 +52,7 @@ from varprop._src.model.loops import base_path, group_key
 from varprop._src.model.probe import make_model_probe, model_args
 from varprop._src.model.result import ModelCheckResult, ModelRow
 from varprop._src.model.rows import describe_iterations, health, layer_path, model_rows
+from varprop._src.model.trace import residual_branches
 from varprop._src.verdicts import overall_verdict
 
 __all__ = ["ModelCheckResult", "ModelRow", "check_model"]
@@ -178,10 +179,18 @@ def check_model(
         with_mean=with_mean,
         loss=loss,
     )
+    # Branches that start as the identity: a zero normalization scale, or a branch's last
+    # layer with zero weights (Fixup, SkipInit): their zero rows are not a dying network.
     zero_scales = [
         layer_path(p)
         for p, v in zip(mf.paths, mf.params, strict=True)
         if p.rsplit("/", 1)[-1] == "scale" and np.all(np.asarray(v) == 0)
+    ]
+    branch_ends, _ = residual_branches(found)
+    zero_scales += [
+        paths[i]
+        for i in sorted(branch_ends)
+        if np.all(np.asarray(mf.params[found.layers[i].param]) == 0)
     ]
     looks = look_schedule(seeds, max_seeds) if redraw else [1]
     shares = look_alpha_shares(len(looks))

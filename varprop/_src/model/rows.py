@@ -438,7 +438,10 @@ def health(
     zero = [
         r
         for r in rows
-        if r.kind in ("dense", "conv", "embed") and r.direction == "forward" and r.measured == 0
+        if r.kind in ("dense", "conv", "embed")
+        and r.direction == "forward"
+        and r.measured == 0
+        and base_path(r.path) not in zero_scales  # a branch that starts as the identity
     ]
     out["degenerate"] += [f"{p}: every output is 0" for p in grouped_paths(zero)]
     for d in ("forward", "backward"):

@@ -28,24 +28,6 @@ TARGETS = ("forward", "backward", "both")
 RESIDUALS = ("none", "fixup")
 
 
-def _branches(found) -> tuple[set[int], dict[int, int]]:
-    """The last layer of every residual branch, and each other branch layer's branch size."""
-    last: set[int] = set()
-    inner: dict[int, int] = {}
-    for m in found.merges:
-        if m.kind != "residual":
-            continue
-        a, b = m.left, m.right
-        big, small = (a, b) if len(a) >= len(b) else (b, a)
-        own = sorted(d for d in big - small if d >= 0)
-        if not own:
-            continue
-        last.add(own[-1])
-        for d in own[:-1]:
-            inner[d] = max(inner.get(d, 0), len(own))
-    return last, inner
-
-
 def solve_init(
     model: Any,
     inputs: Any,
@@ -80,6 +62,7 @@ def solve_init(
     from varprop._src.initializers import constant, normal
     from varprop._src.model.expected import layer_laws, row_paths
     from varprop._src.model.predict import run_both_ways, trace_for_propagation
+    from varprop._src.model.trace import residual_branches
 
     if target not in TARGETS:
         raise InputError(
@@ -101,7 +84,7 @@ def solve_init(
     mf, found, _ = traced
     paths = row_paths(found)
     base = layer_laws(found, mf, paths, None)
-    last, inner = _branches(found) if residual == "fixup" else (set(), {})
+    last, inner = residual_branches(found) if residual == "fixup" else (set(), {})
     n_merges = sum(m.kind == "residual" for m in found.merges)
     q = float(second_moment)
     every = {s.index: q for s in found.layers}

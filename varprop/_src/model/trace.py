@@ -553,6 +553,26 @@ class _Walker:
         )
 
 
+def residual_branches(found: Found) -> tuple[set[int], dict[int, int]]:
+    """The last layer of every residual branch (by layer index), and each other layer of a
+    branch with its branch's number of layers: the layers one operand of a residual add
+    depends on and the other does not."""
+    last: set[int] = set()
+    inner: dict[int, int] = {}
+    for m in found.merges:
+        if m.kind != "residual":
+            continue
+        a, b = m.left, m.right
+        big, small = (a, b) if len(a) >= len(b) else (b, a)
+        own = sorted(d for d in big - small if d >= 0)
+        if not own:
+            continue
+        last.add(own[-1])
+        for d in own[:-1]:
+            inner[d] = max(inner.get(d, 0), len(own))
+    return last, inner
+
+
 def find_layers(
     fn: Callable[..., Any],
     params: Any,
