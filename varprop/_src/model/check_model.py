@@ -47,7 +47,13 @@ import numpy as np
 
 from varprop._src.errors import InputError
 from varprop._src.formatting import fmt as _fmt
-from varprop._src.model.expected import expected_law, law_for, row_paths, trace_model
+from varprop._src.model.expected import (
+    expected_law,
+    law_for,
+    require_layers,
+    row_paths,
+    trace_model,
+)
 from varprop._src.model.loops import base_path, group_key
 from varprop._src.model.probe import make_model_probe, model_args
 from varprop._src.model.result import ModelCheckResult, ModelRow
@@ -139,13 +145,7 @@ def check_model(
     mf, found = trace_model(
         model, args0, variables=variables, mode=mode, call_kwargs=call_kwargs, rngs=rngs
     )
-    if not found.layers:
-        raise InputError(
-            "no layer found: the model multiplies no input by a parameter (dense, conv or "
-            "embedding)",
-            kind="model",
-            param="model",
-        )
+    require_layers(found)
     paths = row_paths(found)
     laws = []
     notes = list(mf.notes)

@@ -121,6 +121,17 @@ def trace_model(
     return mf, found
 
 
+def require_layers(found: Found) -> None:
+    """An ``InputError`` when the model has no layer to test or record."""
+    if not found.layers:
+        raise InputError(
+            "no layer found: the model multiplies no input by a parameter (dense, conv or "
+            "embedding)",
+            kind="model",
+            param="model",
+        )
+
+
 def layer_laws(found: Found, mf: ModelFunction, paths, expect=None) -> list[ExpectedLaw | None]:
     """Each layer's law (``None`` where its initializer is unknown)."""
     out: list[ExpectedLaw | None] = []

@@ -79,7 +79,7 @@ import numpy as np
 
 from varprop._src.errors import InputError
 from varprop._src.model.adapter import ModelFunction, path_name
-from varprop._src.model.expected import layer_laws, row_paths, trace_model
+from varprop._src.model.expected import layer_laws, require_layers, row_paths, trace_model
 from varprop._src.model.loops import suffix
 from varprop._src.model.probe import gaussian_cotangents, measure, model_args
 from varprop._src.model.rows import layer_path
@@ -614,13 +614,7 @@ def monitor(
     mf, found = trace_model(
         model, args0, variables=variables, mode=mode, call_kwargs=call_kwargs, rngs=rngs
     )
-    if not found.layers:
-        raise InputError(
-            "no layer found: the model multiplies no input by a parameter (dense, conv or "
-            "embedding)",
-            kind="model",
-            param="model",
-        )
+    require_layers(found)
     paths = row_paths(found)
     laws = layer_laws(found, mf, paths, expect)
     rows = []

@@ -83,32 +83,31 @@ def _dot_letters(x_nd: int, w_nd: int, dims) -> tuple[str, str, str]:
     return "".join(sa), "".join(sb), "".join(out)
 
 
-def dot_sums(a, shapes: tuple[tuple[int, ...], tuple[int, ...]], dims, activation: int):
-    """``dot_general`` of ``a`` (operand ``activation``, broadcastable to its shape) with
-    ones of the other operand's shape: the sums over the contracted axes."""
+def _dot_operands(shapes, dims, activation: int):
+    """The einsum letters of both operands and the output, each letter's length, and the
+    kernel of ones (the operand that is not ``activation``) with its letters."""
     s0, s1, out = _dot_letters(len(shapes[0]), len(shapes[1]), dims)
     specs = (s0, s1)
     sizes = {
         c: n for s, shp in zip(specs, shapes, strict=True) for c, n in zip(s, shp, strict=True)
     }
     other = 1 - activation
-    ones = np.ones((1,) * len(shapes[other]))
-    ops = [(np.asarray(a), specs[activation]), (ones, specs[other])]
-    return _einsum_uniform(ops, out, sizes)
+    ones = (np.ones((1,) * len(shapes[other])), specs[other])
+    return specs, out, sizes, ones
+
+
+def dot_sums(a, shapes: tuple[tuple[int, ...], tuple[int, ...]], dims, activation: int):
+    """``dot_general`` of ``a`` (operand ``activation``, broadcastable to its shape) with
+    ones of the other operand's shape: the sums over the contracted axes."""
+    specs, out, sizes, ones = _dot_operands(shapes, dims, activation)
+    return _einsum_uniform([(np.asarray(a), specs[activation]), ones], out, sizes)
 
 
 def dot_sums_transpose(g, shapes, dims, activation: int):
     """The transpose of :func:`dot_sums`: ``g`` (broadcastable to the output) summed back to
     the activation operand's axes."""
-    s0, s1, out = _dot_letters(len(shapes[0]), len(shapes[1]), dims)
-    specs = (s0, s1)
-    sizes = {
-        c: n for s, shp in zip(specs, shapes, strict=True) for c, n in zip(s, shp, strict=True)
-    }
-    other = 1 - activation
-    ones = np.ones((1,) * len(shapes[other]))
-    ops = [(np.asarray(g), out), (ones, specs[other])]
-    return _einsum_uniform(ops, specs[activation], sizes)
+    specs, out, sizes, ones = _dot_operands(shapes, dims, activation)
+    return _einsum_uniform([(np.asarray(g), out), ones], specs[activation], sizes)
 
 
 # ----------------------------------------------------------------------------------------
