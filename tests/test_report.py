@@ -24,10 +24,12 @@ EXPECTED = [
     "conv_resnet_depth",
     "transformer_ln",
     "coord_check",
+    "deep_relu_training",
+    "batchnorm_train_eval",
 ]
 
 
-def test_registry_has_the_fifteen_experiments_in_order():
+def test_registry_has_the_seventeen_experiments_in_order():
     assert list(registry()) == EXPECTED
 
 
@@ -76,7 +78,7 @@ def test_quick_report_end_to_end(tmp_path, shared_runs, capsys):
     assert code == 0, out
     assert "wrote" in out
     assert out.rstrip().endswith(
-        f"all {sum(len(r.claims) for r in results)} claims of 15 experiments held"
+        f"all {sum(len(r.claims) for r in results)} claims of 17 experiments held"
     )
 
 
