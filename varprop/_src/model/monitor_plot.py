@@ -24,11 +24,12 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from varprop._src.model.monitor import MonitorSeries
+if TYPE_CHECKING:  # the records this draws; the monitor itself calls plot_series
+    from varprop._src.model.monitor import MonitorSeries
 
 
 def _figure(ncols: int, nrows: int, width: float = 5.0, height: float = 3.4):
