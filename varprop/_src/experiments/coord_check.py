@@ -359,8 +359,9 @@ def run_coord_check(cfg: base.RunConfig) -> base.ExperimentResult:
         "The predicted exponents are update_first_order of varprop.laws.predict_widths (linear "
         "loss, t = 3); 'limit' is its update exponent as n -> oo at fixed eta_0, which SP "
         "approaches only once eta_0 n^e >> 1. The Transformer's SP slopes are below the "
-        "first-order ones (LayerNorm and the ReLU kinks make the change sublinear in eta_0 at "
-        "the largest widths); only their sign is claimed.",
+        "first-order ones: at the largest widths its sublayers' change is no longer small "
+        "against their size (the row 'largest |dh|/|h_0|'), so the change is no longer "
+        "linear in eta_0; only their sign is claimed.",
         f"Finite-width allowance {bias:.3f}: the largest least-squares slope of "
         f"ln(1 + c n^-1/2), |c| <= {CORRECTION:g}, over these widths.",
         "Wall time per sweep (compilation included): "
