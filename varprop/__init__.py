@@ -50,6 +50,11 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "layer_verdict": ("varprop._src.verdicts", "layer_verdict"),
     "WidthScaling": ("varprop._src.parametrization_jax", "WidthScaling"),
     "monitor": ("varprop._src.model.monitor", "monitor"),
+    "width_sweep": ("varprop._src.sweep", "width_sweep"),
+    "ModelFamily": ("varprop._src.sweep", "ModelFamily"),
+    "SweepResult": ("varprop._src.sweep", "SweepResult"),
+    "mlp_family": ("varprop._src.sweep", "mlp_family"),
+    "transformer_family": ("varprop._src.sweep", "transformer_family"),
     "Monitor": ("varprop._src.model.monitor", "Monitor"),
     "MonitorState": ("varprop._src.model.monitor", "MonitorState"),
     "MonitorSeries": ("varprop._src.model.monitor", "MonitorSeries"),
@@ -68,12 +73,14 @@ __all__ = [
     "LayerTest",
     "ModelCheckResult",
     "ModelDerivation",
+    "ModelFamily",
     "ModelRow",
     "Monitor",
     "MonitorSeries",
     "MonitorState",
     "ProductStatistics",
     "Scheme",
+    "SweepResult",
     "UpdateSeries",
     "WidthScaling",
     "apply_init",
@@ -86,11 +93,14 @@ __all__ = [
     "initializers",
     "laws",
     "layer_verdict",
+    "mlp_family",
     "monitor",
     "nn",
     "roles_from_shapes",
     "scheme_of",
     "solve_init",
+    "transformer_family",
+    "width_sweep",
 ]
 
 
@@ -116,6 +126,13 @@ if TYPE_CHECKING:  # what pyright and IDEs see; nothing is imported at run time
     from varprop._src.model_report import ModelDerivation, derive_model
     from varprop._src.parametrization_jax import WidthScaling, roles_from_shapes
     from varprop._src.recognize import scheme_of
+    from varprop._src.sweep import (
+        ModelFamily,
+        SweepResult,
+        mlp_family,
+        transformer_family,
+        width_sweep,
+    )
     from varprop._src.verdicts import (
         ExpectedLaw,
         LayerMeasurement,
