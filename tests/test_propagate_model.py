@@ -254,8 +254,44 @@ class _VmapStack(nnx.Module):
         return step(self.blocks, x)
 
 
+def _linen_cases():
+    import functools
+
+    import flax.linen as nn
+
+    class Wrapped(nn.Module):
+        """Initializers behind Flax's partitioning wrapper and functools.partial."""
+
+        @nn.compact
+        def __call__(self, x):
+            part = nn.with_logical_partitioning(nn.initializers.he_normal(), ("a", "b"))
+            x = nn.relu(nn.Dense(32, kernel_init=part)(x))
+            vs = functools.partial(nn.initializers.variance_scaling, mode="fan_avg")
+            return nn.Dense(8, kernel_init=vs(1.0, distribution="uniform"))(x)
+
+    class Block(nn.Module):
+        @nn.compact
+        def __call__(self, x, _):
+            return x + nn.Dense(16, kernel_init=nn.initializers.he_normal())(nn.relu(x)), None
+
+    class Scanned(nn.Module):
+        """Blocks under linen.scan (stacked parameters, one call per slice)."""
+
+        @nn.compact
+        def __call__(self, x):
+            scan = nn.scan(
+                Block, variable_axes={"params": 0}, split_rngs={"params": True}, length=3
+            )
+            return scan(name="blocks")(x, None)[0]
+
+    return {"linen_wrapped": Wrapped(), "linen_scan": Scanned()}
+
+
 def _traced_init_case(name):
     from varprop import example_models as em
+
+    if name.startswith("linen_"):
+        return _linen_cases()[name], jnp.ones((4, 16))
 
     images = jax.random.normal(jax.random.key(1), (4, 32, 32, 3))
     tokens = jnp.ones((4, 16), jnp.int32)
@@ -271,7 +307,16 @@ def _traced_init_case(name):
 
 @pytest.mark.parametrize(
     "name",
-    ["resnet_linen", "transformer_linen", "resnet", "transformer", "mobilenet", "nnx_vmap_stack"],
+    [
+        "resnet_linen",
+        "transformer_linen",
+        "linen_wrapped",
+        "linen_scan",
+        "resnet",
+        "transformer",
+        "mobilenet",
+        "nnx_vmap_stack",
+    ],
 )
 def test_a_traced_init_predicts_what_a_run_init_does(name, monkeypatch):
     # propagate_model traces the init (Linen's init, an NNX factory) instead of running it

@@ -133,6 +133,38 @@ def record_init_calls(build: Callable[[], Any]) -> tuple[Any, list[InitCall]]:
     return out, calls
 
 
+def record_linen_param_calls(build: Callable[[], Any]) -> tuple[Any, list[InitCall]]:
+    """:func:`record_init_calls` for a Linen ``init``, by wrapping ``Module.param`` for the
+    duration of ``build()`` instead of a profile hook on every Python call (a ResNet-50's
+    traced init: 0.7 s with the hook, 0.26 s without). Each ``param(name, init_fn,
+    *init_args)`` records ``init_fn`` with its shape, dtype, (unboxed) value and the
+    parameter's path."""
+    import flax.linen as nn
+
+    calls: list[InitCall] = []
+    param = nn.Module.param
+
+    def recording_param(self, name, init_fn, *init_args, **kwargs):
+        def recorded(key, *args, **kw):
+            value = init_fn(key, *args, **kw)
+            shape = args[0] if args else kw.get("shape")
+            if _is_key(key) and _is_shape(shape):
+                dtype = args[1] if len(args) > 1 else kw.get("dtype")
+                owner = "/".join([*map(str, self.path), name])
+                assert shape is not None
+                calls.append(InitCall(init_fn, tuple(shape), dtype, nn.meta.unbox(value), owner))
+            return value
+
+        return param(self, name, recorded, *init_args, **kwargs)
+
+    nn.Module.param = recording_param
+    try:
+        out = build()
+    finally:
+        nn.Module.param = param
+    return out, calls
+
+
 def _match_inits(
     leaves: Sequence[Any], calls: Sequence[InitCall], paths: Sequence[str] | None = None
 ) -> list[InitCall | None]:
@@ -396,7 +428,7 @@ def _linen_abstract(model, inputs0, kw, rng_names):
     box: dict[str, Any] = {}
 
     def init(key):
-        v, calls = record_init_calls(
+        v, calls = record_linen_param_calls(
             lambda: model.init({"params": key, **dict.fromkeys(rng_names, key)}, *inputs0, **kw)
         )
         v = nn.meta.unbox(v)
