@@ -207,6 +207,10 @@ def concrete(eqn, ins: list[Any]) -> list[Any] | None:
         r = np.concatenate(xs, axis=p["dimension"])
     elif name == "pad":
         r = _pad(xs[0], xs[1], p)
+    elif name in _WINDOW:
+        r = reduce_window(name, p, xs[0], xs[0].shape)
+        if r is not None and name != "reduce_window_sum" and xs[0].dtype.kind in "iu":
+            return None  # integer max/min pools: JAX's own identity values
     elif name == "integer_pow":
         r = xs[0] ** p["y"]
     elif (fn := ELEMENTWISE.get(name)) is not None:
@@ -253,3 +257,124 @@ def _literal(v) -> bool:
     from jax.extend import core as jcore
 
     return isinstance(v, jcore.Literal)
+
+
+def _sum_to(g: np.ndarray, shape: tuple[int, ...], out_shape: tuple[int, ...]) -> np.ndarray:
+    """``g`` (broadcastable to ``out_shape``) summed over the axes where ``shape`` has size 1
+    and the output does not (a size-1 axis of ``g`` there counts the output's length)."""
+    factor = 1.0
+    for d, (n, m) in enumerate(zip(shape, out_shape, strict=True)):
+        if n == 1 and m > 1:
+            if g.shape[d] == 1:
+                factor *= m
+            else:
+                g = np.sum(g, axis=d, keepdims=True)
+    return g * factor if factor != 1.0 else g
+
+
+def linear_transpose(eqn, which: int, g, shapes: list[tuple[int, ...]]) -> np.ndarray | None:
+    """The transpose of the linear shape-only primitive ``eqn`` for its operand ``which``
+    (of shape ``shapes[which]``), applied to ``g`` (broadcastable to the output): an array
+    broadcastable to the operand; ``None`` when there is no NumPy rule here (JAX's VJP
+    then)."""
+    name, p = eqn.primitive.name, eqn.params
+    out_shape = tuple(eqn.outvars[0].aval.shape)
+    shape = shapes[which]
+    g = np.asarray(g, np.float64)
+    g = g.reshape((1,) * (len(out_shape) - g.ndim) + g.shape)
+    if name in ("convert_element_type", "copy", "copy_p", "reduce_precision"):
+        return g
+    if name == "transpose":
+        return np.transpose(g, np.argsort(p["permutation"]))
+    if name == "squeeze":
+        return np.expand_dims(g, tuple(p["dimensions"]))
+    if name == "reshape" and p.get("dimensions") is None:
+        if g.size == 1:
+            return g.reshape((1,) * len(shape))
+        return np.broadcast_to(g, out_shape).reshape(shape)
+    if name == "reduce_sum":
+        return np.expand_dims(g, tuple(p["axes"]))
+    if name == "broadcast_in_dim":
+        bdims = tuple(p["broadcast_dimensions"])
+        lifted = [1] * len(out_shape)
+        for i, d in enumerate(bdims):
+            lifted[d] = shape[i]
+        g = _sum_to(g, tuple(lifted), out_shape)
+        return g.reshape([g.shape[d] for d in bdims])
+    if name == "concatenate" and p["dimension"] is not None:
+        d = p["dimension"]
+        start = sum(s[d] for s in shapes[:which])
+        g = np.broadcast_to(g, out_shape)
+        idx = [slice(None)] * len(out_shape)
+        idx[d] = slice(start, start + shape[d])
+        return g[tuple(idx)]
+    if name == "pad" and which == 0 and not any(i for _, _, i in p["padding_config"]):
+        g = np.broadcast_to(g, out_shape)
+        cfg = p["padding_config"]
+        g = np.pad(g, [(max(-lo, 0), max(-hi, 0)) for lo, hi, _ in cfg])
+        idx = tuple(slice(max(lo, 0), g.shape[d] - max(hi, 0)) for d, (lo, hi, _) in enumerate(cfg))
+        return g[idx]
+    return None
+
+
+def dot_transpose(dims, which: int, g, other, shapes: list[tuple[int, ...]]) -> np.ndarray:
+    """For y = dot_general(a, b): the transpose for operand ``which`` with the other operand
+    fixed at ``other`` (both broadcastable to their shapes): g_a = Σ g·b over what a lacks."""
+    from varprop._src.model.taps import _dot_letters, _einsum_uniform
+
+    sa, sb, out = _dot_letters(len(shapes[0]), len(shapes[1]), dims)
+    specs = (sa, sb)
+    sizes = {
+        c: n for s, shp in zip(specs, shapes, strict=True) for c, n in zip(s, shp, strict=True)
+    }
+    g = np.asarray(g, np.float64)
+    g = g.reshape((1,) * (len(out) - g.ndim) + g.shape)
+    ops = [(g, out), (np.asarray(other, np.float64), specs[1 - which])]
+    return _einsum_uniform(ops, specs[which], sizes)
+
+
+_WINDOW = {
+    "reduce_window_sum": (np.add, 0.0),
+    "reduce_window_max": (np.maximum, -np.inf),
+    "reduce_window_min": (np.minimum, np.inf),
+}
+
+
+def reduce_window(name: str, p: dict[str, Any], a, operand_shape) -> np.ndarray | None:
+    """``reduce_window_{sum,max,min}`` of ``a`` (broadcastable to ``operand_shape``): the
+    operand dilated and padded with the reduction's identity, then the window's offsets
+    combined at the strides; an axis of ``a`` of size 1 under a window of 1 stays size 1."""
+    if name not in _WINDOW:
+        return None
+    op, init = _WINDOW[name]
+    a = np.asarray(a, np.float64)
+    a = a.reshape((1,) * (len(operand_shape) - a.ndim) + a.shape)
+    win, strides = p["window_dimensions"], p["window_strides"]
+    pads, base, wdil = p["padding"], p["base_dilation"], p["window_dilation"]
+    for d, n in enumerate(operand_shape):
+        trivial = win[d] == 1 and strides[d] == 1 and tuple(pads[d]) == (0, 0) and base[d] == 1
+        if a.shape[d] == 1 and n > 1 and not trivial:
+            a = np.broadcast_to(a, (*a.shape[:d], n, *a.shape[d + 1 :]))
+    for d in range(a.ndim):
+        if base[d] > 1:
+            shape = list(a.shape)
+            shape[d] = (a.shape[d] - 1) * base[d] + 1
+            b = np.full(shape, init)
+            idx = [slice(None)] * a.ndim
+            idx[d] = slice(None, None, base[d])
+            b[tuple(idx)] = a
+            a = b
+    lo_hi = [(max(lo, 0), max(hi, 0)) for lo, hi in pads]
+    a = np.pad(a, lo_hi, constant_values=init)
+    a = a[tuple(slice(max(-lo, 0), a.shape[d] - max(-hi, 0)) for d, (lo, hi) in enumerate(pads))]
+    out = [
+        max(0, (a.shape[d] - ((win[d] - 1) * wdil[d] + 1)) // strides[d] + 1) for d in range(a.ndim)
+    ]
+    res = None
+    for offs in np.ndindex(*win):
+        idx = tuple(
+            slice(o * wdil[d], o * wdil[d] + (out[d] - 1) * strides[d] + 1, strides[d])
+            for d, o in enumerate(offs)
+        )
+        res = a[idx] if res is None else op(res, a[idx])
+    return np.asarray(res, np.float64)

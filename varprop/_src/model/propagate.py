@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.extend import core as jcore
 
-from varprop._src.model.numpy_ops import ELEMENTWISE, concrete, structural
+from varprop._src.model.numpy_ops import ELEMENTWISE, concrete, reduce_window, structural
 from varprop._src.model.softmax import softmax_moments
 from varprop._src.model.taps import layer_sums
 from varprop._src.model.trace import Found, LayerSite, _subjaxpr, start_env
@@ -440,15 +440,15 @@ class _Interpreter:
             return [self.moments(mu * mu, mu, shape, approx)]
         if name == "reduce_window_sum":  # pooling over positions: they share c
             x = a[0]
-            w = lambda v: _np(_bind(eqn, _f32(v, x.shape))[0])  # noqa: E731
+            w = lambda v: _window(eqn, v, x.shape)  # noqa: E731
             k = np.maximum(w(np.ones(())), 1.0)  # the window's taps (fewer at a border)
             mu = w(x.mu)
             m2 = w(x.m2) + (k - 1) * w(x.c)  # each of the k(k - 1) pairs shares c
             return [self.moments(m2, mu, shape, approx, c=k * w(x.c))]
         if name in ("reduce_window_max", "reduce_window_min"):
             x = a[0]
-            mu = _np(_bind(eqn, _f32(x.mu, x.shape))[0])
-            m2 = _np(_bind(eqn, _f32(x.m2, x.shape))[0])
+            mu = _window(eqn, x.mu, x.shape)
+            m2 = _window(eqn, x.m2, x.shape)
             return [self.moments(np.maximum(m2, mu * mu), mu, shape, approx)]
         if name == "dot_general" and len(a) == 2:
             x, y = a
@@ -653,6 +653,12 @@ def _stack(vals: list[Any], reverse: bool) -> Any:
     return Moments(
         full("m2"), full("mu"), (len(vals), *ms[0].shape), how, -1, None, None, full("c")
     ).fresh()
+
+
+def _window(eqn, a, shape) -> np.ndarray:
+    """A reduce_window of a moment array: NumPy where it can, else the primitive."""
+    r = reduce_window(eqn.primitive.name, eqn.params, a, shape)
+    return r if r is not None else _np(_bind(eqn, _f32(a, shape))[0])
 
 
 def _mean_to(a: np.ndarray, shape) -> np.ndarray:

@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from varprop._src.model import propagate as P
+from varprop._src.model.numpy_ops import dot_transpose, linear_transpose
 from varprop._src.model.softmax import softmax_backward
 from varprop._src.model.taps import layer_sums_transpose
 
@@ -165,14 +166,25 @@ class Backward:
                 self.add(k, d)
             return
         if name in _LINEAR:
-            grads = _vjp(eqn, [_zeros_like(x) for x in ins], abstract, g)
-            for i, gi in zip(abstract, grads, strict=True):
+            shapes = [tuple(v.aval.shape) for v in eqn.invars]
+            for i in abstract:  # NumPy where it has the rule, else JAX's VJP
+                gi = linear_transpose(eqn, i, g, shapes)
+                if gi is None:
+                    (gi,) = _vjp(eqn, [_zeros_like(x) for x in ins], [i], g)
                 self.add(in_keys[i], gi)
             return
         if name == "dot_general" or name == "conv_general_dilated":
             # y = op(a, b): g_a = op^T(g, b) with E[g_a^2] = op^T(E[g^2], E[b^2]).
-            m2 = [_m2(x) for x in ins]
+            shapes = [tuple(v.aval.shape) for v in eqn.invars]
             for i in abstract:
+                if name == "dot_general" and len(ins) == 2:
+                    other = _m2_small(ins[1 - i])
+                    self.add(
+                        in_keys[i],
+                        dot_transpose(eqn.params["dimension_numbers"], i, g, other, shapes),
+                    )
+                    continue
+                m2 = [_m2(x) for x in ins]
                 fixed = [jnp.asarray(m2[j], jnp.float32) for j in range(len(ins))]
                 (gi,) = _vjp(eqn, fixed, [i], g)
                 self.add(in_keys[i], gi)
@@ -265,6 +277,14 @@ def _fit(g: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
 def _m2(x) -> np.ndarray:
     if isinstance(x, P.Moments):
         return np.broadcast_to(x.m2, x.shape)
+    a = np.asarray(x, np.float64)
+    return a * a
+
+
+def _m2_small(x) -> np.ndarray:
+    """E[x²] as small as it is stored (broadcastable to the value's shape)."""
+    if isinstance(x, P.Moments):
+        return np.asarray(x.m2, np.float64)
     a = np.asarray(x, np.float64)
     return a * a
 
