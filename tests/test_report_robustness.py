@@ -433,15 +433,19 @@ def test_signals_are_held_while_the_report_is_written(fakes, tmp_path, monkeypat
     real = R._stage_and_move
 
     def interrupted(*a, **k):
-        # held: delivered when writing is done. raise_signal sends it to this (the main)
-        # thread; with os.kill (to the process, any of JAX's threads may take it) one CI
-        # run saw no KeyboardInterrupt at all (DID NOT RAISE), cause not found.
-        signal.raise_signal(signal.SIGINT)
+        signal.raise_signal(signal.SIGINT)  # held: delivered when writing is done
         return real(*a, **k)
 
     monkeypatch.setattr(R, "_stage_and_move", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        R.write_report(rep, tmp_path)
+    # Python's own SIGINT handler for this test: in two clean-clone CI runs of the whole
+    # suite the worker's handler at this point did not raise (DID NOT RAISE; the test
+    # passes alone and in this file); what set it is not found yet.
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            R.write_report(rep, tmp_path)
+    finally:
+        signal.signal(signal.SIGINT, before)
     assert sorted(os.listdir(tmp_path)) == ["figures", "report.html", "report.md"]
 
 
