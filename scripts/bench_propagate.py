@@ -7,6 +7,8 @@ scale per block), on a ``(B, 224, 224, 3)`` input. Every figure is a fresh proce
 includes every first-call cost (tracing, any compilation) but not the imports:
 
 * ``propagate``: ``propagate_model(model, ShapeDtypeStruct)``, then a second call (warm);
+* ``imported``: the same first call with varprop's model code and its SymPy laws imported
+  before the clock starts (what the first call costs beyond importing them);
 * ``derive``: ``derive_model(...)`` and its Markdown and HTML (with the figure);
 * ``jit``: the baseline, ``jax.jit`` of the model's ``init`` and of its forward pass on the
   same input, compiled and run once each: what running the model costs before any number.
@@ -31,7 +33,7 @@ from pathlib import Path
 
 from bench_common import fmt, median, ratio
 
-MODES = ("propagate", "derive", "jit")
+MODES = ("propagate", "imported", "derive", "jit")
 
 
 def resnet50():
@@ -81,7 +83,16 @@ def _child(mode: str, batch: int) -> dict[str, float]:
     model = resnet50()
     shape = (batch, 224, 224, 3)
     out: dict[str, float] = {}
-    if mode == "propagate":
+    if mode == "imported":
+        import varprop._src.model.predict
+        import varprop._src.model.propagate_backward
+        import varprop._src.recognize
+
+        x = jax.ShapeDtypeStruct(shape, jnp.float32)
+        t = time.perf_counter()
+        varprop.laws.propagate_model(model, x)
+        out["cold"] = time.perf_counter() - t
+    elif mode == "propagate":
         x = jax.ShapeDtypeStruct(shape, jnp.float32)
         t = time.perf_counter()
         p = varprop.laws.propagate_model(model, x)
@@ -136,6 +147,7 @@ def main() -> None:
     rows = [
         ("propagate_model, first call", stat("propagate", "cold")),
         ("propagate_model, second call", stat("propagate", "warm")),
+        ("propagate_model, first call, modules imported", stat("imported", "cold")),
         ("derive_model + markdown + html", stat("derive", "cold")),
         ("baseline: jit init + forward", stat("jit", "cold")),
     ]
