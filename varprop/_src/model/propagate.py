@@ -38,7 +38,7 @@ from jax.extend import core as jcore
 
 from varprop._src.model.numpy_ops import ELEMENTWISE, concrete, reduce_window, structural
 from varprop._src.model.softmax import softmax_moments
-from varprop._src.model.taps import layer_sums
+from varprop._src.model.taps import _dot_letters, layer_sums
 from varprop._src.model.trace import Found, LayerSite, _subjaxpr, start_env
 from varprop._src.verdicts import ExpectedLaw
 
@@ -576,23 +576,8 @@ _PASS_THROUGH = frozenset({"broadcast_in_dim", "reshape", "convert_element_type"
 
 def _dot_general(a: np.ndarray, b: np.ndarray, dims) -> np.ndarray:
     """``lax.dot_general`` in NumPy (float64): batch axes, then a's free, then b's."""
-    (ca, cb), (ba, bb) = dims
-    letters = iter("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
-    sa = [""] * a.ndim
-    sb = [""] * b.ndim
-    for i, j in zip(ba, bb, strict=True):
-        sa[i] = sb[j] = next(letters)
-    for i, j in zip(ca, cb, strict=True):
-        sa[i] = sb[j] = next(letters)
-    for i in range(a.ndim):
-        sa[i] = sa[i] or next(letters)
-    for j in range(b.ndim):
-        sb[j] = sb[j] or next(letters)
-    out = [sa[i] for i in ba]
-    out += [sa[i] for i in range(a.ndim) if i not in ca and i not in ba]
-    out += [sb[j] for j in range(b.ndim) if j not in cb and j not in bb]
-    spec = f"{''.join(sa)},{''.join(sb)}->{''.join(out)}"
-    return np.einsum(spec, np.asarray(a, np.float64), np.asarray(b, np.float64))
+    sa, sb, out = _dot_letters(np.ndim(a), np.ndim(b), dims)
+    return np.einsum(f"{sa},{sb}->{out}", np.asarray(a, np.float64), np.asarray(b, np.float64))
 
 
 _N2, _W2 = np.polynomial.hermite_e.hermegauss(16)

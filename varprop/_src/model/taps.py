@@ -165,6 +165,24 @@ def _undilate_unpad(m: np.ndarray, axis: int, n, ld, lo, hi) -> np.ndarray:
     return m
 
 
+def _group_sum(m: np.ndarray, channels: int, groups: int) -> np.ndarray:
+    """``m`` (N, C, spatial...) summed within each of ``groups`` groups of the channel axis
+    (a constant channel axis, size 1: times the group's size)."""
+    if m.shape[1] == 1:
+        return m * (channels // groups)
+    m = np.broadcast_to(m, (m.shape[0], channels, *m.shape[2:]))
+    return m.reshape((m.shape[0], groups, channels // groups, *m.shape[2:])).sum(axis=2)
+
+
+def _tap_slices(geo):
+    """Per kernel tap, the index of the inputs it reads for every output position."""
+    for taps in itertools.product(*(range(g[2]) for g in geo)):
+        idx = [slice(None), slice(None)]
+        for t, (_, _, _, rd, s, _, _, _, o) in zip(taps, geo, strict=True):
+            idx.append(slice(t * rd, t * rd + (o - 1) * s + 1, s))
+        yield tuple(idx)
+
+
 def _check_conv(p) -> None:
     if p.get("batch_group_count", 1) != 1:
         raise NotImplementedError("a conv with batch_group_count != 1")
@@ -180,23 +198,15 @@ def conv_sums(a, x_shape, w_shape, p) -> np.ndarray:
     m: np.ndarray = np.transpose(a, lhs)  # (N, C, spatial...)
     groups = p["feature_group_count"]
     c_in, c_out = x_shape[lhs[1]], w_shape[rhs[0]]
-    per_group = c_in // groups
-    if m.shape[1] == 1:
-        m = m * per_group
-    else:
-        m = np.broadcast_to(m, (m.shape[0], c_in, *m.shape[2:]))
-        m = m.reshape((m.shape[0], groups, per_group, *m.shape[2:])).sum(axis=2)
+    m = _group_sum(m, c_in, groups)
     geo = _geometry([x_shape[d] for d in lhs[2:]], [w_shape[d] for d in rhs[2:]], p)
     for i, (n, _, _, _, _, ld, lo, hi, _) in enumerate(geo):
         if m.shape[2 + i] == 1 and n > 1:
             m = np.broadcast_to(m, (*m.shape[: 2 + i], n, *m.shape[3 + i :]))
         m = _dilate_pad(m, 2 + i, n, ld, lo, hi)
     y: np.ndarray = np.zeros((*m.shape[:2], *(g[8] for g in geo)))
-    for taps in itertools.product(*(range(g[2]) for g in geo)):
-        idx = [slice(None), slice(None)]
-        for t, (_, _, _, rd, s, _, _, _, o) in zip(taps, geo, strict=True):
-            idx.append(slice(t * rd, t * rd + (o - 1) * s + 1, s))
-        y += m[tuple(idx)]
+    for idx in _tap_slices(geo):
+        y += m[idx]
     if y.shape[1] > 1:  # per group: each of its c_out / G output channels reads it
         y = np.repeat(y, c_out // groups, axis=1)
     return np.transpose(y, np.argsort(outs))
@@ -212,20 +222,13 @@ def conv_sums_transpose(g, x_shape, w_shape, y_shape, p) -> np.ndarray:
     m: np.ndarray = np.transpose(g, outs)  # (N, C_out, spatial...)
     groups = p["feature_group_count"]
     c_in, c_out = x_shape[lhs[1]], w_shape[rhs[0]]
-    if m.shape[1] == 1:
-        m = m * (c_out // groups)
-    else:
-        m = np.broadcast_to(m, (m.shape[0], c_out, *m.shape[2:]))
-        m = m.reshape((m.shape[0], groups, c_out // groups, *m.shape[2:])).sum(axis=2)
+    m = _group_sum(m, c_out, groups)
     geo = _geometry([x_shape[d] for d in lhs[2:]], [w_shape[d] for d in rhs[2:]], p)
     o_shape = [g_[8] for g_ in geo]
     m = np.broadcast_to(m, (*m.shape[:2], *o_shape))
     xp: np.ndarray = np.zeros((*m.shape[:2], *(g_[1] for g_ in geo)))
-    for taps in itertools.product(*(range(g_[2]) for g_ in geo)):
-        idx = [slice(None), slice(None)]
-        for t, (_, _, _, rd, s, _, _, _, o) in zip(taps, geo, strict=True):
-            idx.append(slice(t * rd, t * rd + (o - 1) * s + 1, s))
-        xp[tuple(idx)] += m
+    for idx in _tap_slices(geo):
+        xp[idx] += m
     for i, (n, _, _, _, _, ld, lo, hi, _) in enumerate(geo):
         xp = _undilate_unpad(xp, 2 + i, n, ld, lo, hi)
     if xp.shape[1] > 1:
