@@ -353,10 +353,6 @@ def test_data_shares_only_what_its_pairs_share(offset):
     b, t, d = 16, 32, 64
     x = jax.random.normal(jax.random.key(0), (b, t, d)) + offset
 
-    def model(rngs):
-        lin = nnx.Linear(d, d, rngs=rngs)
-        return lambda x: lin(jnp.mean(x, axis=1))
-
     class M(nnx.Module):
         def __init__(self, rngs):
             self.lin = nnx.Linear(d, d, rngs=rngs)
