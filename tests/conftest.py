@@ -48,10 +48,14 @@ def load_script(name: str):
     return mod
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the group marks
 def pytest_collection_modifyitems(config, items):
     """Tests that run an experiment (they take the ``quick_result`` fixture) are ``slow``:
     the default ``pytest`` deselects them (``-m 'not slow'`` in the configuration) and CI
-    runs them in a second step, ``pytest -m slow``."""
+    runs them in a second step, ``pytest -m slow``. They share one xdist worker."""
     for item in items:
         if "quick_result" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.slow)
+            # One worker runs them all (``--dist loadgroup``), so that each experiment's
+            # quick run is computed once per session, not once per worker.
+            item.add_marker(pytest.mark.xdist_group("experiments"))

@@ -195,17 +195,17 @@ def test_deep_plain_cnn_solved_backward_keeps_the_gradient():
 def _resnet(kernel_init=None):
     from varprop import example_models as em
 
-    return lambda rngs: em.resnet(  # 12 basic blocks, no BatchNorm
-        norm=False, stage_sizes=(6, 6), width=8, kernel_init=kernel_init, rngs=rngs
+    return lambda rngs: em.resnet(  # 8 basic blocks, no BatchNorm
+        norm=False, stage_sizes=(4, 4), width=8, kernel_init=kernel_init, rngs=rngs
     )
 
 
 @pytest.mark.slow
 def test_deep_resnet_without_norm_solved_forward_is_preserved_where_he_explodes():
-    """He-normal kernels in 12 un-normalized basic blocks: each branch adds about as much as
+    """He-normal kernels in 8 un-normalized basic blocks: each branch adds about as much as
     the stream holds, so E[y^2] roughly doubles per block (exploding both ways). The forward
     solve gives every conv E[y^2] = 1 whatever the stream it reads."""
-    x = jax.random.normal(jax.random.key(0), (8, 16, 16, 3))
+    x = jax.random.normal(jax.random.key(0), (8, 12, 12, 3))
     he = varprop.check_model(_resnet(varprop.initializers.he_normal()), x, seeds=4, max_seeds=4)
     assert he.health["forward"]["state"] == "exploding"
     assert he.health["backward"]["state"] == "exploding"
@@ -222,7 +222,7 @@ def test_deep_resnet_fixup_starts_as_the_skip_path():
     measures what the block received) and no row disagrees. check_model's health counts
     the zero conv2 outputs as a death (it leaves out zero rows only for zero norm scales),
     so the health is not asserted here."""
-    x = jax.random.normal(jax.random.key(0), (8, 16, 16, 3))
+    x = jax.random.normal(jax.random.key(0), (8, 12, 12, 3))
     inits = varprop.solve_init(_resnet(), x, residual="fixup")
     r = varprop.check_model(_solved(_resnet(), inits), x, expect=inits, seeds=4, max_seeds=4)
     _no_disagreement(r)
@@ -231,26 +231,26 @@ def test_deep_resnet_fixup_starts_as_the_skip_path():
         for row in r.layers
         if row.kind == "conv" and row.path.endswith("conv2") and row.direction == "forward"
     ]
-    assert len(conv2) == 12 and all(row.measured == 0 for row in conv2)
+    assert len(conv2) == 8 and all(row.measured == 0 for row in conv2)
     stream = [
         row.measured
         for row in r.layers
         if row.direction == "forward" and row.path.startswith("skip + blocks/")
     ]
-    assert len(stream) == 11  # the identity-shortcut blocks (blocks/6 projects)
+    assert len(stream) == 7  # the identity-shortcut blocks (blocks/4 projects)
     assert max(stream) / min(stream) < 1.5
 
 
 @pytest.mark.slow
 def test_deep_mobilenet_solved_forward_is_preserved_where_lecun_vanishes():
-    """12 inverted residuals with BatchNorm: under LeCun the 1x1 projections read relu6 of
+    """8 inverted residuals with BatchNorm: under LeCun the 1x1 projections read relu6 of
     the depthwise output and the stem/expand stack shrinks E[y^2] by orders of magnitude;
     the forward solve keeps every conv's output at 1."""
     from varprop import example_models as em
 
-    blocks = ((16, 1),) * 6 + ((24, 2),) + ((24, 1),) * 5
+    blocks = ((16, 1),) * 4 + ((24, 2),) + ((24, 1),) * 3
     base = lambda rngs: em.mobilenet(blocks=blocks, rngs=rngs)  # noqa: E731
-    x = jax.random.normal(jax.random.key(0), (8, 16, 16, 3))
+    x = jax.random.normal(jax.random.key(0), (8, 12, 12, 3))
     default = varprop.check_model(base, x, seeds=4, max_seeds=4)
     assert default.health["forward"]["state"] == "vanishing"
     inits = varprop.solve_init(base, x)

@@ -415,6 +415,7 @@ def _run(
     return stats, x_last
 
 
+@functools.partial(jax.jit, static_argnames=("net", "lean"))
 def probe_params(
     net: Network,
     params,
@@ -423,7 +424,9 @@ def probe_params(
     edges: HistogramEdges | None = None,
     lean: bool = False,
 ) -> ProbeStats:
-    """Statistics of one forward+backward pass with the given weights (not jitted here)."""
+    """Statistics of one forward+backward pass with the given weights: one jitted program
+    per network and shapes (``net`` and ``lean`` are static). Inside a caller's ``jit`` or
+    ``vmap`` it is traced inline."""
     return _run(net, params, x, v, edges, lean)[0]
 
 
@@ -584,12 +587,13 @@ def make_probe(
         for i in range(n_segments)
     ]
     extra = jax.jit(jax.vmap(draw_extra), compiler_options=COMPILER_OPTIONS) if k_extra else None
-    split = jax.jit(jax.vmap(lambda k: jax.random.split(k, 4)))
+    # The four keys of `one` as four arrays: no eager op between the programs.
+    split = jax.jit(jax.vmap(lambda k: tuple(jax.random.split(k, 4))))
 
     def probe_separate(keys, data=None, weight_scales=None, edges=None):
-        parts = split(keys)
-        params = [d(parts[:, 0]) for d in seg_draws]
-        ws = extra(parts[:, 3]) if extra is not None else None
+        k_init, _, _, k_extra = split(keys)
+        params = [d(k_init) for d in seg_draws]
+        ws = extra(k_extra) if extra is not None else None
         return main(keys, data, (params, ws), weight_scales, edges)
 
     return probe_separate
