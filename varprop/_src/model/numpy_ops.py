@@ -28,6 +28,8 @@ from typing import Any
 
 import numpy as np
 
+from varprop._src.model.taps import _dot_letters, _einsum_uniform, pad_crop
+
 
 def _elementwise() -> dict[str, Callable[..., Any] | None]:
     from scipy import special
@@ -158,9 +160,7 @@ def _pad(x, value, p):
     cfg = p["padding_config"]
     if any(interior for _, _, interior in cfg):
         return None
-    out = np.pad(x, [(max(lo, 0), max(hi, 0)) for lo, hi, _ in cfg], constant_values=value)
-    idx = tuple(slice(max(-lo, 0), out.shape[d] - max(-hi, 0)) for d, (lo, hi, _) in enumerate(cfg))
-    return out[idx]
+    return pad_crop(x, [(lo, hi) for lo, hi, _ in cfg], value)
 
 
 def _iota(p):
@@ -310,18 +310,13 @@ def linear_transpose(eqn, which: int, g, shapes: list[tuple[int, ...]]) -> np.nd
         return g[tuple(idx)]
     if name == "pad" and which == 0 and not any(i for _, _, i in p["padding_config"]):
         g = np.broadcast_to(g, out_shape)
-        cfg = p["padding_config"]
-        g = np.pad(g, [(max(-lo, 0), max(-hi, 0)) for lo, hi, _ in cfg])
-        idx = tuple(slice(max(lo, 0), g.shape[d] - max(hi, 0)) for d, (lo, hi, _) in enumerate(cfg))
-        return g[idx]
+        return pad_crop(g, [(-lo, -hi) for lo, hi, _ in p["padding_config"]])
     return None
 
 
 def dot_transpose(dims, which: int, g, other, shapes: list[tuple[int, ...]]) -> np.ndarray:
     """For y = dot_general(a, b): the transpose for operand ``which`` with the other operand
     fixed at ``other`` (both broadcastable to their shapes): g_a = Σ g·b over what a lacks."""
-    from varprop._src.model.taps import _dot_letters, _einsum_uniform
-
     sa, sb, out = _dot_letters(len(shapes[0]), len(shapes[1]), dims)
     specs = (sa, sb)
     sizes = {

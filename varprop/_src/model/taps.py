@@ -131,6 +131,21 @@ def _geometry(x_sp, w_sp, p):
     return out
 
 
+def pad_crop(m: np.ndarray, pads, value: Any = 0) -> np.ndarray:
+    """``m`` with ``pads[d] = (lo, hi)`` entries of ``value`` added before and after axis d,
+    a negative count cropping that many instead (``lax.pad`` without interior padding).
+    Its transpose is ``pad_crop`` with every count negated."""
+    m = np.pad(m, [(max(lo, 0), max(hi, 0)) for lo, hi in pads], constant_values=value)
+    idx = tuple(slice(max(-lo, 0), m.shape[d] - max(-hi, 0)) for d, (lo, hi) in enumerate(pads))
+    return m[idx]
+
+
+def _on_axis(ndim: int, axis: int, lo: int, hi: int) -> list[tuple[int, int]]:
+    pads = [(0, 0)] * ndim
+    pads[axis] = (lo, hi)
+    return pads
+
+
 def _dilate_pad(m: np.ndarray, axis: int, n, ld, lo, hi) -> np.ndarray:
     """``m`` along ``axis``: zeros between entries (``ld``), then padded (negative: cropped)."""
     if ld > 1:
@@ -141,22 +156,12 @@ def _dilate_pad(m: np.ndarray, axis: int, n, ld, lo, hi) -> np.ndarray:
         idx[axis] = slice(None, None, ld)
         d[tuple(idx)] = m
         m = d
-    pads = [(0, 0)] * m.ndim
-    pads[axis] = (max(lo, 0), max(hi, 0))
-    m = np.pad(m, pads)
-    idx = [slice(None)] * m.ndim
-    idx[axis] = slice(max(-lo, 0), m.shape[axis] - max(-hi, 0))
-    return m[tuple(idx)]
+    return pad_crop(m, _on_axis(m.ndim, axis, lo, hi))
 
 
 def _undilate_unpad(m: np.ndarray, axis: int, n, ld, lo, hi) -> np.ndarray:
     """The transpose of :func:`_dilate_pad`."""
-    pads = [(0, 0)] * m.ndim
-    pads[axis] = (max(-lo, 0), max(-hi, 0))
-    m = np.pad(m, pads)
-    idx = [slice(None)] * m.ndim
-    idx[axis] = slice(max(lo, 0), m.shape[axis] - max(hi, 0))
-    m = m[tuple(idx)]
+    m = pad_crop(m, _on_axis(m.ndim, axis, -lo, -hi))
     if ld > 1:
         idx = [slice(None)] * m.ndim
         idx[axis] = slice(None, None, ld)
