@@ -8,7 +8,7 @@ baseline
     The user's step: ``jax.jit`` of loss, ``value_and_grad``, ``tx.update``,
     ``optax.apply_updates`` (NNX: ``nnx.merge`` / ``nnx.Optimizer.update`` /
     ``nnx.state`` on the split state, the functional form of ``nnx.jit``).
-monitored, three variants
+monitored, four variants
     The same step with ``mstate = mon.record(mstate, model, x, y)``
     (``varprop._src.model.monitor``) called ``before`` the optimizer update (the statistics
     of the weights the gradient is taken at) or ``after`` it (of the weights the step
@@ -16,7 +16,9 @@ monitored, three variants
     ``mon.track_updates`` (‖ΔW‖ and ‖W‖ per kernel). ``every`` (default 10) steps between
     records: a ``lax.cond`` on the carried step counter selects the statistics (a second
     forward and backward through the tapped model, every layer's moments; the kernels'
-    norms) or nothing.
+    norms) or nothing. ``after+updates, static``: the same with the record decided by a
+    static flag (``now=``, ``record_now=``) from a host-side step counter, two compiled
+    steps and no conditional.
 
 All are compiled before timing (the compile column: lower + XLA compile), the model state
 (and the monitor's) is donated in all, and after ``2 * every`` untimed steps each, they
@@ -96,13 +98,41 @@ def _nnx_factory(model: str) -> Callable[..., Any]:
     return lambda rngs: MLP(rngs)
 
 
-#: The monitored variants: where ``record`` is called, and whether the optimizer is
-#: wrapped by ``track_updates``.
+#: The monitored variants: where ``record`` is called, whether the optimizer is wrapped by
+#: ``track_updates``, and whether the record is decided by a static Python bool (two
+#: compiled steps, chosen from a host-side step counter) instead of ``lax.cond``.
 VARIANTS = {
-    "before": ("before", False),
-    "after": ("after", False),
-    "after+updates": ("after", True),
+    "before": ("before", False, False),
+    "after": ("after", False, False),
+    "after+updates": ("after", True, False),
+    "after+updates, static": ("after", True, True),
 }
+
+
+class StaticSwitch:
+    """A step jitted with a static ``rec`` flag, called like the others: the flag is
+    ``calls % every == 0`` from its own host-side counter (no device read)."""
+
+    def __init__(self, step, every: int):
+        import jax
+
+        self.jitted = jax.jit(step, donate_argnums=(0, 1), static_argnames="rec")
+        self.every, self.calls = every, 0
+
+    def __call__(self, *args):
+        rec = self.calls % self.every == 0
+        self.calls += 1
+        return self.jitted(*args, rec=rec)
+
+    def lower(self, *args):
+        """Both programs compiled (the compile column is their sum)."""
+
+        class Both:
+            def compile(inner):
+                for rec in (True, False):
+                    self.jitted.lower(*args, rec=rec).compile()
+
+        return Both()
 
 
 def nnx_steps(model: str, every: int) -> tuple[dict[str, tuple[Any, tuple]], int]:
@@ -119,22 +149,23 @@ def nnx_steps(model: str, every: int) -> tuple[dict[str, tuple[Any, tuple]], int
     x, y = _data(model)
     mon = monitor(factory, x, loss=_xent, every=every, capacity=1000)
     out = {}
-    for name, (where, track) in {"baseline": (None, False), **VARIANTS}.items():
+    for name, (where, track, static) in {"baseline": (None, False, False), **VARIANTS}.items():
         m0 = factory(nnx.Rngs(1))
         tx = mon.track_updates(optax.adam(1e-3)) if track else optax.adam(1e-3)
         graphdef, state = nnx.split((m0, nnx.Optimizer(m0, tx, wrt=nnx.Param)))
 
-        def step(state, mstate, x_, y_, graphdef=graphdef, where=where):
+        def step(state, mstate, x_, y_, graphdef=graphdef, where=where, track=track, rec=None):
             m, opt = nnx.merge(graphdef, state)
             if where == "before":
-                mstate = mon.record(mstate, m, x_, y_)
+                mstate = mon.record(mstate, m, x_, y_, now=rec)
             loss, grads = nnx.value_and_grad(lambda m: _xent(m(x_), y_))(m)
-            opt.update(m, grads)
+            opt.update(m, grads, **({"record_now": rec} if track else {}))
             if where == "after":
-                mstate = mon.record(mstate, m, x_, y_)
+                mstate = mon.record(mstate, m, x_, y_, now=rec)
             return nnx.state((m, opt)), mstate, loss
 
-        out[name] = (jax.jit(step, donate_argnums=(0, 1)), (state, mon.init(), x, y))
+        fn = StaticSwitch(step, every) if static else jax.jit(step, donate_argnums=(0, 1))
+        out[name] = (fn, (state, mon.init(), x, y))
     return out, len(mon.rows)
 
 
@@ -151,25 +182,27 @@ def linen_steps(every: int) -> tuple[dict[str, tuple[Any, tuple]], int]:
     mon = monitor(model, x, loss=_xent, every=every, capacity=1000)
     params0 = model.init(jax.random.key(1), x)["params"]
     out = {}
-    for name, (where, track) in {"baseline": (None, False), **VARIANTS}.items():
+    for name, (where, track, static) in {"baseline": (None, False, False), **VARIANTS}.items():
         tx = mon.track_updates(optax.adam(1e-3)) if track else optax.adam(1e-3)
         params = jax.tree.map(lambda a: a.copy(), params0)
 
-        def step(state, mstate, x_, y_, tx=tx, where=where):
+        def step(state, mstate, x_, y_, tx=tx, where=where, track=track, rec=None):
             params, opt_state = state
             if where == "before":
-                mstate = mon.record(mstate, {"params": params}, x_, y_)
+                mstate = mon.record(mstate, {"params": params}, x_, y_, now=rec)
             loss, grads = jax.value_and_grad(lambda p: _xent(model.apply({"params": p}, x_), y_))(
                 params
             )
-            updates, opt_state = tx.update(grads, opt_state, params)
+            kw = {"record_now": rec} if track else {}
+            updates, opt_state = tx.update(grads, opt_state, params, **kw)
             params = optax.apply_updates(params, updates)
             if where == "after":
-                mstate = mon.record(mstate, {"params": params}, x_, y_)
+                mstate = mon.record(mstate, {"params": params}, x_, y_, now=rec)
             return (params, opt_state), mstate, loss
 
         args = ((params, tx.init(params)), mon.init(), x, y)
-        out[name] = (jax.jit(step, donate_argnums=(0, 1)), args)
+        fn = StaticSwitch(step, every) if static else jax.jit(step, donate_argnums=(0, 1))
+        out[name] = (fn, args)
     return out, len(mon.rows)
 
 

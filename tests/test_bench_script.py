@@ -162,3 +162,28 @@ def test_bench_check_model_quick_run(tmp_path):
     assert row["compile_ratio"] == pytest.approx(
         row["probe"]["compile_s"] / row["baseline"]["compile_s"]
     )
+
+
+@pytest.mark.slow
+def test_bench_monitor_short_run():
+    """scripts/bench_monitor.py end to end on the MLP, a few rounds (nothing is asserted
+    about the times but that they exist and the ratios are theirs): every variant, the
+    static switch's two programs included, split into recording and non-recording steps."""
+    script = Path(__file__).resolve().parents[1] / "scripts" / "bench_monitor.py"
+    argv = ["--models", "mlp", "--steps", "6", "--every", "3", "--json", "-"]
+    r = subprocess.run(
+        [sys.executable, str(script), *argv],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    (row,) = json.loads(r.stdout)["rows"]
+    assert row["model"] == "mlp" and row["every"] == 3
+    variants = ("before", "after", "after+updates", "after+updates, static")
+    assert set(variants) <= set(row) and set(variants) <= set(row["compile_s"])
+    for name in variants:
+        v = row[name]
+        assert v["n_on"] == 2 and v["n_off"] == 4, (name, v)  # timed steps 6..11 (6 warm)
+        assert v["off_ratio"] == pytest.approx(v["off_ms"] / row["baseline_ms"])
+        assert v["on_ratio"] == pytest.approx(v["on_ms"] / row["baseline_ms"])

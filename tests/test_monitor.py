@@ -170,6 +170,70 @@ def test_linen_update_ratio_equals_the_parameters_change_over_their_norm():
         np.testing.assert_allclose(s.layer("l1").x_m2[i], jnp.mean(batch(t)[0] ** 2), rtol=1e-5)
 
 
+def _linen_runs(static: bool):
+    """Five Adam steps of the Linen MLP with a record and the update sizes every 2 steps,
+    decided by ``lax.cond`` (``static=False``) or by a static Python bool from the loop;
+    the series, and the two compiled steps' primitives (static) or the one step's."""
+    x, _ = batch()
+    model = LinenMLP()
+    mon = monitor(model, x, loss=xent, every=2, capacity=8)
+    variables = model.init(jax.random.key(3), x)
+    tx = mon.track_updates(optax.adam(1e-2))
+    opt_state = tx.init(variables["params"])
+
+    def step(variables, opt_state, mstate, x, y, rec=None):
+        mstate = mon.record(mstate, variables, x, y, now=rec)
+        grads = jax.grad(lambda p: xent(model.apply({"params": p}, x), y))(variables["params"])
+        updates, opt_state = tx.update(grads, opt_state, variables["params"], record_now=rec)
+        return {"params": optax.apply_updates(variables["params"], updates)}, opt_state, mstate
+
+    jitted = jax.jit(step, static_argnames="rec")
+    mstate = mon.init()
+    prims = {}
+    for t in range(5):
+        rec = (t % 2 == 0) if static else None
+        args = (variables, opt_state, mstate, *batch(t))
+        with jax.numpy_dtype_promotion("standard"):  # optax's Adam mixes int and float
+            eqns = jax.make_jaxpr(step, static_argnums=5)(*args, rec).eqns
+            prims[rec] = [e.primitive.name for e in eqns]
+            variables, opt_state, mstate = jitted(*args, rec=rec)
+    return mon.series(mstate, opt_state), prims
+
+
+def test_a_static_switch_records_the_same_without_the_conditional():
+    """``now=`` / ``record_now=`` as Python bools: the same records as the ``lax.cond``
+    (same steps, same values), and neither compiled step has a conditional; the one that
+    does not record has the plain step's 5 dot_generals (2 layers: 2 forward, 3 backward:
+    two kernels' gradients and the hidden layer's),
+    the recording one more (the tapped second pass)."""
+    dynamic, prims_dyn = _linen_runs(static=False)
+    static, prims = _linen_runs(static=True)
+    assert "cond" in prims_dyn[None]
+    assert "cond" not in prims[True] and "cond" not in prims[False]
+    assert prims[False].count("dot_general") == 5 < prims[True].count("dot_general")
+    for a, b in zip(dynamic.layers, static.layers, strict=True):
+        assert a.path == b.path and a.steps.tolist() == b.steps.tolist() == [0, 2, 4]
+        np.testing.assert_allclose(a.y_m2, b.y_m2, rtol=1e-5)
+        np.testing.assert_allclose(a.gx_m2, b.gx_m2, rtol=1e-5)
+    for a, b in zip(dynamic.updates, static.updates, strict=True):
+        assert a.steps.tolist() == b.steps.tolist() == [0, 2, 4]
+        np.testing.assert_allclose(a.ratio, b.ratio, rtol=1e-5)
+
+
+def test_a_static_switch_that_is_not_a_bool_is_an_input_error():
+    x, y = batch()
+    mon = monitor(lambda rngs: MLP(rngs), x, loss=xent)
+    model = MLP(nnx.Rngs(0))
+    with pytest.raises(InputError, match=r"now=.*allowed: None .* or a Python bool") as e:
+        mon.record(mon.init(), model, x, y, now=jnp.asarray(True))
+    assert e.value.param == "now"
+    tx = mon.track_updates(optax.sgd(0.1))
+    params = nnx.state(model, nnx.Param)
+    with pytest.raises(InputError, match=r"record_now=1") as e:
+        tx.update(params, tx.init(params), params, record_now=1)
+    assert e.value.param == "record_now"
+
+
 def _conv_step_zero(model, variables, x, loss):
     """The record at step 0 and check_model's rows on the same weights and batch."""
     mon = monitor(model, x, loss=loss, every=1, capacity=1, variables=variables)

@@ -241,6 +241,18 @@ def _empty(capacity: int, width: int, fields: int) -> tuple[jax.Array, ...]:
     return tuple(jnp.full((capacity, width), jnp.nan, F32) for _ in range(fields))
 
 
+def _static_switch(value: Any, name: str) -> bool | None:
+    """``value`` when it is None or a Python bool (numpy's too); else a usage error."""
+    if value is None or isinstance(value, (bool, np.bool_)):
+        return None if value is None else bool(value)
+    raise InputError(
+        f"{name}={value!r}: allowed: None (a lax.cond on the step counter) or a Python "
+        f"bool, static in the jitted step (static_argnames), e.g. step_number % every == 0",
+        kind="usage",
+        param=name,
+    )
+
+
 def _write(step, count, steps, buffers, values, capacity: int):
     """``values`` (one ``[width]`` array per buffer) into row ``count % capacity``."""
     i = jnp.mod(count, capacity).astype(jnp.int32)
@@ -305,7 +317,14 @@ class Monitor:
 
     # -- forward and backward statistics ---------------------------------------------
 
-    def record(self, state: MonitorState, model: Any, inputs: Any, *loss_args: Any) -> MonitorState:
+    def record(
+        self,
+        state: MonitorState,
+        model: Any,
+        inputs: Any,
+        *loss_args: Any,
+        now: bool | None = None,
+    ) -> MonitorState:
         """``state`` after one step: when ``state.step % every == 0``, every layer row's
         :class:`Moments` measured on ``model`` (an ``nnx.Module``; Linen variables
         ``{"params": ..., ...}``; or the parameters of a model without other state)
@@ -318,7 +337,15 @@ class Monitor:
         gradient is taken at (step 0: the initial weights, as :func:`varprop.check_model`
         measures them); *after* it, of the weights the step returns. Either way the steps
         that do not record cost about nothing more: 0.99–1.03 times a plain Adam step,
-        ``scripts/bench_monitor.py`` (``docs/monitor.md``, the overhead figures)."""
+        ``scripts/bench_monitor.py`` (``docs/monitor.md``, the overhead figures).
+
+        ``now``: ``None`` (default) records when ``state.step % every == 0``, by
+        ``lax.cond``. A Python bool decides at trace time instead: jit the step with it
+        static (``static_argnames``) and pass ``step_number % every == 0`` from your own
+        loop. Two programs are compiled, and the one that does not record has nothing of
+        the monitor but the counter (no host round-trip either: the decision is the
+        host's own loop counter)."""
+        now = _static_switch(now, "now")
         params, mstate = self._flat_model(model)
         args = model_args(inputs, jax.random.key(0))
         flat_inputs = jax.tree_util.tree_leaves(args)
@@ -339,8 +366,11 @@ class Monitor:
             count, steps, bufs = _write(st.step, st.count, st.steps, st.moments, values, cap)
             return MonitorState(st.step, count, steps, Moments(*bufs))
 
-        on = jnp.mod(state.step, self.every) == 0
-        new = jax.lax.cond(on, write, lambda st: st, state)
+        if now is None:
+            on = jnp.mod(state.step, self.every) == 0
+            new = jax.lax.cond(on, write, lambda st: st, state)
+        else:
+            new = write(state) if now else state
         return new._replace(step=state.step + 1)
 
     def _moments(self, args: list[Any], k_cot: jax.Array, loss_args) -> Moments:
@@ -433,7 +463,11 @@ class Monitor:
 
         Cost on the steps that do not record: the ``lax.cond`` reads the updates, so XLA
         writes them to memory instead of fusing them into the parameter update, one more
-        pass over the parameters per step (``docs/monitor.md``)."""
+        pass over the parameters per step (``docs/monitor.md``). To avoid it, pass
+        ``record_now=`` a Python bool to ``update`` (``nnx.Optimizer.update(model, grads,
+        record_now=...)`` forwards it), static in your jitted step as for
+        :meth:`record`'s ``now``: the step that does not record then compiles without the
+        conditional."""
         import optax
 
         inner = optax.with_extra_args_support(tx)
@@ -450,7 +484,8 @@ class Monitor:
                 ),
             )
 
-        def update(updates, state, params=None, **extra):
+        def update(updates, state, params=None, *, record_now=None, **extra):
+            record_now = _static_switch(record_now, "record_now")
             if params is None:
                 raise InputError(
                     "track_updates needs the parameters: call update(grads, state, params) "
@@ -472,8 +507,11 @@ class Monitor:
                 )
                 return UpdateRecords(r.step, count, steps, *bufs)
 
-            on = jnp.mod(rec.step, every) == 0
-            rec = jax.lax.cond(on, write, lambda r: r, rec)
+            if record_now is None:
+                on = jnp.mod(rec.step, every) == 0
+                rec = jax.lax.cond(on, write, lambda r: r, rec)
+            elif record_now:
+                rec = write(rec)
             return new_updates, TrackedState(inner_state, rec._replace(step=rec.step + 1))
 
         return optax.GradientTransformationExtraArgs(init, update)
