@@ -133,47 +133,11 @@ def test_a_fresh_state_is_empty_and_unwritten_rows_are_nan():
     assert np.all(np.isnan(np.asarray(mstate.moments.y_m2)[1:]))
 
 
-def test_linen_update_ratio_equals_the_parameters_change_over_their_norm():
-    x, _ = batch()
-    model = LinenMLP()
-    mon = monitor(model, x, loss=xent, every=2, capacity=8)
-    variables = model.init(jax.random.key(3), x)
-    tx = mon.track_updates(optax.adam(1e-2))
-    opt_state = tx.init(variables["params"])
-
-    @jax.jit
-    def step(variables, opt_state, mstate, x, y):
-        mstate = mon.record(mstate, variables, x, y)
-        grads = jax.grad(lambda p: xent(model.apply({"params": p}, x), y))(variables["params"])
-        updates, opt_state = tx.update(grads, opt_state, variables["params"])
-        return {"params": optax.apply_updates(variables["params"], updates)}, opt_state, mstate
-
-    mstate = mon.init()
-    expect: dict[str, list[float]] = {"l1": [], "l2": []}
-    for t in range(5):
-        before = variables["params"]
-        xt, yt = batch(t)
-        with jax.numpy_dtype_promotion("standard"):  # optax's Adam mixes int and float
-            variables, opt_state, mstate = step(variables, opt_state, mstate, xt, yt)
-        if t % 2 == 0:
-            for name in expect:
-                w0, w1 = before[name]["kernel"], variables["params"][name]["kernel"]
-                expect[name].append(float(jnp.linalg.norm(w1 - w0) / jnp.linalg.norm(w0)))
-    s = mon.series(mstate, opt_state)
-    assert [u.path for u in s.updates] == ["l1", "l2"]
-    for u in s.updates:
-        assert u.steps.tolist() == [0, 2, 4]
-        np.testing.assert_allclose(u.ratio, expect[u.path], rtol=1e-4, err_msg=u.path)
-    # Linen: the layers' forward statistics at every record, on that step's batch.
-    assert s.layer("l1").steps.tolist() == [0, 2, 4]
-    for i, t in enumerate((0, 2, 4)):
-        np.testing.assert_allclose(s.layer("l1").x_m2[i], jnp.mean(batch(t)[0] ** 2), rtol=1e-5)
-
-
 def _linen_runs(static: bool):
     """Five Adam steps of the Linen MLP with a record and the update sizes every 2 steps,
-    decided by ``lax.cond`` (``static=False``) or by a static Python bool from the loop;
-    the series, and the two compiled steps' primitives (static) or the one step's."""
+    decided by ``lax.cond`` (``static=False``) or by a static Python bool from the loop.
+    Returns the series, the primitives of each compiled step (keyed by the switch), and
+    each kernel's ‖W_{t+1} − W_t‖/‖W_t‖ at the recorded steps, computed here."""
     x, _ = batch()
     model = LinenMLP()
     mon = monitor(model, x, loss=xent, every=2, capacity=8)
@@ -190,14 +154,32 @@ def _linen_runs(static: bool):
     jitted = jax.jit(step, static_argnames="rec")
     mstate = mon.init()
     prims = {}
+    expect: dict[str, list[float]] = {"l1": [], "l2": []}
     for t in range(5):
         rec = (t % 2 == 0) if static else None
+        before = variables["params"]
         args = (variables, opt_state, mstate, *batch(t))
         with jax.numpy_dtype_promotion("standard"):  # optax's Adam mixes int and float
             eqns = jax.make_jaxpr(step, static_argnums=5)(*args, rec).eqns
             prims[rec] = [e.primitive.name for e in eqns]
             variables, opt_state, mstate = jitted(*args, rec=rec)
-    return mon.series(mstate, opt_state), prims
+        if t % 2 == 0:
+            for name in expect:
+                w0, w1 = before[name]["kernel"], variables["params"][name]["kernel"]
+                expect[name].append(float(jnp.linalg.norm(w1 - w0) / jnp.linalg.norm(w0)))
+    return mon.series(mstate, opt_state), prims, expect
+
+
+def test_linen_update_ratio_equals_the_parameters_change_over_their_norm():
+    s, _, expect = _linen_runs(static=False)
+    assert [u.path for u in s.updates] == ["l1", "l2"]
+    for u in s.updates:
+        assert u.steps.tolist() == [0, 2, 4]
+        np.testing.assert_allclose(u.ratio, expect[u.path], rtol=1e-4, err_msg=u.path)
+    # Linen: the layers' forward statistics at every record, on that step's batch.
+    assert s.layer("l1").steps.tolist() == [0, 2, 4]
+    for i, t in enumerate((0, 2, 4)):
+        np.testing.assert_allclose(s.layer("l1").x_m2[i], jnp.mean(batch(t)[0] ** 2), rtol=1e-5)
 
 
 def test_a_static_switch_records_the_same_without_the_conditional():
@@ -206,8 +188,8 @@ def test_a_static_switch_records_the_same_without_the_conditional():
     does not record has the plain step's 5 dot_generals (2 layers: 2 forward, 3 backward:
     two kernels' gradients and the hidden layer's),
     the recording one more (the tapped second pass)."""
-    dynamic, prims_dyn = _linen_runs(static=False)
-    static, prims = _linen_runs(static=True)
+    dynamic, prims_dyn, _ = _linen_runs(static=False)
+    static, prims, expect = _linen_runs(static=True)
     assert "cond" in prims_dyn[None]
     assert "cond" not in prims[True] and "cond" not in prims[False]
     assert prims[False].count("dot_general") == 5 < prims[True].count("dot_general")
@@ -218,6 +200,7 @@ def test_a_static_switch_records_the_same_without_the_conditional():
     for a, b in zip(dynamic.updates, static.updates, strict=True):
         assert a.steps.tolist() == b.steps.tolist() == [0, 2, 4]
         np.testing.assert_allclose(a.ratio, b.ratio, rtol=1e-5)
+        np.testing.assert_allclose(b.ratio, expect[b.path], rtol=1e-4)
 
 
 def test_a_static_switch_that_is_not_a_bool_is_an_input_error():
