@@ -336,7 +336,7 @@ class Monitor:
         Where: *before* the optimizer update, a record is of the weights the step's
         gradient is taken at (step 0: the initial weights, as :func:`varprop.check_model`
         measures them); *after* it, of the weights the step returns. Either way the steps
-        that do not record cost about nothing more: 0.99–1.03 times a plain Adam step,
+        that do not record cost little: 0.99–1.05 times a plain Adam step over four runs of
         ``scripts/bench_monitor.py`` (``docs/monitor.md``, the overhead figures).
 
         ``now``: ``None`` (default) records when ``state.step % every == 0``, by
