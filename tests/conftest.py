@@ -3,6 +3,7 @@ CLI's compilation cache goes to a temporary directory, not the user's."""
 
 import importlib.util
 import os
+import pickle
 import sys
 import tempfile
 from pathlib import Path
@@ -21,16 +22,42 @@ _QUICK: dict[str, object] = {}
 
 
 @pytest.fixture(scope="session")
-def quick_result():
-    """``quick_result(name)``: the experiment's quick run (seed 0), computed once per session
-    and shared by its tests and the end-to-end report test."""
+def quick_result(tmp_path_factory):
+    """``quick_result(name)``: the experiment's quick run (seed 0), computed once per test
+    run and shared by its tests and the end-to-end report test, across xdist workers too:
+    the first worker to need it computes it under a file lock and pickles it into the
+    run's shared temporary directory; the others wait for it and read it. (xdist's
+    ``--dist loadgroup`` would keep them on one worker, but with pytest 9 it no longer
+    groups: it renames ``item._nodeid``, which pytest 9's node ids do not read.)"""
     from varprop._src.experiments.base import Experiment, RunConfig, get
 
     original_run = Experiment.run  # test_report monkeypatches Experiment.run to this fixture
+    shared = tmp_path_factory.getbasetemp()  # this run's own
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent  # the run's directory, above every worker's
+
+    def compute(name: str):
+        return original_run(get(name), RunConfig(quick=True, seed=0))
 
     def run(name: str):
-        if name not in _QUICK:
-            _QUICK[name] = original_run(get(name), RunConfig(quick=True, seed=0))
+        if name in _QUICK:
+            return _QUICK[name]
+        try:
+            import fcntl
+        except ImportError:  # no POSIX file locks: each worker computes its own
+            _QUICK[name] = compute(name)
+            return _QUICK[name]
+        path = shared / f"varprop-quick-{name}.pickle"
+        with open(shared / f"varprop-quick-{name}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                if path.exists():
+                    _QUICK[name] = pickle.loads(path.read_bytes())
+                else:
+                    _QUICK[name] = compute(name)
+                    path.write_bytes(pickle.dumps(_QUICK[name]))
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
         return _QUICK[name]
 
     return run
@@ -48,14 +75,9 @@ def load_script(name: str):
     return mod
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the group marks
-def pytest_collection_modifyitems(config, items):
+def pytest_itemcollected(item):
     """Tests that run an experiment (they take the ``quick_result`` fixture) are ``slow``:
     the default ``pytest`` deselects them (``-m 'not slow'`` in the configuration) and CI
-    runs them in a second step, ``pytest -m slow``. They share one xdist worker."""
-    for item in items:
-        if "quick_result" in getattr(item, "fixturenames", ()):
-            item.add_marker(pytest.mark.slow)
-            # One worker runs them all (``--dist loadgroup``), so that each experiment's
-            # quick run is computed once per session, not once per worker.
-            item.add_marker(pytest.mark.xdist_group("experiments"))
+    runs them in a second step, ``pytest -m slow``."""
+    if "quick_result" in getattr(item, "fixturenames", ()):
+        item.add_marker(pytest.mark.slow)
