@@ -253,6 +253,14 @@ def _static_switch(value: Any, name: str) -> bool | None:
     )
 
 
+def _every(write: Callable[[Any], Any], state: Any, every: int, now: bool | None) -> Any:
+    """``write(state)`` when ``now``, ``state`` when not; ``now=None``: a ``lax.cond`` on
+    ``state.step % every == 0`` (the other branch returns the buffers unchanged)."""
+    if now is None:
+        return jax.lax.cond(jnp.mod(state.step, every) == 0, write, lambda st: st, state)
+    return write(state) if now else state
+
+
 def _write(step, count, steps, buffers, values, capacity: int):
     """``values`` (one ``[width]`` array per buffer) into row ``count % capacity``."""
     i = jnp.mod(count, capacity).astype(jnp.int32)
@@ -366,11 +374,7 @@ class Monitor:
             count, steps, bufs = _write(st.step, st.count, st.steps, st.moments, values, cap)
             return MonitorState(st.step, count, steps, Moments(*bufs))
 
-        if now is None:
-            on = jnp.mod(state.step, self.every) == 0
-            new = jax.lax.cond(on, write, lambda st: st, state)
-        else:
-            new = write(state) if now else state
+        new = _every(write, state, self.every, now)
         return new._replace(step=state.step + 1)
 
     def _moments(self, args: list[Any], k_cot: jax.Array, loss_args) -> Moments:
@@ -507,11 +511,7 @@ class Monitor:
                 )
                 return UpdateRecords(r.step, count, steps, *bufs)
 
-            if record_now is None:
-                on = jnp.mod(rec.step, every) == 0
-                rec = jax.lax.cond(on, write, lambda r: r, rec)
-            elif record_now:
-                rec = write(rec)
+            rec = _every(write, rec, every, record_now)
             return new_updates, TrackedState(inner_state, rec._replace(step=rec.step + 1))
 
         return optax.GradientTransformationExtraArgs(init, update)

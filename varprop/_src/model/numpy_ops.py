@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from varprop._src.model.taps import _dot_letters, _einsum_uniform, pad_crop
+from varprop._src.model.taps import _dot_letters, _einsum_uniform, dilate, pad_crop
 
 
 def _elementwise() -> dict[str, Callable[..., Any] | None]:
@@ -351,17 +351,8 @@ def reduce_window(name: str, p: dict[str, Any], a, operand_shape) -> np.ndarray 
         if a.shape[d] == 1 and n > 1 and not trivial:
             a = np.broadcast_to(a, (*a.shape[:d], n, *a.shape[d + 1 :]))
     for d in range(a.ndim):
-        if base[d] > 1:
-            shape = list(a.shape)
-            shape[d] = (a.shape[d] - 1) * base[d] + 1
-            b = np.full(shape, init)
-            idx = [slice(None)] * a.ndim
-            idx[d] = slice(None, None, base[d])
-            b[tuple(idx)] = a
-            a = b
-    lo_hi = [(max(lo, 0), max(hi, 0)) for lo, hi in pads]
-    a = np.pad(a, lo_hi, constant_values=init)
-    a = a[tuple(slice(max(-lo, 0), a.shape[d] - max(-hi, 0)) for d, (lo, hi) in enumerate(pads))]
+        a = dilate(a, d, a.shape[d], base[d], init)
+    a = pad_crop(a, pads, init)
     out = [
         max(0, (a.shape[d] - ((win[d] - 1) * wdil[d] + 1)) // strides[d] + 1) for d in range(a.ndim)
     ]

@@ -173,19 +173,17 @@ class Backward:
                     (gi,) = _vjp(eqn, [_zeros_like(x) for x in ins], [i], g)
                 self.add(in_keys[i], gi)
             return
-        if name == "dot_general" or name == "conv_general_dilated":
-            # y = op(a, b): g_a = op^T(g, b) with E[g_a^2] = op^T(E[g^2], E[b^2]).
+        if name == "dot_general":
+            # y = a·b: g_a = opᵀ(g, b) with E[g_a²] = opᵀ(E[g²], E[b²]), in NumPy.
             shapes = [tuple(v.aval.shape) for v in eqn.invars]
+            dims = eqn.params["dimension_numbers"]
             for i in abstract:
-                if name == "dot_general" and len(ins) == 2:
-                    other = _m2_small(ins[1 - i])
-                    self.add(
-                        in_keys[i],
-                        dot_transpose(eqn.params["dimension_numbers"], i, g, other, shapes),
-                    )
-                    continue
-                m2 = [_m2(x) for x in ins]
-                fixed = [jnp.asarray(m2[j], jnp.float32) for j in range(len(ins))]
+                other = _m2_stored(ins[1 - i])
+                self.add(in_keys[i], dot_transpose(dims, i, g, other, shapes))
+            return
+        if name == "conv_general_dilated":  # a conv of two values (not a layer): JAX's VJP
+            fixed = [jnp.asarray(_m2(x), jnp.float32) for x in ins]
+            for i in abstract:
                 (gi,) = _vjp(eqn, fixed, [i], g)
                 self.add(in_keys[i], gi)
             return
@@ -274,19 +272,18 @@ def _fit(g: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     return g.sum(axis=axes, keepdims=True) if axes else g
 
 
-def _m2(x) -> np.ndarray:
-    if isinstance(x, P.Moments):
-        return np.broadcast_to(x.m2, x.shape)
-    a = np.asarray(x, np.float64)
-    return a * a
-
-
-def _m2_small(x) -> np.ndarray:
+def _m2_stored(x) -> np.ndarray:
     """E[x²] as small as it is stored (broadcastable to the value's shape)."""
     if isinstance(x, P.Moments):
         return np.asarray(x.m2, np.float64)
     a = np.asarray(x, np.float64)
     return a * a
+
+
+def _m2(x) -> np.ndarray:
+    """E[x²] at the value's full shape."""
+    m2 = _m2_stored(x)
+    return np.broadcast_to(m2, x.shape) if isinstance(x, P.Moments) else m2
 
 
 def _zeros_like(x):

@@ -146,16 +146,23 @@ def _on_axis(ndim: int, axis: int, lo: int, hi: int) -> list[tuple[int, int]]:
     return pads
 
 
+def dilate(m: np.ndarray, axis: int, n: int, factor: int, fill: float = 0.0) -> np.ndarray:
+    """``m`` (``n`` entries along ``axis``, or 1 broadcast to them) with ``factor - 1``
+    entries of ``fill`` between consecutive ones (``lax``'s lhs/base dilation)."""
+    if factor <= 1:
+        return m
+    shape = list(m.shape)
+    shape[axis] = (n - 1) * factor + 1
+    d = np.full(shape, fill)
+    idx = [slice(None)] * m.ndim
+    idx[axis] = slice(None, None, factor)
+    d[tuple(idx)] = m
+    return d
+
+
 def _dilate_pad(m: np.ndarray, axis: int, n, ld, lo, hi) -> np.ndarray:
     """``m`` along ``axis``: zeros between entries (``ld``), then padded (negative: cropped)."""
-    if ld > 1:
-        shape = list(m.shape)
-        shape[axis] = (n - 1) * ld + 1
-        d = np.zeros(shape)
-        idx = [slice(None)] * m.ndim
-        idx[axis] = slice(None, None, ld)
-        d[tuple(idx)] = m
-        m = d
+    m = dilate(m, axis, n, ld)
     return pad_crop(m, _on_axis(m.ndim, axis, lo, hi))
 
 
